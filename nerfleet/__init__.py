@@ -1,0 +1,1 @@
+"""nerfleet: distributed zero-shot clinical NER benchmark."""

@@ -1,0 +1,42 @@
+"""All configuration, from environment variables prefixed ``NERFLEET_``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NERFLEET_", extra="ignore")
+
+    home: Path = Field(default=Path.home() / ".nerfleet", description="Database, model cache, reports.")
+    #: None means: the default Redis, else an embedded one (``nerfleet demo``).
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    result_backend: str | None = None
+    database_url: str | None = None
+
+    #: Jobs per Celery message: the worker generates one message as one batch.
+    batch_size: int = 8
+    enqueue_chunk: int = 1000
+    #: Redis redelivers an unacknowledged message after this long; longer than any batch.
+    visibility_timeout_s: int = 6 * 3600
+    #: A running job whose lease is not renewed for this long is re-enqueued.
+    lease_s: int = 60
+    heartbeat_s: float = 10.0
+    sweep_interval_s: float = 15.0
+    max_attempts: int = 3
+    max_new_tokens: int = 512
+    broker_use_ssl: bool = False
+    redis_ssl_cert_reqs: str = "required"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'nerfleet.db'}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
