@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from pydantic import NaiveDatetime
+
 from sqlalchemy import Column, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -25,7 +27,7 @@ class Corpus(SQLModel, table=True):
     lang: str | None = None
     seed: int
     stats_json: str = Field(sa_column=Column(Text, nullable=False))
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
 class Document(SQLModel, table=True):
@@ -39,15 +41,22 @@ class Document(SQLModel, table=True):
     spans_json: str = Field(sa_column=Column(Text, nullable=False))
 
 
+class PromptText(SQLModel, table=True):
+    hash: str = Field(primary_key=True)
+    name: str
+    format: str
+    template: str = Field(sa_column=Column(Text, nullable=False))
+
+
 class Run(SQLModel, table=True):
     id: str = Field(primary_key=True)
     name: str
     corpus_id: int = Field(foreign_key="corpus.id")
     spec_json: str = Field(sa_column=Column(Text, nullable=False))
     total: int = 0
-    created_at: datetime = Field(default_factory=utcnow)
-    aggregation_claimed_at: datetime | None = None
-    aggregated_at: datetime | None = None
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
+    aggregation_claimed_at: NaiveDatetime | None = None
+    aggregated_at: NaiveDatetime | None = None
     aggregation_count: int = 0
 
 
@@ -61,10 +70,10 @@ class Job(SQLModel, table=True):
     params_json: str = Field(sa_column=Column(Text, nullable=False))
     state: str = Field(default="queued", index=True)  # queued | running | done | failed
     attempts: int = 0
-    lease_until: datetime | None = Field(default=None, index=True)
+    lease_until: NaiveDatetime | None = Field(default=None, index=True)
     worker: str | None = None
     error: str | None = Field(default=None, sa_column=Column(Text))
-    updated_at: datetime = Field(default_factory=utcnow)
+    updated_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
 class RunJob(SQLModel, table=True):
@@ -82,7 +91,7 @@ class Generation(SQLModel, table=True):
     engine: str
     host: str
     gpu: str | None = None
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
 class Metric(SQLModel, table=True):

@@ -1,0 +1,45 @@
+"""Reads model outputs in the ``nerfleet score`` JSONL format: one response per line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Container
+from pathlib import Path
+
+from nerfleet.evaluation.scoring import Response
+
+FIELDS = ("doc_id", "model", "prompt", "output")
+
+
+class OutputsError(ValueError):
+    """A bad line in an outputs file: the message names the file and line."""
+
+
+def read_outputs(path: Path, known_docs: Container[str]) -> list[Response]:
+    """All lines or nothing: the first bad line raises with its number."""
+    responses = []
+    with Path(path).open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}: line {lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise OutputsError(f"{where}: not JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise OutputsError(f"{where}: not a JSON object")
+            missing = [f for f in FIELDS if f not in obj]
+            if missing:
+                raise OutputsError(f"{where}: missing field {', '.join(missing)}")
+            for f in ("doc_id", "model", "prompt"):
+                if not isinstance(obj[f], str) or not obj[f]:
+                    raise OutputsError(f"{where}: field {f} must be a non-empty string")
+            if obj["output"] is not None and not isinstance(obj["output"], str):
+                raise OutputsError(f"{where}: field output must be a string or null")
+            if obj["doc_id"] not in known_docs:
+                raise OutputsError(f"{where}: unknown document {obj['doc_id']!r} (not in the corpus)")
+            responses.append(Response(obj["doc_id"], obj["model"], obj["prompt"], obj["output"], obj.get("error")))
+    if not responses:
+        raise OutputsError(f"{path}: no response lines")
+    return responses

@@ -1,0 +1,359 @@
+"""The one command line: ``nerfleet corpus|score|run|worker|status|report|export|aggregate|demo|monitor``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+corpus_app = typer.Typer(no_args_is_help=True, help="Build, describe and export the unified corpus.")
+app.add_typer(corpus_app, name="corpus")
+
+USER_ERRORS = (ValueError, LookupError, ConnectionError, FileNotFoundError, RuntimeError)
+
+
+def fail(exc: BaseException) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def bundled_corpus() -> Path:
+    return Path(str(resources.files("nerfleet").joinpath("data", "demo-corpus")))
+
+
+# ------------------------------------------------------------------ corpus
+@corpus_app.command("build")
+def corpus_build(
+    src: Path = typer.Argument(..., help="Release folder holding distemist/, symptemist/, medprocner/ (or 'demo')."),
+    lang: Optional[str] = typer.Option(None, help="Language folder/prefix to read (en, es, …)."),
+    seed: int = typer.Option(13, help="Seed of the train/test split."),
+    test_ids: Optional[Path] = typer.Option(None, "--test-ids", help="File of test document ids, one per line."),
+    name: Optional[str] = typer.Option(None, help="Corpus name (default: the folder name)."),
+    lenient: bool = typer.Option(False, help="Skip bad rows (counted in stats) instead of failing."),
+) -> None:
+    """Read, merge, resolve overlaps, split and store; the same source again is a no-op."""
+    from nerfleet.evaluation.corpus import build_corpus, read_test_ids
+    from nerfleet.storage.corpus_store import save_corpus
+
+    try:
+        if str(src) == "demo":
+            src = bundled_corpus()
+            test_ids = test_ids or src / "test_ids.txt"
+        ids = read_test_ids(test_ids) if test_ids else None
+        build = build_corpus(src, lang, seed, ids, lenient)
+        saved = save_corpus(build, name or Path(src).name, str(src), lang, seed)
+    except USER_ERRORS as exc:
+        fail(exc)
+    c = saved.corpus
+    verb = "built" if saved.created else "unchanged (already built)"
+    typer.echo(f"corpus {c.name} v{c.version} (id {c.id}) {verb}: {build.stats['documents']} documents, "
+               f"{build.stats['train_documents']} train / {build.stats['test_documents']} test")
+
+
+@corpus_app.command("stats")
+def corpus_stats(
+    corpus: Optional[str] = typer.Option(None, help="Corpus id or name (default: the newest)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object."),
+) -> None:
+    """Table 1 of the paper for the built corpus, plus documents, tokens, overlaps and splits."""
+    from nerfleet.storage.corpus_store import get_corpus
+    from nerfleet.storage.db import session_scope
+
+    try:
+        with session_scope() as session:
+            c = get_corpus(session, corpus)
+    except USER_ERRORS as exc:
+        fail(exc)
+    stats = json.loads(c.stats_json)
+    if as_json:
+        typer.echo(json.dumps({"corpus": c.name, "version": c.version, "id": c.id, **stats}))
+        return
+    from nerfleet.evaluation.corpus_reader import SOURCE_CORPORA
+
+    srcs = stats["sources"]
+    w = max(12, *(len(s) for s in srcs))
+    typer.echo(f"Corpus {c.name} v{c.version} (id {c.id}), source {c.source}")
+    typer.echo("Table 1. Entity mentions per source corpus (after overlap resolution; raw in brackets)")
+    typer.echo("".ljust(8) + "".join(s.rjust(w + 9) for s in srcs))
+    for split in ("train", "test"):
+        cells = [f"{stats['mentions_by_source'][s][split]} ({stats['mentions_raw'][s][split]})" for s in srcs]
+        typer.echo(split.ljust(8) + "".join(x.rjust(w + 9) for x in cells))
+    totals = [f"{sum(stats['mentions_by_source'][s].values())} ({sum(stats['mentions_raw'][s].values())})" for s in srcs]
+    typer.echo("total".ljust(8) + "".join(x.rjust(w + 9) for x in totals))
+    typer.echo("")
+    typer.echo(f"documents {stats['documents']} (train {stats['train_documents']}, test {stats['test_documents']}); "
+               f"tokens {stats['tokens']}; boundary splits {stats['boundary_splits']}; skipped rows {stats['skipped_rows']}")
+    for label in ("DISEASE", "SYMPTOM", "PROCEDURE"):
+        m = stats["mentions"][label]
+        src = next((s for s, lab in SOURCE_CORPORA.items() if lab == label), "?")
+        raw = sum(stats["mentions_raw"].get(src, {}).values())
+        typer.echo(f"{label:<10} before {raw:>6}  after {m['train'] + m['test']:>6}  "
+                   f"removed within category {stats['overlaps_removed_within_category'][label]:>5}, "
+                   f"across categories {stats['overlaps_removed_across_categories'][label]:>5}; "
+                   f"documents without it {stats['documents_without'][label]}")
+
+
+@corpus_app.command("export")
+def corpus_export(
+    out: Path = typer.Argument(..., help="Output file (.conll or .jsonl)."),
+    corpus: Optional[str] = typer.Option(None),
+    split: str = typer.Option("all", help="train, test or all"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="conll or jsonl (default: from the suffix)"),
+) -> None:
+    """CoNLL (token<TAB>tag) or JSONL (text + spans) for other tools."""
+    from nerfleet.evaluation.export import write_conll, write_jsonl
+    from nerfleet.storage.corpus_store import get_corpus, load_documents
+    from nerfleet.storage.db import session_scope
+
+    fmt = fmt or out.suffix.lstrip(".")
+    if fmt not in ("conll", "jsonl"):
+        fail(ValueError(f"--format {fmt!r}: use conll or jsonl"))
+    try:
+        with session_scope() as session:
+            docs = load_documents(session, get_corpus(session, corpus).id, split)
+    except USER_ERRORS as exc:
+        fail(exc)
+    with out.open("w", encoding="utf-8") as fh:
+        (write_conll if fmt == "conll" else write_jsonl)(docs, fh)
+    typer.echo(f"{len(docs)} documents written to {out}")
+
+
+# ------------------------------------------------------------------ scoring
+@app.command("score")
+def score(
+    outputs: Path = typer.Argument(..., help="JSONL: {doc_id, model, prompt, output} per line."),
+    corpus: Optional[str] = typer.Option(None, help="Corpus id or name (default: the newest)."),
+    as_json: bool = typer.Option(False, "--json"),
+    out: Optional[Path] = typer.Option(None, help="Folder for tables (txt, csv), scores.json and f1.png."),
+    mode: str = typer.Option("partial", help="Matching: exact or partial."),
+    threshold: float = typer.Option(0.5, help="Partial: share of the term's tokens that must match in a run."),
+) -> None:
+    """Score outputs made anywhere with the same code as the fleet."""
+    from nerfleet.evaluation.matching import MatchParams
+    from nerfleet.evaluation.outputs import read_outputs
+    from nerfleet.evaluation.prompts import BUILTIN, load_prompt
+    from nerfleet.evaluation.report import render_text, write_reports
+    from nerfleet.evaluation.scoring import prepare, score_grid
+    from nerfleet.storage.corpus_store import get_corpus, load_documents
+    from nerfleet.storage.db import session_scope
+
+    try:
+        params = MatchParams(mode, threshold)
+        with session_scope() as session:
+            documents = {d.doc_id: d for d in load_documents(session, get_corpus(session, corpus).id)}
+        responses = read_outputs(outputs, documents)
+        formats = {}
+        for name in {r.prompt for r in responses}:
+            formats[name] = load_prompt(name).format if name in BUILTIN or name.endswith(".toml") else "none"
+        docs = {d: prepare(documents[d]) for d in {r.doc_id for r in responses}}
+        scores = score_grid(responses, docs, formats, params).to_json()
+    except USER_ERRORS as exc:
+        fail(exc)
+    if out:
+        write_reports(scores, out)
+    typer.echo(json.dumps(scores) if as_json else render_text(scores))
+
+
+# ------------------------------------------------------------------ the fleet
+@app.command("run")
+def run(
+    model: list[str] = typer.Option(..., "--model", help="Registered name, local path, .gguf or HF id; repeatable."),
+    prompt: list[str] = typer.Option(["v1", "v2", "v3"], "--prompt", help="v1, v2, v3 or a prompt .toml; repeatable."),
+    split: str = typer.Option("test"),
+    limit: Optional[int] = typer.Option(None, help="First N documents of the split."),
+    max_new_tokens: Optional[int] = typer.Option(None),
+    name: Optional[str] = typer.Option(None, help="Run name (default: a hash of the run's content)."),
+    corpus: Optional[str] = typer.Option(None),
+    retry_failed: bool = typer.Option(False, help="Give failed jobs of this run another set of attempts."),
+    wait: bool = typer.Option(False, help="Follow the run until it is aggregated, then print the report."),
+) -> None:
+    """Create (or resume) a run and enqueue its jobs; the last line printed is the run id."""
+    from rich.progress import Progress
+
+    from nerfleet.tasks.producer import create_run
+
+    try:
+        with Progress(transient=True) as bar:
+            task = bar.add_task("enqueueing", total=None)
+            plan = create_run(model, prompt, split, limit, max_new_tokens, name, corpus, retry_failed,
+                              progress=lambda n: bar.advance(task, n))
+    except USER_ERRORS as exc:
+        fail(exc)
+    typer.echo(f"run {plan.run_id}: {plan.total} jobs, {plan.already_done} already finished, {plan.enqueued} enqueued")
+    if wait:
+        from nerfleet.follow import follow
+
+        follow(plan.run_id)
+        report(plan.run_id, "table", None)
+    typer.echo(plan.run_id)
+
+
+@app.command("worker")
+def worker(
+    model: Optional[str] = typer.Option(None, help="The one model this worker loads."),
+    gpu: Optional[str] = typer.Option(None, help="GPU index to pin, or 'all' for one worker per GPU."),
+    engine: str = typer.Option("batched", help="simple, batched, or module:Class"),
+    train: bool = typer.Option(False, "--train", help="A training worker (encoder baselines) instead."),
+    loglevel: str = typer.Option("INFO"),
+    name: Optional[str] = typer.Option(None, help="Celery node name (default: MODEL-gpuN@host)."),
+) -> None:
+    """A Celery worker pinned to one GPU that loads ONE model once and generates."""
+    from nerfleet.workers.launch import spawn_per_gpu, start_train_worker, start_worker
+
+    try:
+        if gpu == "all":
+            argv = [a for a in sys.argv[1:]]
+            i = argv.index("--gpu")
+            del argv[i : i + 2]
+            raise typer.Exit(spawn_per_gpu(argv))
+        if train:
+            start_train_worker(gpu, loglevel)
+        elif not model:
+            fail(ValueError("--model is required (or --train)"))
+        else:
+            start_worker(model, gpu, engine, loglevel, name)
+    except USER_ERRORS as exc:
+        fail(exc)
+
+
+@app.command("status")
+def status(run_id: Optional[str] = typer.Argument(None), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Counts per model × prompt: queued, running, done, failed."""
+    from nerfleet.storage.db import session_scope
+    from nerfleet.storage.runs import STATES, get_run, run_status
+
+    try:
+        with session_scope() as session:
+            st = run_status(session, get_run(session, run_id))
+    except USER_ERRORS as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(json.dumps(st))
+        return
+    typer.echo(f"run {st['run']} ({st['name']}): {st['done']}/{st['total']} done, {st['failed']} failed, "
+               f"aggregated: {'yes' if st['aggregated'] else 'no'}")
+    typer.echo(f"{'model':<28}{'prompt':<8}" + "".join(f"{s:>9}" for s in STATES))
+    for model_name, cells in sorted(st["cells"].items()):
+        for p, counts in sorted(cells.items()):
+            typer.echo(f"{model_name:<28}{p:<8}" + "".join(f"{counts[s]:>9}" for s in STATES))
+
+
+@app.command("report")
+def report(
+    run_id: Optional[str] = typer.Argument(None),
+    fmt: str = typer.Option("table", "--format", help="table, csv or json"),
+    out: Optional[Path] = typer.Option(None, help="Folder for all report files."),
+) -> None:
+    """The paper-shaped tables of an aggregated run."""
+    from nerfleet.evaluation.report import render_text, table3_rows, table4_rows, table5_rows, write_reports, _csv
+    from nerfleet.storage.db import session_scope
+    from nerfleet.storage.runs import get_run, run_scores
+
+    try:
+        with session_scope() as session:
+            run_row = get_run(session, run_id)
+            if run_row.aggregated_at is None:
+                raise LookupError(f"run {run_row.id} is not aggregated yet (see `nerfleet status {run_row.id}`)")
+            scores = run_scores(session, run_row)
+            encoders = _encoder_scores(session)
+    except USER_ERRORS as exc:
+        fail(exc)
+    if out:
+        for path in write_reports(scores, out, encoders):
+            typer.echo(f"wrote {path}", err=True)
+    if fmt == "json":
+        typer.echo(json.dumps({**scores, "encoders": encoders}))
+    elif fmt == "csv":
+        typer.echo(_csv(*table3_rows(scores)))
+        if scores["strategy2"]:
+            typer.echo(_csv(*table4_rows(scores)))
+            typer.echo(_csv(*table5_rows(scores)))
+    else:
+        typer.echo(render_text(scores, encoders))
+
+
+def _encoder_scores(session) -> dict:
+    from sqlmodel import select
+
+    from nerfleet.storage.tables import Metric
+
+    rows = session.exec(select(Metric).where(Metric.strategy == "encoder", Metric.category == "micro"))
+    return {r.model: {"precision": r.precision, "recall": r.recall, "f1": r.f1} for r in rows}
+
+
+@app.command("export")
+def export(run_id: Optional[str] = typer.Argument(None), out: Optional[Path] = typer.Option(None)) -> None:
+    """The run's outputs as JSONL in the `nerfleet score` format."""
+    from nerfleet.storage.db import session_scope
+    from nerfleet.storage.runs import export_lines, get_run
+
+    try:
+        with session_scope() as session:
+            lines = list(export_lines(session, get_run(session, run_id)))
+    except USER_ERRORS as exc:
+        fail(exc)
+    text = "\n".join(lines) + ("\n" if lines else "")
+    if out:
+        out.write_text(text, encoding="utf-8")
+        typer.echo(f"{len(lines)} responses written to {out}", err=True)
+    else:
+        sys.stdout.write(text)
+
+
+@app.command("aggregate")
+def aggregate(run_id: str = typer.Argument(...)) -> None:
+    """Re-run a run's aggregation by hand (replaces its stored metrics)."""
+    from nerfleet.storage.db import session_scope
+    from nerfleet.storage.runs import get_run
+    from nerfleet.tasks.aggregation import aggregate_run
+
+    try:
+        with session_scope() as session:
+            rid = get_run(session, run_id).id
+        aggregate_run(rid, force=True)
+    except USER_ERRORS as exc:
+        fail(exc)
+    report(rid, "table", None)
+
+
+@app.command("demo")
+def demo(
+    limit: int = typer.Option(4, help="Test documents to run (the bundled corpus has 4)."),
+    corpus: Optional[Path] = typer.Option(None, help="A release folder instead of the bundled corpus."),
+    model: str = typer.Option("smollm2"),
+    max_new_tokens: int = typer.Option(128),
+) -> None:
+    """A full small benchmark on one machine with no configuration: corpus, broker, worker, run, tables."""
+    from nerfleet.demo import run_demo
+
+    try:
+        run_demo(limit=limit, corpus=corpus, model=model, max_new_tokens=max_new_tokens)
+    except USER_ERRORS as exc:
+        fail(exc)
+
+
+@app.command("monitor")
+def monitor(
+    address: str = typer.Option("127.0.0.1", help="Listen address; beyond loopback, basic auth is required."),
+    port: int = typer.Option(5555),
+) -> None:
+    """Flower, with basic auth (FLOWER_BASIC_AUTH=user:pass) required when listening beyond loopback."""
+    from nerfleet.monitor import start_flower
+
+    try:
+        start_flower(address, port)
+    except USER_ERRORS as exc:
+        fail(exc)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""``nerfleet demo``: the whole pipeline on one machine, starting only what is missing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import typer
+
+from nerfleet.broker import embedded_redis, reachable
+from nerfleet.settings import get_settings
+
+
+def run_demo(limit: int = 4, corpus: Path | None = None, model: str = "smollm2", max_new_tokens: int = 128) -> str:
+    settings = get_settings()
+    home = settings.home
+    stops = []
+    worker = None
+    try:
+        # 1. Broker: the configured one if it answers, else an embedded redis-server.
+        configured = os.environ.get("NERFLEET_BROKER_URL")
+        if configured and reachable(configured):
+            broker = configured
+            typer.echo(f"broker: {broker} (configured)")
+        else:
+            if configured:
+                typer.echo(f"broker {configured} unreachable: starting an embedded Redis instead", err=True)
+            broker, stop = embedded_redis(home / "redis")
+            stops.append(stop)
+            typer.echo(f"broker: embedded Redis at {broker}")
+        os.environ["NERFLEET_BROKER_URL"] = broker
+        get_settings.cache_clear()
+        from nerfleet.tasks.app import make_app
+
+        app = make_app()
+
+        # 2. Corpus.
+        from nerfleet.evaluation.corpus import build_corpus, read_test_ids
+        from nerfleet.storage.corpus_store import save_corpus
+
+        src = corpus or Path(str(resources.files("nerfleet").joinpath("data", "demo-corpus")))
+        ids_file = src / "test_ids.txt"
+        build = build_corpus(src, test_ids=read_test_ids(ids_file) if ids_file.is_file() else None)
+        saved = save_corpus(build, src.name, str(src), None, build.stats["seed"])
+        typer.echo(f"corpus: {saved.corpus.name} v{saved.corpus.version}, {build.stats['documents']} documents "
+                   f"({build.stats['test_documents']} test)")
+
+        # 3. One worker for the model, in its own process, as on a GPU host.
+        logs = home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / "demo-worker.log"
+        env = {**os.environ, "NERFLEET_BROKER_URL": broker, "NERFLEET_HOME": str(home),
+               "NERFLEET_DATABASE_URL": settings.db_url}
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "nerfleet.cli", "worker", "--model", model, "--loglevel", "WARNING"],
+            env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+        )
+        typer.echo(f"worker: pid {worker.pid}, log {log_path}")
+
+        # 4. The run, all three prompts over the test documents.
+        from nerfleet.follow import follow
+        from nerfleet.tasks.producer import create_run
+
+        plan = create_run([model], ["v1", "v2", "v3"], "test", limit, max_new_tokens, None,
+                          str(saved.corpus.id), app=app)
+        typer.echo(f"run {plan.run_id}: {plan.total} jobs ({plan.already_done} already done)")
+        started = time.monotonic()
+        follow(plan.run_id, alive=lambda: worker.poll() is None)
+        typer.echo(f"finished in {time.monotonic() - started:.0f} s")
+
+        # 5. Tables.
+        from nerfleet.evaluation.report import render_text, write_reports
+        from nerfleet.storage.db import session_scope
+        from nerfleet.storage.runs import get_run, run_scores
+
+        with session_scope() as session:
+            scores = run_scores(session, get_run(session, plan.run_id))
+        out = home / "reports" / plan.run_id
+        write_reports(scores, out)
+        typer.echo("")
+        typer.echo(render_text(scores))
+        typer.echo("")
+        typer.echo(f"database: {settings.db_url}")
+        typer.echo(f"reports:  {out}")
+        return plan.run_id
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        for stop in stops:
+            stop()

@@ -1,0 +1,183 @@
+"""Job life cycle in the database, which is the truth: delivery is at least once, effects exactly once.
+
+States: queued → running (leased to one worker) → done | failed. A lease that is
+not renewed expires and the sweeper hands the job out again; attempts are counted
+so a job that kills its worker every time ends as failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, SQLModel, select
+
+from nerfleet.storage.tables import Generation, Job, Run, RunJob, utcnow
+
+FINAL = ("done", "failed")
+
+
+def job_hash(model_fingerprint: str, chat: bool | None, prompt_hash: str, text: str, params: dict[str, Any]) -> str:
+    payload = json.dumps(
+        {
+            "model": model_fingerprint,
+            "chat": chat,
+            "prompt": prompt_hash,
+            "document": hashlib.sha256(text.encode()).hexdigest(),
+            "params": params,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def insert_ignore(session: Session, table: type[SQLModel], rows: Sequence[dict]) -> int:
+    """INSERT … ON CONFLICT DO NOTHING, on SQLite and PostgreSQL."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    result = session.exec(insert(table.__table__).values(list(rows)).on_conflict_do_nothing())  # type: ignore[call-overload]
+    return result.rowcount or 0
+
+
+@dataclass(frozen=True)
+class Claimed:
+    hash: str
+    prompt_hash: str
+    corpus_id: int
+    doc_id: str
+    params: dict
+
+
+def claim(session: Session, hashes: Iterable[str], model: str, worker: str, lease_s: int, max_attempts: int) -> tuple[list[Claimed], list[str]]:
+    """Lease the jobs that are free (queued, or running with an expired lease).
+
+    Returns (claimed, failed_now): jobs past ``max_attempts`` are failed instead.
+    Each UPDATE is conditional, so two workers never both claim one job.
+    """
+    now = utcnow()
+    claimed, failed = [], []
+    free = or_(Job.state == "queued", and_(Job.state == "running", Job.lease_until < now))
+    for h in hashes:
+        job = session.get(Job, h)
+        if job is None or job.model != model:
+            continue
+        if job.attempts >= max_attempts:
+            res = session.exec(
+                update(Job).where(Job.hash == h, free).values(
+                    state="failed", error=f"gave up after {job.attempts} attempts (worker lost or crashed)", updated_at=now
+                )
+            )
+            if res.rowcount:
+                failed.append(h)
+            continue
+        res = session.exec(
+            update(Job)
+            .where(Job.hash == h, free)
+            .values(
+                state="running",
+                attempts=Job.attempts + 1,
+                lease_until=now + timedelta(seconds=lease_s),
+                worker=worker,
+                updated_at=now,
+            )
+        )
+        if res.rowcount:
+            claimed.append(Claimed(h, job.prompt_hash, job.corpus_id, job.doc_id, json.loads(job.params_json)))
+    return claimed, failed
+
+
+def renew(session: Session, hashes: Sequence[str], worker: str, lease_s: int) -> int:
+    res = session.exec(
+        update(Job)
+        .where(Job.hash.in_(hashes), Job.state == "running", Job.worker == worker)
+        .values(lease_until=utcnow() + timedelta(seconds=lease_s))
+    )
+    return res.rowcount or 0
+
+
+def finish(session: Session, generations: Sequence[dict]) -> None:
+    """Store outputs (a second write of one job changes nothing) and mark the jobs done."""
+    insert_ignore(session, Generation, generations)
+    hashes = [g["job_hash"] for g in generations]
+    session.exec(
+        update(Job).where(Job.hash.in_(hashes)).values(state="done", lease_until=None, error=None, updated_at=utcnow())
+    )
+
+
+def release(session: Session, hashes: Sequence[str], error: str, max_attempts: int) -> list[str]:
+    """After an error: back to the queue, or failed once attempts are used up. Returns the failed."""
+    failed = []
+    for h in hashes:
+        job = session.get(Job, h)
+        if job is None or job.state != "running":
+            continue
+        final = job.attempts >= max_attempts
+        job.state = "failed" if final else "queued"
+        job.error = error[:2000]
+        job.lease_until = None
+        job.updated_at = utcnow()
+        session.add(job)
+        if final:
+            failed.append(h)
+    return failed
+
+
+def runs_of(session: Session, hashes: Sequence[str]) -> list[str]:
+    return list(session.exec(select(RunJob.run_id).where(RunJob.job_hash.in_(hashes)).distinct()))
+
+
+def open_jobs(session: Session, run_id: str) -> int:
+    stmt = (
+        select(func.count())
+        .select_from(RunJob)
+        .join(Job, Job.hash == RunJob.job_hash)
+        .where(RunJob.run_id == run_id, Job.state.not_in(FINAL))
+    )
+    return session.exec(stmt).one()
+
+
+def claim_aggregation(session: Session, run_id: str) -> bool:
+    """True for exactly one caller once every job of the run is final."""
+    if open_jobs(session, run_id):
+        return False
+    res = session.exec(
+        update(Run).where(Run.id == run_id, Run.aggregation_claimed_at.is_(None)).values(aggregation_claimed_at=utcnow())
+    )
+    return bool(res.rowcount)
+
+
+def expired(session: Session, limit: int = 10_000) -> list[Job]:
+    stmt = select(Job).where(Job.state == "running", Job.lease_until < utcnow()).limit(limit)
+    return list(session.exec(stmt))
+
+
+def requeue_expired(session: Session, job: Job, max_attempts: int) -> str | None:
+    """Conditionally take back an expired lease: 'queued', 'failed', or None if someone else did."""
+    now = utcnow()
+    final = job.attempts >= max_attempts
+    values: dict[str, Any] = {"state": "failed" if final else "queued", "lease_until": None, "updated_at": now}
+    if final:
+        values["error"] = f"gave up after {job.attempts} attempts (lease expired: worker lost)"
+    res = session.exec(
+        update(Job).where(Job.hash == job.hash, Job.state == "running", Job.lease_until < now).values(**values)
+    )
+    return values["state"] if res.rowcount else None
+
+
+def run_counts(session: Session, run_id: str) -> list[tuple[str, str, str, int]]:
+    """(model, prompt, state, count) rows for one run."""
+    stmt = (
+        select(Job.model, Job.prompt, Job.state, func.count())
+        .join(RunJob, RunJob.job_hash == Job.hash)
+        .where(RunJob.run_id == run_id)
+        .group_by(Job.model, Job.prompt, Job.state)
+    )
+    return [tuple(r) for r in session.exec(stmt)]

@@ -1,0 +1,70 @@
+"""The aggregation task: both strategies and the parse ratio for one run, stored once."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import delete, update
+from sqlmodel import select
+
+from nerfleet.evaluation.scoring import Response, prepare, score_grid
+from nerfleet.storage.corpus_store import load_documents
+from nerfleet.storage.db import session_scope
+from nerfleet.storage.metrics import scores_to_rows
+from nerfleet.storage.tables import Generation, Job, Metric, PromptText, Run, RunJob, utcnow
+from nerfleet.tasks.app import app
+
+log = logging.getLogger(__name__)
+
+
+def collect_responses(session, run_id: str) -> tuple[list[Response], dict[str, str]]:
+    """The run's responses (failed jobs with ``output=None``) and each prompt's format."""
+    rows = session.exec(
+        select(Job, Generation)
+        .join(RunJob, RunJob.job_hash == Job.hash)
+        .join(Generation, Generation.job_hash == Job.hash, isouter=True)
+        .where(RunJob.run_id == run_id)
+    ).all()
+    responses = [
+        Response(job.doc_id, job.model, job.prompt, gen.output if gen is not None else None, job.error)
+        for job, gen in rows
+        if job.state in ("done", "failed")
+    ]
+    hashes = {job.prompt_hash for job, _ in rows}
+    formats = {p.name: p.format for p in session.exec(select(PromptText).where(PromptText.hash.in_(hashes)))}
+    return responses, formats
+
+
+def aggregate_run(run_id: str, force: bool = False) -> dict | None:
+    """Score the run and store its metrics in one transaction.
+
+    Without ``force`` it runs once per run: a redelivered aggregation message
+    finds ``aggregated_at`` set and changes nothing (returns None).
+    """
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise LookupError(f"no run {run_id!r}")
+        if run.aggregated_at is not None and not force:
+            return None
+        responses, formats = collect_responses(session, run_id)
+        doc_ids = sorted({r.doc_id for r in responses})
+        docs = {d.doc_id: prepare(d) for d in load_documents(session, run.corpus_id, doc_ids=doc_ids)}
+    scores = score_grid(responses, docs, formats).to_json()
+    with session_scope() as session:
+        cond = [Run.id == run_id] + ([] if force else [Run.aggregated_at.is_(None)])
+        res = session.exec(
+            update(Run).where(*cond).values(aggregated_at=utcnow(), aggregation_count=Run.aggregation_count + 1)
+        )
+        if not res.rowcount:
+            return None
+        session.exec(delete(Metric).where(Metric.run_id == run_id))
+        session.add_all(scores_to_rows(run_id, scores))
+    log.info("run %s aggregated: %d responses", run_id, len(responses))
+    return scores
+
+
+@app.task(name="nerfleet.aggregate", acks_late=True, ignore_result=True, autoretry_for=(Exception,),
+          retry_backoff=2, retry_backoff_max=120, max_retries=10)
+def aggregate(run_id: str) -> None:
+    aggregate_run(run_id)

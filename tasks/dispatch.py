@@ -1,0 +1,52 @@
+"""Sending job messages: one message per chunk of up to ``batch_size`` jobs of one model."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+from celery import Celery
+
+from nerfleet.tasks.app import AGGREGATE_QUEUE
+from nerfleet.workers.models import queue_name
+
+RETRY_POLICY = {"max_retries": 30, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 10.0}
+
+
+def enqueue_jobs(
+    app: Celery,
+    run_id: str,
+    jobs: Iterable[tuple[str, str]],
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """``jobs`` is (model name, job hash); messages carry ids only, never texts."""
+    by_model: dict[str, list[str]] = defaultdict(list)
+    sent = 0
+    with app.producer_or_acquire() as producer:
+        def flush(model: str) -> None:
+            nonlocal sent
+            chunk = by_model.pop(model)
+            app.send_task(
+                "nerfleet.generate",
+                args=[run_id, model, chunk],
+                queue=queue_name(model),
+                producer=producer,
+                retry=True,
+                retry_policy=RETRY_POLICY,
+            )
+            sent += len(chunk)
+            if progress:
+                progress(len(chunk))
+
+        for model, h in jobs:
+            by_model[model].append(h)
+            if len(by_model[model]) >= batch_size:
+                flush(model)
+        for model in list(by_model):
+            flush(model)
+    return sent
+
+
+def enqueue_aggregation(app: Celery, run_id: str) -> None:
+    app.send_task("nerfleet.aggregate", args=[run_id], queue=AGGREGATE_QUEUE, retry=True, retry_policy=RETRY_POLICY)

@@ -1,0 +1,88 @@
+"""The generation task: claim a chunk of jobs, generate them as one batch, store, maybe aggregate."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.exc import OperationalError
+from sqlmodel import select
+
+from nerfleet.settings import get_settings
+from nerfleet.storage.db import session_scope
+from nerfleet.storage.jobs import claim, claim_aggregation, finish, release, runs_of
+from nerfleet.storage.tables import Document, PromptText
+from nerfleet.tasks.app import app
+from nerfleet.tasks.dispatch import enqueue_aggregation
+from nerfleet.workers import runtime
+from nerfleet.workers.engine import GenerationRequest
+
+log = logging.getLogger(__name__)
+
+
+@app.task(
+    name="nerfleet.generate",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=2,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=20,
+)
+def generate(self, run_id: str, model: str, jobs: list[str]) -> dict:
+    """Arguments are ids only (run, model, job hashes): Flower shows them, messages stay small."""
+    s = get_settings()
+    rt = runtime.current()
+    if model != rt.spec.name:
+        log.error("message for model %s reached a worker holding %s; its jobs are left to the sweeper", model, rt.spec.name)
+        return {"claimed": 0}
+    with session_scope() as session:
+        claimed, failed_now = claim(session, jobs, model, rt.worker, s.lease_s, s.max_attempts)
+        requests = []
+        for c in claimed:
+            doc = session.exec(
+                select(Document).where(Document.corpus_id == c.corpus_id, Document.doc_id == c.doc_id)
+            ).one()
+            prompt = session.get(PromptText, c.prompt_hash)
+            requests.append(GenerationRequest(c.hash, prompt.template, doc.text, int(c.params["max_new_tokens"])))
+    hashes = [c.hash for c in claimed]
+    if hashes:
+        log.info("run %s: generating %d jobs of %s", run_id, len(hashes), model)
+        with runtime.lease_keeper(hashes, rt.worker):
+            try:
+                results = rt.engine.generate(requests)
+            except Exception as exc:
+                with session_scope() as session:
+                    failed_now += release(session, hashes, f"{type(exc).__name__}: {exc}", s.max_attempts)
+                log.warning("run %s: generation failed (%s); jobs released", run_id, type(exc).__name__)
+                _after(finished=failed_now)
+                raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries), max_retries=s.max_attempts)
+        rows = [
+            {
+                "job_hash": r.key,
+                "output": r.output,
+                "prompt_tokens": r.prompt_tokens,
+                "output_tokens": r.output_tokens,
+                "truncated": r.truncated,
+                "latency_s": r.latency_s,
+                "engine": rt.engine.name,
+                "host": rt.host,
+                "gpu": rt.gpu,
+            }
+            for r in results
+        ]
+        with session_scope() as session:
+            finish(session, rows)
+    _after(finished=hashes + failed_now)
+    return {"claimed": len(hashes), "failed": len(failed_now)}
+
+
+def _after(finished: list[str]) -> None:
+    """The worker that finishes a run's last job claims its aggregation (exactly one wins)."""
+    if not finished:
+        return
+    with session_scope() as session:
+        claimed = [r for r in runs_of(session, finished) if claim_aggregation(session, r)]
+    for run_id in claimed:
+        enqueue_aggregation(app, run_id)

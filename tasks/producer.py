@@ -1,0 +1,136 @@
+"""The producer: a run is a batch of (model, prompt, document) jobs; the same command resumes it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import update
+from sqlmodel import select
+
+from nerfleet.evaluation.prompts import Prompt, load_prompt
+from nerfleet.settings import get_settings
+from nerfleet.storage.corpus_store import get_corpus, load_documents
+from nerfleet.storage.db import session_scope
+from nerfleet.storage.jobs import claim_aggregation, insert_ignore, job_hash
+from nerfleet.storage.tables import Job, PromptText, Run, RunJob, utcnow
+from nerfleet.workers.models import ModelSpec, resolve
+
+
+@dataclass
+class RunPlan:
+    run_id: str
+    total: int
+    already_done: int
+    enqueued: int
+    aggregation_enqueued: bool
+
+
+def plan_id(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def create_run(
+    models: Sequence[str],
+    prompts: Sequence[str],
+    split: str = "test",
+    limit: int | None = None,
+    max_new_tokens: int | None = None,
+    name: str | None = None,
+    corpus: str | None = None,
+    retry_failed: bool = False,
+    progress: Callable[[int], None] | None = None,
+    app=None,
+) -> RunPlan:
+    """Write the run and its jobs, then enqueue every job that has no result yet."""
+    from nerfleet.tasks.app import app as default_app
+    from nerfleet.tasks.dispatch import enqueue_aggregation, enqueue_jobs
+
+    app = app or default_app
+    s = get_settings()
+    if not models:
+        raise ValueError("no --model given")
+    if not prompts:
+        raise ValueError("no --prompt given")
+    specs: list[ModelSpec] = [resolve(m) for m in models]
+    loaded: list[Prompt] = [load_prompt(p) for p in prompts]
+    if len({p.name for p in loaded}) != len(loaded):
+        raise ValueError("two prompts share a name in one run; give custom prompts distinct names")
+    params = {"max_new_tokens": max_new_tokens or s.max_new_tokens, "do_sample": False}
+    _check_broker(app)
+    with session_scope() as session:
+        c = get_corpus(session, corpus)
+        docs = load_documents(session, c.id, split)
+        if limit is not None:
+            docs = docs[:limit]
+        if not docs:
+            raise ValueError(f"corpus {c.name} v{c.version} has no documents in split {split!r}")
+        spec = {
+            "corpus": c.id,
+            "models": [m.as_dict() | {"fingerprint": m.fingerprint()} for m in specs],
+            "prompts": [p.hash for p in loaded],
+            "split": split,
+            "documents": [d.doc_id for d in docs],
+            "params": params,
+        }
+        run_id = name if name and session.get(Run, name) else plan_id(spec)
+        run = session.get(Run, run_id)
+        if run is None:
+            run = Run(id=run_id, name=name or run_id, corpus_id=c.id, spec_json=json.dumps(spec))
+            session.add(run)
+        insert_ignore(session, PromptText, [{"hash": p.hash, "name": p.name, "format": p.format, "template": p.template} for p in loaded])
+        rows, links = [], []
+        for m in specs:
+            fp = m.fingerprint()
+            for p in loaded:
+                for d in docs:
+                    h = job_hash(fp, m.chat, p.hash, d.text, params)
+                    rows.append({"hash": h, "model": m.name, "prompt": p.name, "prompt_hash": p.hash, "corpus_id": c.id,
+                                 "doc_id": d.doc_id, "params_json": json.dumps(params), "state": "queued",
+                                 "attempts": 0, "updated_at": utcnow()})
+                    links.append({"run_id": run_id, "job_hash": h})
+        for k in range(0, len(rows), s.enqueue_chunk):
+            insert_ignore(session, Job, rows[k : k + s.enqueue_chunk])
+            insert_ignore(session, RunJob, links[k : k + s.enqueue_chunk])
+        run.total = len(links)
+        if retry_failed:
+            session.exec(
+                update(Job).where(Job.hash.in_(select(RunJob.job_hash).where(RunJob.run_id == run_id)), Job.state == "failed")
+                .values(state="queued", attempts=0, error=None)
+            )
+            run.aggregation_claimed_at = None
+            run.aggregated_at = None
+        session.add(run)
+    # Enqueue what has no result, chunk by chunk so a huge grid never sits in memory twice.
+    enqueued = done = 0
+    with session_scope() as session:
+        now = utcnow()
+        stmt = (
+            select(Job.model, Job.hash, Job.state, Job.lease_until)
+            .join(RunJob, RunJob.job_hash == Job.hash)
+            .where(RunJob.run_id == run_id)
+            .order_by(Job.model, Job.prompt, Job.doc_id)
+        )
+        todo = []
+        for model, h, state, lease in session.exec(stmt):
+            if state in ("done", "failed"):
+                done += 1
+            elif state == "queued" or lease is None or lease < now:
+                todo.append((model, h))
+    for k in range(0, len(todo), s.enqueue_chunk):
+        enqueued += enqueue_jobs(app, run_id, todo[k : k + s.enqueue_chunk], s.batch_size, progress)
+    with session_scope() as session:
+        agg = claim_aggregation(session, run_id)
+    if agg:
+        enqueue_aggregation(app, run_id)
+    return RunPlan(run_id, len(links), done, enqueued, agg)
+
+
+def _check_broker(app) -> None:
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=3, interval_start=0.2, interval_step=0.5, timeout=5)
+    except Exception as exc:
+        raise ConnectionError(f"broker {app.conf.broker_url} unreachable: {exc}") from None

