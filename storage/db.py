@@ -62,3 +62,9 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
 
 def is_sqlite(url: str | None = None) -> bool:
     return get_engine(url).dialect.name == "sqlite"
+
+
+def dispose_engines() -> None:
+    """Forget this process's engines (after a fork, or when a database was recreated)."""
+    for key in [k for k in _engines if k[0] == os.getpid()]:
+        _engines.pop(key).dispose()

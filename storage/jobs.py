@@ -43,8 +43,9 @@ def insert_ignore(session: Session, table: type[SQLModel], rows: Sequence[dict])
         return 0
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    result = session.exec(insert(table.__table__).values(list(rows)).on_conflict_do_nothing())  # type: ignore[call-overload]
-    return result.rowcount or 0
+    pk = list(table.__table__.primary_key.columns)[0]
+    stmt = insert(table.__table__).values(list(rows)).on_conflict_do_nothing().returning(pk)
+    return len(session.exec(stmt).all())  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)

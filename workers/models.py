@@ -38,10 +38,15 @@ class ModelSpec:
             for p in files:
                 if p.suffix in {".json", ".jinja", ".txt", ".model"} and p.stat().st_size < 5_000_000:
                     h.update(p.name.encode() + p.read_bytes())
-                else:
-                    h.update(f"{p.name}:{p.stat().st_size}".encode())
-            return f"local:{h.hexdigest()[:16]}"
-        return f"{self.source}@{self.revision}"
+                else:  # weights: size plus the first and last MiB, cheap even for 100 GB
+                    size = p.stat().st_size
+                    h.update(f"{p.name}:{size}".encode())
+                    with p.open("rb") as fh:
+                        h.update(fh.read(1 << 20))
+                        fh.seek(max(0, size - (1 << 20)))
+                        h.update(fh.read(1 << 20))
+            return f"{self.name}:local:{h.hexdigest()[:16]}"
+        return f"{self.name}:{self.source}@{self.revision}"
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,152 @@
+"""End to end with real parts: a real redis-server, real worker processes, SQLite, a real forward pass."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from nerfleet.settings import get_settings
+from nerfleet.storage.db import session_scope
+from nerfleet.storage.tables import Generation, Job, Run, RunJob
+from tests.helpers import Worker, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def fleet(home, broker, demo_corpus, monkeypatch, tmp_path):
+    """Environment shared by this process (producer) and the worker processes."""
+    for key, value in {"NERFLEET_LEASE_S": "6", "NERFLEET_HEARTBEAT_S": "1", "NERFLEET_SWEEP_INTERVAL_S": "1",
+                       "NERFLEET_BATCH_SIZE": "2", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    workers: list[Worker] = []
+
+    class Fleet:
+        env = dict(os.environ)
+        corpus = str(demo_corpus)
+
+        def worker(self, model: Path | str, name: str, **kw) -> Worker:
+            w = Worker(str(model), self.env, tmp_path / f"{name}.log", name=f"{name}@%h", **kw)
+            workers.append(w)
+            return w
+
+        def run(self, models, prompts=("v1", "v2", "v3"), limit=5, **kw):
+            from nerfleet.tasks.app import make_app
+            from nerfleet.tasks.producer import create_run
+
+            return create_run([str(m) for m in models], list(prompts), "all", limit, 8, None, self.corpus,
+                              app=make_app(), **kw)
+
+        def wait_aggregated(self, run_id: str, timeout: float = 180):
+            def done():
+                with session_scope() as s:
+                    return s.get(Run, run_id).aggregated_at is not None
+            try:
+                wait_for(done, timeout, what=f"aggregation of run {run_id}")
+            except TimeoutError:
+                for w in workers:
+                    print(w.log.read_text()[-4000:])
+                raise
+
+    yield Fleet()
+    for w in workers:
+        w.stop()
+
+
+def _jobs(run_id):
+    with session_scope() as s:
+        return list(s.exec(select(Job).join(RunJob, RunJob.job_hash == Job.hash).where(RunJob.run_id == run_id)))
+
+
+def test_two_models_three_prompts_five_documents(fleet, tiny_models):
+    a, b = tiny_models["tiny-a"], tiny_models["tiny-b"]
+    wa = fleet.worker(a, "tiny-a-worker").wait_ready()
+    wb = fleet.worker(b, "tiny-b-worker").wait_ready()
+    plan = fleet.run([a, b])
+    assert plan.total == 30 and plan.enqueued == 30
+    fleet.wait_aggregated(plan.run_id)
+    jobs = _jobs(plan.run_id)
+    assert len(jobs) == 30 and all(j.state == "done" for j in jobs)
+    # Routing: each model's jobs ran on that model's worker only.
+    assert {j.worker for j in jobs if j.model == "tiny-a"} == {wa.log.stem + "@" + os.uname().nodename}
+    assert {j.worker for j in jobs if j.model == "tiny-b"} == {wb.log.stem + "@" + os.uname().nodename}
+    with session_scope() as s:
+        gens = s.exec(select(Generation).where(Generation.job_hash.in_([j.hash for j in jobs]))).all()
+        assert len(gens) == 30 and all(g.prompt_tokens > 0 for g in gens)
+        assert s.get(Run, plan.run_id).aggregation_count == 1
+    from typer.testing import CliRunner
+
+    from nerfleet.cli import app
+
+    import json
+
+    report = json.loads(CliRunner().invoke(app, ["report", plan.run_id, "--format", "json"]).stdout)
+    for model in ("tiny-a", "tiny-b"):
+        assert set(report["strategy1"][model]) == {"v1", "v2", "v3"}
+        assert set(report["strategy2"][model]) == {"v2", "v3"}
+        assert set(report["parse_ratio"][model]) == {"v2", "v3"}
+    status = json.loads(CliRunner().invoke(app, ["status", plan.run_id, "--json"]).stdout)
+    assert status["total"] == 30 and status["done"] == 30 and status["failed"] == 0 and status["aggregated"]
+    exported = CliRunner().invoke(app, ["export", plan.run_id]).stdout.splitlines()
+    assert len(exported) == 30
+
+
+def test_resume_does_not_generate_finished_jobs_again(fleet, tiny_models, monkeypatch):
+    a = tiny_models["tiny-a"]
+    monkeypatch.setenv("NERFLEET_BATCH_SIZE", "1")
+    fleet.env["NERFLEET_BATCH_SIZE"] = "1"
+    get_settings.cache_clear()
+    w = fleet.worker(a, "first", engine="simple").wait_ready()
+    plan = fleet.run([a])
+    wait_for(lambda: sum(j.state == "done" for j in _jobs(plan.run_id)) >= 4, 120, 0.1, "some jobs done")
+    w.kill()  # the fleet goes down halfway
+    before = {j.hash: j for j in _jobs(plan.run_id) if j.state == "done"}
+    with session_scope() as s:
+        stamps = {g.job_hash: g.created_at for g in s.exec(select(Generation))}
+    assert 4 <= len(before) < 15
+    again = fleet.run([a])  # the same command
+    assert again.run_id == plan.run_id
+    assert again.already_done >= len(before)
+    fleet.worker(a, "second").wait_ready()
+    fleet.wait_aggregated(plan.run_id)
+    jobs = _jobs(plan.run_id)
+    assert all(j.state == "done" for j in jobs)
+    with session_scope() as s:
+        gens = {g.job_hash: g for g in s.exec(select(Generation))}
+    assert len(gens) == 15
+    for h in before:  # finished work was kept, not redone
+        assert gens[h].created_at == stamps[h]
+        assert next(j for j in jobs if j.hash == h).attempts == 1
+
+
+def test_exactly_once_with_two_workers_and_forced_redelivery(fleet, tiny_models):
+    a = tiny_models["tiny-a"]
+    fleet.worker(a, "twin-1").wait_ready()
+    fleet.worker(a, "twin-2").wait_ready()
+    plan = fleet.run([a])
+    fleet.wait_aggregated(plan.run_id)
+    jobs = _jobs(plan.run_id)
+    assert len({j.worker for j in jobs}) == 2  # both took part
+    # Force redelivery of every job message and of the aggregation message.
+    from nerfleet.tasks.app import make_app
+    from nerfleet.tasks.dispatch import enqueue_aggregation, enqueue_jobs
+
+    app = make_app()
+    enqueue_jobs(app, plan.run_id, [(j.model, j.hash) for j in jobs], 2)
+    enqueue_aggregation(app, plan.run_id)
+    enqueue_aggregation(app, plan.run_id)
+    import redis
+
+    r = redis.Redis.from_url(get_settings().broker_url)
+    wait_for(lambda: r.llen("gen.tiny-a") == 0 and r.llen("nerfleet.aggregate") == 0, 60, what="queues drained")
+    import time
+
+    time.sleep(2)
+    with session_scope() as s:
+        assert len(s.exec(select(Generation)).all()) == 15
+        assert s.get(Run, plan.run_id).aggregation_count == 1
+    assert all(j.attempts == 1 for j in _jobs(plan.run_id))

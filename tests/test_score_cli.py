@@ -1,0 +1,54 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from nerfleet.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def built(home):
+    assert runner.invoke(app, ["corpus", "build", "demo"]).exit_code == 0
+
+
+def write(tmp_path, lines):
+    path = tmp_path / "outputs.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_score_json_shape_and_report_files(built, tmp_path):
+    lines = [json.dumps({"doc_id": "en-demo-001", "model": "m1", "prompt": p, "output": out}) for p, out in [
+        ("v1", "Diseases: renal hydatid disease. Symptoms: fever, sweating"),
+        ("v2", "{diseases: [renal hydatid disease], symptoms: [fever; sweating], medical procedures: [renal ultrasound]}"),
+        ("v3", '{"annotations": [{"entity": "fever", "category": "symptom"}]}'),
+    ]]
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["score", str(write(tmp_path, lines)), "--json", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert set(scores["strategy1"]["m1"]) == {"v1", "v2", "v3"}
+    assert set(scores["strategy2"]["m1"]) == {"v2", "v3"}
+    assert set(scores["strategy2"]["m1"]["v2"]) == {"DISEASE", "SYMPTOM", "PROCEDURE", "micro"}
+    assert scores["parse_ratio"]["m1"]["v2"]["strict"] == 1.0
+    assert scores["documents"] == 1
+    assert scores["strategy2"]["m1"]["v2"]["micro"]["precision"] == 1.0
+    for name in ("report.txt", "scores.json", "table3.csv", "table4.csv", "table5.csv", "f1.png"):
+        assert (out / name).stat().st_size > 0
+    text = runner.invoke(app, ["score", str(write(tmp_path, lines))]).stdout
+    assert "Table 3" in text and "Table 4" in text and "Table 5" in text and "0.667" not in text.split("Table 4")[0][:0]
+
+
+@pytest.mark.parametrize("bad,message", [
+    ("not json", "line 2: not JSON"),
+    (json.dumps({"doc_id": "en-demo-001", "model": "m"}), "line 2: missing field prompt, output"),
+    (json.dumps({"doc_id": "nope", "model": "m", "prompt": "v1", "output": ""}), "line 2: unknown document 'nope'"),
+])
+def test_bad_lines_name_the_line_and_score_nothing(built, tmp_path, bad, message):
+    good = json.dumps({"doc_id": "en-demo-001", "model": "m", "prompt": "v1", "output": "fever"})
+    result = runner.invoke(app, ["score", str(write(tmp_path, [good, bad])), "--json"])
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert result.stdout == ""

@@ -1,0 +1,77 @@
+"""The same storage code on SQLite and PostgreSQL: idempotent writes, conditional claims."""
+
+import json
+
+import pytest
+from sqlmodel import select
+
+from nerfleet.storage.db import get_engine, session_scope
+from nerfleet.storage.jobs import claim, claim_aggregation, finish, insert_ignore, renew
+from nerfleet.storage.tables import Corpus, Generation, Job, Run, RunJob
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'x.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+def seed(url):
+    with session_scope(url) as s:
+        s.add(Corpus(id=1, name="c", source="x", source_hash="h", seed=1, stats_json="{}"))
+        s.add(Run(id="r1", name="r1", corpus_id=1, spec_json="{}", total=2))
+        s.flush()
+        rows = [dict(hash=f"j{i}", model="m", prompt="v1", prompt_hash="p", corpus_id=1, doc_id=f"d{i}",
+                     params_json=json.dumps({"max_new_tokens": 4}), state="queued", attempts=0) for i in range(2)]
+        assert insert_ignore(s, Job, rows) == 2
+        assert insert_ignore(s, Job, rows) == 0  # again: nothing
+        insert_ignore(s, RunJob, [{"run_id": "r1", "job_hash": r["hash"]} for r in rows])
+
+
+def gen_row(h):
+    return {"job_hash": h, "output": "x", "prompt_tokens": 1, "output_tokens": 1, "truncated": False,
+            "latency_s": 0.1, "engine": "t", "host": "h", "gpu": None}
+
+
+def test_claims_are_exclusive_and_writes_idempotent(db):
+    get_engine(db)
+    seed(db)
+    with session_scope(db) as s:
+        got, failed = claim(s, ["j0", "j1"], "m", "w1", lease_s=60, max_attempts=3)
+        assert [c.hash for c in got] == ["j0", "j1"] and failed == []
+    with session_scope(db) as s:
+        got2, _ = claim(s, ["j0", "j1"], "m", "w2", lease_s=60, max_attempts=3)
+        assert got2 == []  # leased to w1
+        assert claim(s, ["j0"], "other-model", "w2", 60, 3) == ([], [])
+        assert renew(s, ["j0", "j1"], "w1", 60) == 2
+        assert renew(s, ["j0"], "w2", 60) == 0
+    with session_scope(db) as s:
+        assert not claim_aggregation(s, "r1")
+        finish(s, [gen_row("j0"), gen_row("j1")])
+    with session_scope(db) as s:
+        finish(s, [gen_row("j0")])  # a redelivered job writes nothing new
+    with session_scope(db) as s:
+        assert len(s.exec(select(Generation)).all()) == 2
+        assert claim_aggregation(s, "r1") is True
+    with session_scope(db) as s:
+        assert claim_aggregation(s, "r1") is False  # exactly one claimant
+
+
+def test_expired_lease_can_be_reclaimed_and_attempts_counted(db):
+    get_engine(db)
+    seed(db)
+    with session_scope(db) as s:
+        claim(s, ["j0"], "m", "w1", lease_s=-1, max_attempts=2)  # already expired
+    with session_scope(db) as s:
+        got, _ = claim(s, ["j0"], "m", "w2", lease_s=60, max_attempts=2)
+        assert [c.hash for c in got] == ["j0"]
+    with session_scope(db) as s:
+        s.get(Job, "j0").lease_until = None
+        job = s.get(Job, "j0")
+        job.state, job.attempts = "queued", 2
+        s.add(job)
+    with session_scope(db) as s:
+        got, failed = claim(s, ["j0"], "m", "w3", lease_s=60, max_attempts=2)
+        assert got == [] and failed == ["j0"]
+        assert s.get(Job, "j0").state == "failed"
