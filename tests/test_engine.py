@@ -1,0 +1,53 @@
+"""Engines on the tiny random model: batched equals simple in float32; long documents are cut and recorded."""
+
+import pytest
+
+from nerfleet.evaluation.prompts import load_prompt
+from nerfleet.workers.engine import BatchedEngine, GenerationRequest, SimpleEngine
+from nerfleet.workers.models import load, resolve
+from tests.conftest import DEMO_CORPUS
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_models):
+    return load(resolve(str(tiny_models["tiny-a"])), device="cpu", dtype="float32")
+
+
+def requests(n=6, max_new_tokens=12):
+    texts = sorted((DEMO_CORPUS / "distemist" / "txt").glob("*.txt"))[:n]
+    return [GenerationRequest(f"k{i}", load_prompt(("v1", "v2", "v3")[i % 3]).template, p.read_text(), max_new_tokens)
+            for i, p in enumerate(texts)]
+
+
+def test_batched_equals_simple_in_float32(tiny):
+    model, tok = tiny
+    reqs = requests()
+    simple = SimpleEngine(model, tok).generate(reqs)
+    batched = BatchedEngine(model, tok, batch_size=4).generate(reqs)
+    assert [r.key for r in batched] == [r.key for r in reqs]  # original order restored
+    assert [r.output for r in batched] == [r.output for r in simple]
+    assert [r.output_tokens for r in batched] == [r.output_tokens for r in simple]
+    assert all(r.output_tokens > 0 for r in simple)
+
+
+def test_long_document_is_truncated_and_recorded(tiny):
+    model, tok = tiny
+    engine = SimpleEngine(model, tok, context=300)
+    req = GenerationRequest("long", load_prompt("v1").template, "fever and cough. " * 400, 8)
+    (res,) = engine.generate([req])
+    assert res.truncated and res.prompt_tokens <= 300 - 8
+    (short,) = engine.generate(requests(1, 8))
+    assert not short.truncated
+
+
+def test_chat_template_is_used_when_present(tiny):
+    model, tok = tiny
+    ids, _ = SimpleEngine(model, tok).encode(requests(1)[0])
+    assert tok.decode(ids).startswith("<s>user:")
+    raw, _ = SimpleEngine(model, tok, chat=False).encode(requests(1)[0])
+    assert not tok.decode(raw).startswith("<s>user:")
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(LookupError, match="unknown model 'no-such-model'"):
+        resolve("no-such-model")
