@@ -351,6 +351,108 @@ def monitor(
         fail(exc)
 
 
+@app.command("finetune")
+def finetune(
+    encoder: list[str] = typer.Option(["minilm"], "--encoder", help="minilm (embedded), a Table 6 name, HF id or path."),
+    epochs: int = typer.Option(5),
+    seed: int = typer.Option(13),
+    lr: float = typer.Option(1e-4),
+    batch_size: int = typer.Option(16),
+    max_length: int = typer.Option(256),
+    corpus: Optional[str] = typer.Option(None),
+    local: bool = typer.Option(False, "--local", help="Train here, in this process, instead of on a training worker."),
+) -> None:
+    """Enqueue one training job per encoder (Table 6 baselines) for `nerfleet worker --train`."""
+    from nerfleet.storage.corpus_store import get_corpus
+    from nerfleet.storage.db import session_scope
+    from nerfleet.storage.jobs import insert_ignore
+    from nerfleet.storage.tables import TrainJob
+    from nerfleet.workers.finetune import TrainParams, encoder_source, job_id_for, run_training_job
+
+    params = TrainParams(epochs=epochs, seed=seed, lr=lr, batch_size=batch_size, max_length=max_length)
+    ids = []
+    try:
+        with session_scope() as session:
+            c = get_corpus(session, corpus)
+            for enc in encoder:
+                jid = job_id_for(enc, c.id, params)
+                insert_ignore(session, TrainJob, [{"id": jid, "encoder": enc, "source": encoder_source(enc),
+                                                   "corpus_id": c.id, "params_json": json.dumps(params.__dict__),
+                                                   "state": "queued", "epoch": 0, "history_json": "[]"}])
+                ids.append(jid)
+        if local:
+            for jid in ids:
+                run_training_job(jid)
+        else:
+            from nerfleet.tasks.app import TRAIN_QUEUE, app as celery_app
+            from nerfleet.tasks.dispatch import RETRY_POLICY
+
+            for jid in ids:
+                celery_app.send_task("nerfleet.train", args=[jid], queue=TRAIN_QUEUE, retry=True, retry_policy=RETRY_POLICY)
+    except USER_ERRORS as exc:
+        fail(exc)
+    for jid in ids:
+        typer.echo(jid)
+    if local:
+        training(None, False)
+
+
+@app.command("training")
+def training(job_id: Optional[str] = typer.Argument(None), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Training jobs: state, per-epoch loss and dev F1, and test metrics when done."""
+    from sqlmodel import select
+
+    from nerfleet.storage.db import session_scope
+    from nerfleet.storage.tables import Metric, TrainJob
+
+    with session_scope() as session:
+        stmt = select(TrainJob) if job_id is None else select(TrainJob).where(TrainJob.id == job_id)
+        jobs = session.exec(stmt).all()
+        rows = []
+        for j in jobs:
+            metrics = {m.category: {"precision": m.precision, "recall": m.recall, "f1": m.f1}
+                       for m in session.exec(select(Metric).where(Metric.run_id == j.id))}
+            rows.append({"id": j.id, "encoder": j.encoder, "state": j.state, "epoch": j.epoch,
+                         "history": json.loads(j.history_json), "test": metrics, "error": j.error,
+                         "checkpoints": j.checkpoint_dir})
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for r in rows:
+        typer.echo(f"{r['id']} {r['encoder']}: {r['state']}, epoch {r['epoch']}" + (f" ({r['error']})" if r["error"] else ""))
+        for h in r["history"]:
+            typer.echo(f"  epoch {h['epoch']}: loss {h['loss']:.4f}, dev F1 {h['dev_f1']:.3f}, {h['seconds']:.0f} s")
+        if "micro" in r["test"]:
+            m = r["test"]["micro"]
+            typer.echo(f"  test micro P {m['precision']:.3f} R {m['recall']:.3f} F1 {m['f1']:.3f}")
+
+
+@app.command("tag")
+def tag(
+    files: list[Path] = typer.Argument(..., help="Plain-text files to tag."),
+    model: Path = typer.Option(..., "--model", help="A trained checkpoint (…/final)."),
+    fmt: str = typer.Option("text", "--format", help="text or tsv (the corpora's mentions layout)"),
+) -> None:
+    """Tag new text with a fine-tuned encoder; tsv writes filename ann_id label start_span end_span text."""
+    from nerfleet.workers.finetune import load_tagger, predict_spans
+
+    if fmt not in ("text", "tsv"):
+        fail(ValueError(f"--format {fmt!r}: use text or tsv"))
+    try:
+        tagger, tokenizer, params = load_tagger(str(model))
+    except (OSError, ValueError) as exc:
+        fail(ValueError(f"cannot load tagger {model}: {exc}"))
+    if fmt == "tsv":
+        typer.echo("filename\tann_id\tlabel\tstart_span\tend_span\ttext")
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        for k, s in enumerate(predict_spans(tagger, tokenizer, text, params), start=1):
+            if fmt == "tsv":
+                typer.echo(f"{path.stem}\tT{k}\t{s.label}\t{s.start}\t{s.end}\t{text[s.start:s.end]}")
+            else:
+                typer.echo(f"{path.name}\t{s.label}\t{s.start}-{s.end}\t{text[s.start:s.end]}")
+
+
 def main() -> None:
     app()
 

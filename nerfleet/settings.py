@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     #: Redis redelivers an unacknowledged message after this long; longer than any batch.
     visibility_timeout_s: int = 6 * 3600
     #: A running job whose lease is not renewed for this long is re-enqueued.
-    lease_s: int = 60
+    lease_s: int = 30
     heartbeat_s: float = 10.0
     sweep_interval_s: float = 15.0
     max_attempts: int = 3

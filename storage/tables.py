@@ -94,6 +94,22 @@ class Generation(SQLModel, table=True):
     created_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
+class TrainJob(SQLModel, table=True):
+    """One encoder fine-tuning (Table 6 baseline); progress is visible while it runs."""
+
+    id: str = Field(primary_key=True)
+    encoder: str
+    source: str
+    corpus_id: int = Field(foreign_key="corpus.id")
+    params_json: str = Field(sa_column=Column(Text, nullable=False))
+    state: str = Field(default="queued", index=True)  # queued | running | done | failed
+    epoch: int = 0
+    history_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    checkpoint_dir: str | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    updated_at: NaiveDatetime = Field(default_factory=utcnow)
+
+
 class Metric(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("run_id", "strategy", "model", "prompt", "category"),)
     id: int | None = Field(default=None, primary_key=True)

@@ -14,6 +14,8 @@ from nerfleet.settings import Settings, get_settings
 
 AGGREGATE_QUEUE = "nerfleet.aggregate"
 TRAIN_QUEUE = "nerfleet.train"
+NORMAL_PRIORITY = 5
+RETRY_PRIORITY = 0
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -27,6 +29,10 @@ def make_app(settings: Settings | None = None) -> Celery:
         "visibility_timeout": s.visibility_timeout_s,
         "socket_keepalive": True,
         "health_check_interval": 25,
+        # Redis priorities: 0 is served first. Jobs taken back from a dead worker go to the front.
+        "priority_steps": list(range(10)),
+        "sep": ":",
+        "queue_order_strategy": "priority",
     }
     app.conf.update(
         task_serializer="json",
@@ -46,6 +52,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         broker_transport_options=transport,
         result_backend_transport_options=transport,
         task_default_queue=AGGREGATE_QUEUE,
+        task_default_priority=NORMAL_PRIORITY,
         task_routes={"nerfleet.aggregate": {"queue": AGGREGATE_QUEUE}, "nerfleet.train": {"queue": TRAIN_QUEUE}},
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 
 from celery import Celery
 
-from nerfleet.tasks.app import AGGREGATE_QUEUE
+from nerfleet.tasks.app import AGGREGATE_QUEUE, NORMAL_PRIORITY
 from nerfleet.workers.models import queue_name
 
 RETRY_POLICY = {"max_retries": 30, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 10.0}
@@ -19,6 +19,7 @@ def enqueue_jobs(
     jobs: Iterable[tuple[str, str]],
     batch_size: int,
     progress: Callable[[int], None] | None = None,
+    priority: int = NORMAL_PRIORITY,
 ) -> int:
     """``jobs`` is (model name, job hash); messages carry ids only, never texts."""
     by_model: dict[str, list[str]] = defaultdict(list)
@@ -31,6 +32,7 @@ def enqueue_jobs(
                 "nerfleet.generate",
                 args=[run_id, model, chunk],
                 queue=queue_name(model),
+                priority=priority,
                 producer=producer,
                 retry=True,
                 retry_policy=RETRY_POLICY,

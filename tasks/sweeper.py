@@ -12,6 +12,7 @@ from nerfleet.settings import get_settings
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.jobs import claim_aggregation, expired, requeue_expired, runs_of
 from nerfleet.storage.tables import Run
+from nerfleet.tasks.app import RETRY_PRIORITY
 from nerfleet.tasks.dispatch import enqueue_aggregation, enqueue_jobs
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ def sweep(app: Celery) -> dict[str, int]:
             elif outcome == "failed":
                 failed += 1
     for run_id, jobs in requeued.items():
-        enqueue_jobs(app, run_id, jobs, s.batch_size)
+        # One job per message: if one of them kills its worker every time, the others are not dragged along.
+        enqueue_jobs(app, run_id, jobs, 1, priority=RETRY_PRIORITY)
     aggregated = 0
     with session_scope() as session:
         unclaimed = session.exec(select(Run.id).where(Run.aggregation_claimed_at.is_(None))).all()

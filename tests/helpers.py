@@ -141,3 +141,49 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "cond
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class TcpProxy:
+    """Forwards host:port to a target (used to expose loopback-only PostgreSQL on a veth address)."""
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int]):
+        import asyncio
+        import threading
+
+        self.listen, self.target = listen, target
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self.ready.wait(5)
+
+    def _run(self):
+        import asyncio
+
+        async def pipe(reader, writer):
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except Exception:
+                pass
+            finally:
+                writer.close()
+
+        async def handle(reader, writer):
+            r2, w2 = await asyncio.open_connection(*self.target)
+            await asyncio.gather(pipe(reader, w2), pipe(r2, writer))
+
+        async def main():
+            self.server = await asyncio.start_server(handle, *self.listen)
+            self.ready.set()
+            await self.server.serve_forever()
+
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(main())
+        except Exception:
+            pass
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.server.close)

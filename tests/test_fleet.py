@@ -29,17 +29,19 @@ def fleet(home, broker, demo_corpus, monkeypatch, tmp_path):
         env = dict(os.environ)
         corpus = str(demo_corpus)
 
-        def worker(self, model: Path | str, name: str, **kw) -> Worker:
-            w = Worker(str(model), self.env, tmp_path / f"{name}.log", name=f"{name}@%h", **kw)
+        workers_started = workers
+
+        def worker(self, model: Path | str, name: str, env: dict | None = None, **kw) -> Worker:
+            w = Worker(str(model), env or self.env, tmp_path / f"{name}.log", name=f"{name}@%h", **kw)
             workers.append(w)
             return w
 
-        def run(self, models, prompts=("v1", "v2", "v3"), limit=5, **kw):
+        def run(self, models, prompts=("v1", "v2", "v3"), limit=5, max_new_tokens=8, **kw):
             from nerfleet.tasks.app import make_app
             from nerfleet.tasks.producer import create_run
 
-            return create_run([str(m) for m in models], list(prompts), "all", limit, 8, None, self.corpus,
-                              app=make_app(), **kw)
+            return create_run([str(m) for m in models], list(prompts), "all", limit, max_new_tokens, None,
+                              self.corpus, app=make_app(), **kw)
 
         def wait_aggregated(self, run_id: str, timeout: float = 180):
             def done():
@@ -142,7 +144,10 @@ def test_exactly_once_with_two_workers_and_forced_redelivery(fleet, tiny_models)
     import redis
 
     r = redis.Redis.from_url(get_settings().broker_url)
-    wait_for(lambda: r.llen("gen.tiny-a") == 0 and r.llen("nerfleet.aggregate") == 0, 60, what="queues drained")
+    def depth(name):
+        return sum(r.llen(k) for k in [name.encode(), *r.keys(name + ":*")])
+
+    wait_for(lambda: depth("gen.tiny-a") == 0 and depth("nerfleet.aggregate") == 0, 60, what="queues drained")
     import time
 
     time.sleep(2)

@@ -1,0 +1,14 @@
+"""An engine for the poison-job test: a document containing POISON kills the worker process, every time."""
+
+import os
+
+from nerfleet.workers.engine import BatchedEngine
+
+
+class PoisonEngine(BatchedEngine):
+    name = "poison"
+
+    def generate(self, requests):
+        if any("POISON" in r.text for r in requests):
+            os._exit(137)  # as an OOM kill would
+        return super().generate(requests)
