@@ -197,7 +197,7 @@ def run(
 def worker(
     model: Optional[str] = typer.Option(None, help="The one model this worker loads."),
     gpu: Optional[str] = typer.Option(None, help="GPU index to pin, or 'all' for one worker per GPU."),
-    engine: str = typer.Option("batched", help="simple, batched, or module:Class"),
+    engine: str = typer.Option("batched", help="simple, batched, compiled (static cache + CUDA graphs), or module:Class"),
     train: bool = typer.Option(False, "--train", help="A training worker (encoder baselines) instead."),
     loglevel: str = typer.Option("INFO"),
     name: Optional[str] = typer.Option(None, help="Celery node name (default: MODEL-gpuN@host)."),

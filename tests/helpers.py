@@ -182,7 +182,7 @@ class TcpProxy:
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_until_complete(main())
-        except Exception:
+        except BaseException:  # cancelled at stop()
             pass
 
     def stop(self):

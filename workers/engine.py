@@ -73,11 +73,17 @@ class SimpleEngine:
             return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
         return self.tokenizer(prompt)["input_ids"]
 
+    #: Extra arguments for ``model.generate`` (the compiled engine sets a static cache).
+    generate_kwargs: dict = {}
+
+    def _width(self, longest: int) -> int:
+        return longest
+
     def _run(self, batch: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         import torch
 
         pad = self.tokenizer.pad_token_id
-        width = max(len(x) for x in batch)
+        width = self._width(max(len(x) for x in batch))
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch], device=self.model.device)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch], device=self.model.device)
         with torch.inference_mode():
@@ -87,6 +93,7 @@ class SimpleEngine:
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=pad,
+                **self.generate_kwargs,
             )
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) | {pad}
@@ -121,11 +128,25 @@ class BatchedEngine(SimpleEngine):
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         encoded = [(req, *self.encode(req)) for req in requests]
+        # Longest first: an out-of-memory shows in the first batch; similar lengths pad little.
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][1]))
         results: list[GenerationResult | None] = [None] * len(encoded)
-        for k in range(0, len(order), self.batch_size):
-            self._generate_group(encoded, order[k : k + self.batch_size], results)
+        k = 0
+        while k < len(order):
+            size = self.fit_batch(len(encoded[order[k]][1]), max(r.max_new_tokens for r in requests))
+            self._generate_group(encoded, order[k : k + size], results)
+            k += size
         return [r for r in results if r is not None]
+
+    def fit_batch(self, prompt_len: int, max_new_tokens: int) -> int:
+        """The configured batch, lowered to what the free GPU memory holds for the KV cache."""
+        import torch
+
+        if not str(self.model.device).startswith("cuda"):
+            return self.batch_size
+        free, _ = torch.cuda.mem_get_info(self.model.device)
+        per_seq = kv_bytes_per_token(self.model.config, self.model.dtype) * (prompt_len + max_new_tokens)
+        return max(1, min(self.batch_size, int(0.7 * free / max(1, per_seq))))
 
     def _generate_group(self, encoded, idx: list[int], results: list) -> None:
         import torch
@@ -146,3 +167,32 @@ class BatchedEngine(SimpleEngine):
         for i, out in zip(idx, outs):
             req, ids, truncated = encoded[i]
             results[i] = self._result(req, ids, out[: req.max_new_tokens], truncated, latency)
+
+
+def kv_bytes_per_token(config, dtype) -> int:
+    """Bytes of key and value cache one token takes over all layers."""
+    import torch
+
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    width = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 2
+    return 2 * config.num_hidden_layers * heads * head_dim * width
+
+
+class CompiledEngine(BatchedEngine):
+    """Batched, with a static KV cache so ``generate`` compiles the decoding step (CUDA graphs).
+
+    Plain ``generate`` spends most of each decoding step on the host (~100 ms at batch 128 for a
+    7B model on an H100); a captured graph replays the whole step at once. Prompt widths are
+    rounded up to a multiple of ``bucket`` tokens so that only a few shapes are ever compiled.
+    """
+
+    name = "compiled"
+    bucket = 128
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generate_kwargs = {"cache_implementation": "static"}
+
+    def _width(self, longest: int) -> int:
+        return -(-longest // self.bucket) * self.bucket

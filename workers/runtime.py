@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from nerfleet.settings import get_settings
-from nerfleet.workers.engine import BatchedEngine, Engine, SimpleEngine
+from nerfleet.workers.engine import BatchedEngine, CompiledEngine, Engine, SimpleEngine
 from nerfleet.workers.models import ModelSpec, load
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ def make_engine(kind: str, model, tokenizer, spec: ModelSpec, batch_size: int) -
         return SimpleEngine(model, tokenizer, chat=spec.chat)
     if kind == "batched":
         return BatchedEngine(model, tokenizer, chat=spec.chat, batch_size=batch_size)
+    if kind == "compiled":
+        return CompiledEngine(model, tokenizer, chat=spec.chat, batch_size=batch_size)
     if ":" in kind:
         module, _, attr = kind.partition(":")
         cls = getattr(importlib.import_module(module), attr)
