@@ -27,15 +27,50 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig
 
 ARCHS = {
     # config.json of meta-llama/Llama-2-7b-hf, mistralai/Mistral-7B-v0.1, HuggingFaceTB/SmolLM2-135M-Instruct
-    "llama-2-7b": (LlamaConfig, dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                     num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
-                                     max_position_embeddings=4096, rms_norm_eps=1e-5), 64),
-    "mistral-7b": (MistralConfig, dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                       num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
-                                       max_position_embeddings=32768, rope_theta=10000.0, sliding_window=None), 128),
-    "smollm2-135m": (LlamaConfig, dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                       num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                                       max_position_embeddings=8192, rope_theta=100000.0, tie_word_embeddings=True), 128),
+    "llama-2-7b": (
+        LlamaConfig,
+        dict(
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            vocab_size=32000,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+        ),
+        64,
+    ),
+    "mistral-7b": (
+        MistralConfig,
+        dict(
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=32000,
+            max_position_embeddings=32768,
+            rope_theta=10000.0,
+            sliding_window=None,
+        ),
+        128,
+    ),
+    "smollm2-135m": (
+        LlamaConfig,
+        dict(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=49152,
+            max_position_embeddings=8192,
+            rope_theta=100000.0,
+            tie_word_embeddings=True,
+        ),
+        128,
+    ),
 }
 
 
@@ -93,8 +128,16 @@ def bench_arch(name: str, prompt: int, new: int, bw: float, flops: float, batch:
     # Floor: each decoding step reads all weights and the KV cache so far; prefill is matrix work.
     step_bytes = weight_bytes + batch * (prompt + new / 2) * kv
     floor_s = new * step_bytes / bw + 2 * params * batch * prompt / flops
-    row = {"arch": name, "batch": batch, "prompt_tokens": prompt, "new_tokens": new, "params": params,
-           "weight_bytes": weight_bytes, "kv_bytes_per_token": kv, "floor_tokens_per_s": batch * new / floor_s}
+    row = {
+        "arch": name,
+        "batch": batch,
+        "prompt_tokens": prompt,
+        "new_tokens": new,
+        "params": params,
+        "weight_bytes": weight_bytes,
+        "kv_bytes_per_token": kv,
+        "floor_tokens_per_s": batch * new / floor_s,
+    }
 
     plain = SimpleEngine(model, tok)
     plain_s, plain_mem, plain_out = timed(plain, ids, new)
@@ -110,8 +153,11 @@ def bench_arch(name: str, prompt: int, new: int, bw: float, flops: float, batch:
     prefill_s = min(timed(fast, ids, 1)[0] for _ in range(2))  # prompt + first token only
     row["nerfleet_prefill_seconds"] = prefill_s
     fast_s = min(r[0] for r in runs)
-    row |= {"nerfleet_tokens_per_s": batch * new / fast_s, "nerfleet_seconds": fast_s,
-            "nerfleet_peak_gib": max(r[1] for r in runs) / 2**30}
+    row |= {
+        "nerfleet_tokens_per_s": batch * new / fast_s,
+        "nerfleet_seconds": fast_s,
+        "nerfleet_peak_gib": max(r[1] for r in runs) / 2**30,
+    }
     assert max(len(o) for o in runs[0][2]) == new, "sequences run to max_new_tokens (no EOS in random weights)"
     row["nerfleet_ms_per_decode_step"] = 1000 * (fast_s - prefill_s) / (new - 1)
     row["floor_ms_per_decode_step"] = 1000 * step_bytes / bw
@@ -143,8 +189,22 @@ def main() -> None:
     for name in args.arch or ["mistral-7b", "llama-2-7b", "smollm2-135m"]:
         # One process per architecture: compiled graphs keep private memory pools until exit.
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, __file__, "--arch", name, "--single", f"{tmp}/row.json", "--bw", str(bw),
-                   "--flops", str(flops), "--prompt", str(args.prompt), "--new", str(args.new)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--arch",
+                name,
+                "--single",
+                f"{tmp}/row.json",
+                "--bw",
+                str(bw),
+                "--flops",
+                str(flops),
+                "--prompt",
+                str(args.prompt),
+                "--new",
+                str(args.new),
+            ]
             if args.batch:
                 cmd += ["--batch", str(args.batch)]
             subprocess.run(cmd, check=True)
@@ -152,20 +212,30 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     result = {
         "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-        "copy_bandwidth_bytes_per_s": bw, "bf16_matmul_flops": flops, "rows": rows,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "copy_bandwidth_bytes_per_s": bw,
+        "bf16_matmul_flops": flops,
+        "rows": rows,
     }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
-    print(f"\n{result['device']}, torch {result['torch']}, transformers {result['transformers']}; "
-          f"copy {bw / 1e12:.2f} TB/s, bf16 matmul {flops / 1e12:.0f} TFLOP/s")
-    print(f"{'arch':<14}{'batch':>6}{'plain tok/s':>13}{'GiB':>7}{'nerfleet tok/s':>16}{'GiB':>7}"
-          f"{'floor tok/s':>13}{'× plain':>9}{'of floor':>10}")
+    print(
+        f"\n{result['device']}, torch {result['torch']}, transformers {result['transformers']}; "
+        f"copy {bw / 1e12:.2f} TB/s, bf16 matmul {flops / 1e12:.0f} TFLOP/s"
+    )
+    print(
+        f"{'arch':<14}{'batch':>6}{'plain tok/s':>13}{'GiB':>7}{'nerfleet tok/s':>16}{'GiB':>7}"
+        f"{'floor tok/s':>13}{'× plain':>9}{'of floor':>10}"
+    )
     for r in rows:
-        print(f"{r['arch']:<14}{r['batch']:>6}{r['plain_tokens_per_s']:>13,.0f}{r['plain_peak_gib']:>7.1f}"
-              f"{r['nerfleet_tokens_per_s']:>16,.0f}{r['nerfleet_peak_gib']:>7.1f}{r['floor_tokens_per_s']:>13,.0f}"
-              f"{r['speedup_vs_plain']:>9.1f}{r['share_of_floor']:>10.0%}")
+        print(
+            f"{r['arch']:<14}{r['batch']:>6}{r['plain_tokens_per_s']:>13,.0f}{r['plain_peak_gib']:>7.1f}"
+            f"{r['nerfleet_tokens_per_s']:>16,.0f}{r['nerfleet_peak_gib']:>7.1f}{r['floor_tokens_per_s']:>13,.0f}"
+            f"{r['speedup_vs_plain']:>9.1f}{r['share_of_floor']:>10.0%}"
+        )
 
 
 if __name__ == "__main__":

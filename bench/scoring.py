@@ -30,7 +30,8 @@ def synthetic(doc, fmt: str, rng: random.Random) -> str:
     prose = " ".join(rng.choice(words) for _ in range(300 - 3 * len(ents)))
     if fmt == "dict":
         lists = tuple("; ".join(e for e, lab in ents if lab == L) for L in LABELS)
-        return "Here are the entities: {diseases: [%s], symptoms: [%s], medical procedures: [%s]} " % lists + prose
+        d, s, p = lists
+        return f"Here are the entities: {{diseases: [{d}], symptoms: [{s}], medical procedures: [{p}]}} " + prose
     if fmt == "json":
         return json.dumps({"annotations": [{"entity": e, "category": lab.lower()} for e, lab in ents]}) + " " + prose
     return " ".join(e for e, _ in ents) + " " + prose
@@ -44,8 +45,12 @@ def main() -> None:
     docs = sorted(build.documents, key=lambda d: d.doc_id)[:90]
     rng = random.Random(0)
     formats = {"v1": "none", "v2": "dict", "v3": "json"}
-    responses = [Response(d.doc_id, f"model-{m}", p, synthetic(d, f, rng))
-                 for m in range(6) for p, f in formats.items() for d in docs]
+    responses = [
+        Response(d.doc_id, f"model-{m}", p, synthetic(d, f, rng))
+        for m in range(6)
+        for p, f in formats.items()
+        for d in docs
+    ]
     words = sum(len(r.output.split()) for r in responses) / len(responses)
     print(f"{len(responses)} responses over {len(docs)} documents, {words:.0f} words each on average")
     print(f"{'what':<44}{'seconds':>9}{'responses/s':>13}")

@@ -210,7 +210,9 @@ def _check(
         return None
     found = text[start:end]
     if span_text != "\0discontinuous" and " ".join(found.split()) != " ".join(span_text.split()):
-        _fail(f"{where}: document {doc_id}: span text {span_text!r} does not match file text {found!r}", lenient, skipped)
+        _fail(
+            f"{where}: document {doc_id}: span text {span_text!r} does not match file text {found!r}", lenient, skipped
+        )
         return None
     # Trim whitespace at the edges so the span starts and ends on a token.
     lstrip = len(found) - len(found.lstrip())

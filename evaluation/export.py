@@ -21,5 +21,7 @@ def write_conll(documents: Iterable[Document], out: TextIO) -> None:
 
 def write_jsonl(documents: Iterable[Document], out: TextIO) -> None:
     for doc in documents:
-        spans = [{"start": s.start, "end": s.end, "label": s.label, "text": doc.text[s.start : s.end]} for s in doc.spans]
+        spans = [
+            {"start": s.start, "end": s.end, "label": s.label, "text": doc.text[s.start : s.end]} for s in doc.spans
+        ]
         out.write(json.dumps({"doc_id": doc.doc_id, "split": doc.split, "text": doc.text, "spans": spans}) + "\n")

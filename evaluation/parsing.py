@@ -121,9 +121,13 @@ def _strict_json(output: str) -> list[dict] | None:
         except ValueError:
             continue
         anns = obj.get("annotations") if isinstance(obj, dict) else None
-        if isinstance(anns, list) and anns and all(
-            isinstance(a, dict) and isinstance(a.get("entity"), str) and isinstance(a.get("category"), str)
-            for a in anns
+        if (
+            isinstance(anns, list)
+            and anns
+            and all(
+                isinstance(a, dict) and isinstance(a.get("entity"), str) and isinstance(a.get("category"), str)
+                for a in anns
+            )
         ):
             return anns
     return None

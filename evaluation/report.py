@@ -119,8 +119,10 @@ def comparison_text(scores: dict, encoders: dict) -> str:
                     best = (f1, f"{model} {prompt} ({strategy})")
         if best:
             break
-    rows = [[name, "", _f(m["f1"]), _f(best[0]) if best else "-", _f(m["f1"] - best[0]) if best else "-"]
-            for name, m in sorted(encoders.items())]
+    rows = [
+        [name, "", _f(m["f1"]), _f(best[0]) if best else "-", _f(m["f1"] - best[0]) if best else "-"]
+        for name, m in sorted(encoders.items())
+    ]
     title = f"Best zero-shot cell vs encoders: {best[1] if best else 'none'}"
     return _grid(title, ["Encoder", "", "F1", "zero-shot F1", "difference"], rows)
 
@@ -162,10 +164,14 @@ def plot_f1(scores: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     models = sorted(scores["strategy1"])
-    series = [(f"S1 {p}", [scores["strategy1"][m].get(p, {}).get("f1", 0) for m in models])
-              for p in _prompts(scores["strategy1"])]
-    series += [(f"S2 {p}", [scores["strategy2"].get(m, {}).get(p, {}).get("micro", {}).get("f1", 0) for m in models])
-               for p in _prompts(scores.get("strategy2", {}))]
+    series = [
+        (f"S1 {p}", [scores["strategy1"][m].get(p, {}).get("f1", 0) for m in models])
+        for p in _prompts(scores["strategy1"])
+    ]
+    series += [
+        (f"S2 {p}", [scores["strategy2"].get(m, {}).get(p, {}).get("micro", {}).get("f1", 0) for m in models])
+        for p in _prompts(scores.get("strategy2", {}))
+    ]
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(models) + 3), 4))
     width = 0.8 / max(1, len(series))
     for k, (label, values) in enumerate(series):

@@ -232,4 +232,7 @@ def nervaluate_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str
     if not gold:
         return {s: {"precision": 0.0, "recall": 0.0, "f1": 0.0} for s in NERVALUATE_SCHEMAS}
     overall = Evaluator(list(gold), list(pred), tags=list(LABELS), loader="list").evaluate()["overall"]
-    return {s: {"precision": overall[s].precision, "recall": overall[s].recall, "f1": overall[s].f1} for s in NERVALUATE_SCHEMAS}
+    return {
+        s: {"precision": overall[s].precision, "recall": overall[s].recall, "f1": overall[s].f1}
+        for s in NERVALUATE_SCHEMAS
+    }

@@ -123,9 +123,7 @@ def keep_longest(spans: Iterable[Span]) -> tuple[list[Span], list[Span]]:
     then to DISEASE < SYMPTOM < PROCEDURE. Exact duplicates count as removed.
     Returns (kept sorted by start, removed).
     """
-    ordered = sorted(
-        spans, key=lambda s: (-s.length, s.start, LABEL_ORDER.get(s.label, len(LABELS)), s.label)
-    )
+    ordered = sorted(spans, key=lambda s: (-s.length, s.start, LABEL_ORDER.get(s.label, len(LABELS)), s.label))
     kept: list[Span] = []
     removed: list[Span] = []
     # Interval check against kept spans, kept sorted by start for bisect.

@@ -6,7 +6,6 @@ import json
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -30,10 +29,10 @@ def bundled_corpus() -> Path:
 @corpus_app.command("build")
 def corpus_build(
     src: Path = typer.Argument(..., help="Release folder holding distemist/, symptemist/, medprocner/ (or 'demo')."),
-    lang: Optional[str] = typer.Option(None, help="Language folder/prefix to read (en, es, …)."),
+    lang: str | None = typer.Option(None, help="Language folder/prefix to read (en, es, …)."),
     seed: int = typer.Option(13, help="Seed of the train/test split."),
-    test_ids: Optional[Path] = typer.Option(None, "--test-ids", help="File of test document ids, one per line."),
-    name: Optional[str] = typer.Option(None, help="Corpus name (default: the folder name)."),
+    test_ids: Path | None = typer.Option(None, "--test-ids", help="File of test document ids, one per line."),
+    name: str | None = typer.Option(None, help="Corpus name (default: the folder name)."),
     lenient: bool = typer.Option(False, help="Skip bad rows (counted in stats) instead of failing."),
 ) -> None:
     """Read, merge, resolve overlaps, split and store; the same source again is a no-op."""
@@ -51,13 +50,15 @@ def corpus_build(
         fail(exc)
     c = saved.corpus
     verb = "built" if saved.created else "unchanged (already built)"
-    typer.echo(f"corpus {c.name} v{c.version} (id {c.id}) {verb}: {build.stats['documents']} documents, "
-               f"{build.stats['train_documents']} train / {build.stats['test_documents']} test")
+    typer.echo(
+        f"corpus {c.name} v{c.version} (id {c.id}) {verb}: {build.stats['documents']} documents, "
+        f"{build.stats['train_documents']} train / {build.stats['test_documents']} test"
+    )
 
 
 @corpus_app.command("stats")
 def corpus_stats(
-    corpus: Optional[str] = typer.Option(None, help="Corpus id or name (default: the newest)."),
+    corpus: str | None = typer.Option(None, help="Corpus id or name (default: the newest)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object."),
 ) -> None:
     """Table 1 of the paper for the built corpus, plus documents, tokens, overlaps and splits."""
@@ -83,27 +84,33 @@ def corpus_stats(
     for split in ("train", "test"):
         cells = [f"{stats['mentions_by_source'][s][split]} ({stats['mentions_raw'][s][split]})" for s in srcs]
         typer.echo(split.ljust(8) + "".join(x.rjust(w + 9) for x in cells))
-    totals = [f"{sum(stats['mentions_by_source'][s].values())} ({sum(stats['mentions_raw'][s].values())})" for s in srcs]
+    totals = [
+        f"{sum(stats['mentions_by_source'][s].values())} ({sum(stats['mentions_raw'][s].values())})" for s in srcs
+    ]
     typer.echo("total".ljust(8) + "".join(x.rjust(w + 9) for x in totals))
     typer.echo("")
-    typer.echo(f"documents {stats['documents']} (train {stats['train_documents']}, test {stats['test_documents']}); "
-               f"tokens {stats['tokens']}; boundary splits {stats['boundary_splits']}; skipped rows {stats['skipped_rows']}")
+    typer.echo(
+        f"documents {stats['documents']} (train {stats['train_documents']}, test {stats['test_documents']}); "
+        f"tokens {stats['tokens']}; boundary splits {stats['boundary_splits']}; skipped rows {stats['skipped_rows']}"
+    )
     for label in ("DISEASE", "SYMPTOM", "PROCEDURE"):
         m = stats["mentions"][label]
         src = next((s for s, lab in SOURCE_CORPORA.items() if lab == label), "?")
         raw = sum(stats["mentions_raw"].get(src, {}).values())
-        typer.echo(f"{label:<10} before {raw:>6}  after {m['train'] + m['test']:>6}  "
-                   f"removed within category {stats['overlaps_removed_within_category'][label]:>5}, "
-                   f"across categories {stats['overlaps_removed_across_categories'][label]:>5}; "
-                   f"documents without it {stats['documents_without'][label]}")
+        typer.echo(
+            f"{label:<10} before {raw:>6}  after {m['train'] + m['test']:>6}  "
+            f"removed within category {stats['overlaps_removed_within_category'][label]:>5}, "
+            f"across categories {stats['overlaps_removed_across_categories'][label]:>5}; "
+            f"documents without it {stats['documents_without'][label]}"
+        )
 
 
 @corpus_app.command("export")
 def corpus_export(
     out: Path = typer.Argument(..., help="Output file (.conll or .jsonl)."),
-    corpus: Optional[str] = typer.Option(None),
+    corpus: str | None = typer.Option(None),
     split: str = typer.Option("all", help="train, test or all"),
-    fmt: Optional[str] = typer.Option(None, "--format", help="conll or jsonl (default: from the suffix)"),
+    fmt: str | None = typer.Option(None, "--format", help="conll or jsonl (default: from the suffix)"),
 ) -> None:
     """CoNLL (token<TAB>tag) or JSONL (text + spans) for other tools."""
     from nerfleet.evaluation.export import write_conll, write_jsonl
@@ -127,9 +134,9 @@ def corpus_export(
 @app.command("score")
 def score(
     outputs: Path = typer.Argument(..., help="JSONL: {doc_id, model, prompt, output} per line."),
-    corpus: Optional[str] = typer.Option(None, help="Corpus id or name (default: the newest)."),
+    corpus: str | None = typer.Option(None, help="Corpus id or name (default: the newest)."),
     as_json: bool = typer.Option(False, "--json"),
-    out: Optional[Path] = typer.Option(None, help="Folder for tables (txt, csv), scores.json and f1.png."),
+    out: Path | None = typer.Option(None, help="Folder for tables (txt, csv), scores.json and f1.png."),
     mode: str = typer.Option("partial", help="Matching: exact or partial."),
     threshold: float = typer.Option(0.5, help="Partial: share of the term's tokens that must match in a run."),
 ) -> None:
@@ -165,10 +172,10 @@ def run(
     model: list[str] = typer.Option(..., "--model", help="Registered name, local path, .gguf or HF id; repeatable."),
     prompt: list[str] = typer.Option(["v1", "v2", "v3"], "--prompt", help="v1, v2, v3 or a prompt .toml; repeatable."),
     split: str = typer.Option("test"),
-    limit: Optional[int] = typer.Option(None, help="First N documents of the split."),
-    max_new_tokens: Optional[int] = typer.Option(None),
-    name: Optional[str] = typer.Option(None, help="Run name (default: a hash of the run's content)."),
-    corpus: Optional[str] = typer.Option(None),
+    limit: int | None = typer.Option(None, help="First N documents of the split."),
+    max_new_tokens: int | None = typer.Option(None),
+    name: str | None = typer.Option(None, help="Run name (default: a hash of the run's content)."),
+    corpus: str | None = typer.Option(None),
     retry_failed: bool = typer.Option(False, help="Give failed jobs of this run another set of attempts."),
     wait: bool = typer.Option(False, help="Follow the run until it is aggregated, then print the report."),
 ) -> None:
@@ -180,8 +187,17 @@ def run(
     try:
         with Progress(transient=True) as bar:
             task = bar.add_task("enqueueing", total=None)
-            plan = create_run(model, prompt, split, limit, max_new_tokens, name, corpus, retry_failed,
-                              progress=lambda n: bar.advance(task, n))
+            plan = create_run(
+                model,
+                prompt,
+                split,
+                limit,
+                max_new_tokens,
+                name,
+                corpus,
+                retry_failed,
+                progress=lambda n: bar.advance(task, n),
+            )
     except USER_ERRORS as exc:
         fail(exc)
     typer.echo(f"run {plan.run_id}: {plan.total} jobs, {plan.already_done} already finished, {plan.enqueued} enqueued")
@@ -195,12 +211,14 @@ def run(
 
 @app.command("worker")
 def worker(
-    model: Optional[str] = typer.Option(None, help="The one model this worker loads."),
-    gpu: Optional[str] = typer.Option(None, help="GPU index to pin, or 'all' for one worker per GPU."),
-    engine: str = typer.Option("batched", help="simple, batched, compiled (static cache + CUDA graphs), or module:Class"),
+    model: str | None = typer.Option(None, help="The one model this worker loads."),
+    gpu: str | None = typer.Option(None, help="GPU index to pin, or 'all' for one worker per GPU."),
+    engine: str = typer.Option(
+        "batched", help="simple, batched, compiled (static cache + CUDA graphs), or module:Class"
+    ),
     train: bool = typer.Option(False, "--train", help="A training worker (encoder baselines) instead."),
     loglevel: str = typer.Option("INFO"),
-    name: Optional[str] = typer.Option(None, help="Celery node name (default: MODEL-gpuN@host)."),
+    name: str | None = typer.Option(None, help="Celery node name (default: MODEL-gpuN@host)."),
 ) -> None:
     """A Celery worker pinned to one GPU that loads ONE model once and generates."""
     from nerfleet.workers.launch import spawn_per_gpu, start_train_worker, start_worker
@@ -222,7 +240,7 @@ def worker(
 
 
 @app.command("status")
-def status(run_id: Optional[str] = typer.Argument(None), as_json: bool = typer.Option(False, "--json")) -> None:
+def status(run_id: str | None = typer.Argument(None), as_json: bool = typer.Option(False, "--json")) -> None:
     """Counts per model × prompt: queued, running, done, failed."""
     from nerfleet.storage.db import session_scope
     from nerfleet.storage.runs import STATES, get_run, run_status
@@ -235,8 +253,10 @@ def status(run_id: Optional[str] = typer.Argument(None), as_json: bool = typer.O
     if as_json:
         typer.echo(json.dumps(st))
         return
-    typer.echo(f"run {st['run']} ({st['name']}): {st['done']}/{st['total']} done, {st['failed']} failed, "
-               f"aggregated: {'yes' if st['aggregated'] else 'no'}")
+    typer.echo(
+        f"run {st['run']} ({st['name']}): {st['done']}/{st['total']} done, {st['failed']} failed, "
+        f"aggregated: {'yes' if st['aggregated'] else 'no'}"
+    )
     typer.echo(f"{'model':<28}{'prompt':<8}" + "".join(f"{s:>9}" for s in STATES))
     for model_name, cells in sorted(st["cells"].items()):
         for p, counts in sorted(cells.items()):
@@ -245,12 +265,12 @@ def status(run_id: Optional[str] = typer.Argument(None), as_json: bool = typer.O
 
 @app.command("report")
 def report(
-    run_id: Optional[str] = typer.Argument(None),
+    run_id: str | None = typer.Argument(None),
     fmt: str = typer.Option("table", "--format", help="table, csv or json"),
-    out: Optional[Path] = typer.Option(None, help="Folder for all report files."),
+    out: Path | None = typer.Option(None, help="Folder for all report files."),
 ) -> None:
     """The paper-shaped tables of an aggregated run."""
-    from nerfleet.evaluation.report import render_text, table3_rows, table4_rows, table5_rows, write_reports, _csv
+    from nerfleet.evaluation.report import _csv, render_text, table3_rows, table4_rows, table5_rows, write_reports
     from nerfleet.storage.db import session_scope
     from nerfleet.storage.runs import get_run, run_scores
 
@@ -287,7 +307,7 @@ def _encoder_scores(session) -> dict:
 
 
 @app.command("export")
-def export(run_id: Optional[str] = typer.Argument(None), out: Optional[Path] = typer.Option(None)) -> None:
+def export(run_id: str | None = typer.Argument(None), out: Path | None = typer.Option(None)) -> None:
     """The run's outputs as JSONL in the `nerfleet score` format."""
     from nerfleet.storage.db import session_scope
     from nerfleet.storage.runs import export_lines, get_run
@@ -324,7 +344,7 @@ def aggregate(run_id: str = typer.Argument(...)) -> None:
 @app.command("demo")
 def demo(
     limit: int = typer.Option(4, help="Test documents to run (the bundled corpus has 4)."),
-    corpus: Optional[Path] = typer.Option(None, help="A release folder instead of the bundled corpus."),
+    corpus: Path | None = typer.Option(None, help="A release folder instead of the bundled corpus."),
     model: str = typer.Option("smollm2"),
     max_new_tokens: int = typer.Option(128),
 ) -> None:
@@ -353,13 +373,15 @@ def monitor(
 
 @app.command("finetune")
 def finetune(
-    encoder: list[str] = typer.Option(["minilm"], "--encoder", help="minilm (embedded), a Table 6 name, HF id or path."),
+    encoder: list[str] = typer.Option(
+        ["minilm"], "--encoder", help="minilm (embedded), a Table 6 name, HF id or path."
+    ),
     epochs: int = typer.Option(5),
     seed: int = typer.Option(13),
     lr: float = typer.Option(1e-4),
     batch_size: int = typer.Option(16),
     max_length: int = typer.Option(256),
-    corpus: Optional[str] = typer.Option(None),
+    corpus: str | None = typer.Option(None),
     local: bool = typer.Option(False, "--local", help="Train here, in this process, instead of on a training worker."),
 ) -> None:
     """Enqueue one training job per encoder (Table 6 baselines) for `nerfleet worker --train`."""
@@ -376,19 +398,35 @@ def finetune(
             c = get_corpus(session, corpus)
             for enc in encoder:
                 jid = job_id_for(enc, c.id, params)
-                insert_ignore(session, TrainJob, [{"id": jid, "encoder": enc, "source": encoder_source(enc),
-                                                   "corpus_id": c.id, "params_json": json.dumps(params.__dict__),
-                                                   "state": "queued", "epoch": 0, "history_json": "[]"}])
+                insert_ignore(
+                    session,
+                    TrainJob,
+                    [
+                        {
+                            "id": jid,
+                            "encoder": enc,
+                            "source": encoder_source(enc),
+                            "corpus_id": c.id,
+                            "params_json": json.dumps(params.__dict__),
+                            "state": "queued",
+                            "epoch": 0,
+                            "history_json": "[]",
+                        }
+                    ],
+                )
                 ids.append(jid)
         if local:
             for jid in ids:
                 run_training_job(jid)
         else:
-            from nerfleet.tasks.app import TRAIN_QUEUE, app as celery_app
+            from nerfleet.tasks.app import TRAIN_QUEUE
+            from nerfleet.tasks.app import app as celery_app
             from nerfleet.tasks.dispatch import RETRY_POLICY
 
             for jid in ids:
-                celery_app.send_task("nerfleet.train", args=[jid], queue=TRAIN_QUEUE, retry=True, retry_policy=RETRY_POLICY)
+                celery_app.send_task(
+                    "nerfleet.train", args=[jid], queue=TRAIN_QUEUE, retry=True, retry_policy=RETRY_POLICY
+                )
     except USER_ERRORS as exc:
         fail(exc)
     for jid in ids:
@@ -398,7 +436,7 @@ def finetune(
 
 
 @app.command("training")
-def training(job_id: Optional[str] = typer.Argument(None), as_json: bool = typer.Option(False, "--json")) -> None:
+def training(job_id: str | None = typer.Argument(None), as_json: bool = typer.Option(False, "--json")) -> None:
     """Training jobs: state, per-epoch loss and dev F1, and test metrics when done."""
     from sqlmodel import select
 
@@ -410,16 +448,29 @@ def training(job_id: Optional[str] = typer.Argument(None), as_json: bool = typer
         jobs = session.exec(stmt).all()
         rows = []
         for j in jobs:
-            metrics = {m.category: {"precision": m.precision, "recall": m.recall, "f1": m.f1}
-                       for m in session.exec(select(Metric).where(Metric.run_id == j.id))}
-            rows.append({"id": j.id, "encoder": j.encoder, "state": j.state, "epoch": j.epoch,
-                         "history": json.loads(j.history_json), "test": metrics, "error": j.error,
-                         "checkpoints": j.checkpoint_dir})
+            metrics = {
+                m.category: {"precision": m.precision, "recall": m.recall, "f1": m.f1}
+                for m in session.exec(select(Metric).where(Metric.run_id == j.id))
+            }
+            rows.append(
+                {
+                    "id": j.id,
+                    "encoder": j.encoder,
+                    "state": j.state,
+                    "epoch": j.epoch,
+                    "history": json.loads(j.history_json),
+                    "test": metrics,
+                    "error": j.error,
+                    "checkpoints": j.checkpoint_dir,
+                }
+            )
     if as_json:
         typer.echo(json.dumps(rows))
         return
     for r in rows:
-        typer.echo(f"{r['id']} {r['encoder']}: {r['state']}, epoch {r['epoch']}" + (f" ({r['error']})" if r["error"] else ""))
+        typer.echo(
+            f"{r['id']} {r['encoder']}: {r['state']}, epoch {r['epoch']}" + (f" ({r['error']})" if r["error"] else "")
+        )
         for h in r["history"]:
             typer.echo(f"  epoch {h['epoch']}: loss {h['loss']:.4f}, dev F1 {h['dev_f1']:.3f}, {h['seconds']:.0f} s")
         if "micro" in r["test"]:
@@ -448,9 +499,9 @@ def tag(
         text = path.read_text(encoding="utf-8")
         for k, s in enumerate(predict_spans(tagger, tokenizer, text, params), start=1):
             if fmt == "tsv":
-                typer.echo(f"{path.stem}\tT{k}\t{s.label}\t{s.start}\t{s.end}\t{text[s.start:s.end]}")
+                typer.echo(f"{path.stem}\tT{k}\t{s.label}\t{s.start}\t{s.end}\t{text[s.start : s.end]}")
             else:
-                typer.echo(f"{path.name}\t{s.label}\t{s.start}-{s.end}\t{text[s.start:s.end]}")
+                typer.echo(f"{path.name}\t{s.label}\t{s.start}-{s.end}\t{text[s.start : s.end]}")
 
 
 def main() -> None:

@@ -46,18 +46,26 @@ def run_demo(limit: int = 4, corpus: Path | None = None, model: str = "smollm2",
         ids_file = src / "test_ids.txt"
         build = build_corpus(src, test_ids=read_test_ids(ids_file) if ids_file.is_file() else None)
         saved = save_corpus(build, src.name, str(src), None, build.stats["seed"])
-        typer.echo(f"corpus: {saved.corpus.name} v{saved.corpus.version}, {build.stats['documents']} documents "
-                   f"({build.stats['test_documents']} test)")
+        typer.echo(
+            f"corpus: {saved.corpus.name} v{saved.corpus.version}, {build.stats['documents']} documents "
+            f"({build.stats['test_documents']} test)"
+        )
 
         # 3. One worker for the model, in its own process, as on a GPU host.
         logs = home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / "demo-worker.log"
-        env = {**os.environ, "NERFLEET_BROKER_URL": broker, "NERFLEET_HOME": str(home),
-               "NERFLEET_DATABASE_URL": settings.db_url}
+        env = {
+            **os.environ,
+            "NERFLEET_BROKER_URL": broker,
+            "NERFLEET_HOME": str(home),
+            "NERFLEET_DATABASE_URL": settings.db_url,
+        }
         worker = subprocess.Popen(
             [sys.executable, "-m", "nerfleet.cli", "worker", "--model", model, "--loglevel", "WARNING"],
-            env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+            env=env,
+            stdout=log_path.open("w"),
+            stderr=subprocess.STDOUT,
         )
         typer.echo(f"worker: pid {worker.pid}, log {log_path}")
 
@@ -65,8 +73,9 @@ def run_demo(limit: int = 4, corpus: Path | None = None, model: str = "smollm2",
         from nerfleet.follow import follow
         from nerfleet.tasks.producer import create_run
 
-        plan = create_run([model], ["v1", "v2", "v3"], "test", limit, max_new_tokens, None,
-                          str(saved.corpus.id), app=app)
+        plan = create_run(
+            [model], ["v1", "v2", "v3"], "test", limit, max_new_tokens, None, str(saved.corpus.id), app=app
+        )
         typer.echo(f"run {plan.run_id}: {plan.total} jobs ({plan.already_done} already done)")
         started = time.monotonic()
         follow(plan.run_id, alive=lambda: worker.poll() is None)

@@ -18,8 +18,12 @@ def follow(run_id: str, timeout_s: float | None = None, poll_s: float = 1.0, ali
         while True:
             with session_scope() as session:
                 st = run_status(session, get_run(session, run_id))
-            bar.update(task, total=st["total"], completed=st["done"] + st["failed"],
-                       description=f"run {run_id}: {st['done']} done, {st['failed']} failed, {st['running']} running")
+            bar.update(
+                task,
+                total=st["total"],
+                completed=st["done"] + st["failed"],
+                description=f"run {run_id}: {st['done']} done, {st['failed']} failed, {st['running']} running",
+            )
             if st["aggregated"]:
                 return st
             if alive is not None and not alive():

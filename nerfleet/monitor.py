@@ -27,8 +27,19 @@ def flower_command(address: str, port: int) -> tuple[list[str], dict[str, str]]:
         )
     if auth is None:
         env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")  # loopback only
-    cmd = [sys.executable, "-m", "celery", "-A", "nerfleet.tasks.app:app", "--broker", get_settings().broker_url,
-           "flower", f"--address={address}", f"--port={port}", "--max_tasks=10000"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "nerfleet.tasks.app:app",
+        "--broker",
+        get_settings().broker_url,
+        "flower",
+        f"--address={address}",
+        f"--port={port}",
+        "--max_tasks=10000",
+    ]
     if auth:
         cmd.append(f"--basic-auth={auth}")
     return cmd, env

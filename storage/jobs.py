@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from nerfleet.storage.tables import Generation, Job, Run, RunJob, utcnow
 from sqlalchemy import and_, func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel, select
-
-from nerfleet.storage.tables import Generation, Job, Run, RunJob, utcnow
 
 FINAL = ("done", "failed")
 
@@ -57,7 +56,9 @@ class Claimed:
     params: dict
 
 
-def claim(session: Session, hashes: Iterable[str], model: str, worker: str, lease_s: int, max_attempts: int) -> tuple[list[Claimed], list[str]]:
+def claim(
+    session: Session, hashes: Iterable[str], model: str, worker: str, lease_s: int, max_attempts: int
+) -> tuple[list[Claimed], list[str]]:
     """Lease the jobs that are free (queued, or running with an expired lease).
 
     Returns (claimed, failed_now): jobs past ``max_attempts`` are failed instead.
@@ -72,8 +73,12 @@ def claim(session: Session, hashes: Iterable[str], model: str, worker: str, leas
             continue
         if job.attempts >= max_attempts:
             res = session.exec(
-                update(Job).where(Job.hash == h, free).values(
-                    state="failed", error=f"gave up after {job.attempts} attempts (worker lost or crashed)", updated_at=now
+                update(Job)
+                .where(Job.hash == h, free)
+                .values(
+                    state="failed",
+                    error=f"gave up after {job.attempts} attempts (worker lost or crashed)",
+                    updated_at=now,
                 )
             )
             if res.rowcount:
@@ -150,7 +155,9 @@ def claim_aggregation(session: Session, run_id: str) -> bool:
     if open_jobs(session, run_id):
         return False
     res = session.exec(
-        update(Run).where(Run.id == run_id, Run.aggregation_claimed_at.is_(None)).values(aggregation_claimed_at=utcnow())
+        update(Run)
+        .where(Run.id == run_id, Run.aggregation_claimed_at.is_(None))
+        .values(aggregation_claimed_at=utcnow())
     )
     return bool(res.rowcount)
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from sqlmodel import Session, select
-
 from nerfleet.storage.jobs import run_counts
 from nerfleet.storage.metrics import rows_to_scores
 from nerfleet.storage.tables import Generation, Job, Metric, Run, RunJob
+from sqlmodel import Session, select
 
 STATES = ("queued", "running", "done", "failed")
 
@@ -67,12 +66,14 @@ def export_lines(session: Session, run: Run) -> Iterator[str]:
     for job, gen in session.exec(stmt):
         if job.state not in ("done", "failed"):
             continue
-        yield json.dumps({
-            "doc_id": job.doc_id,
-            "model": job.model,
-            "prompt": job.prompt,
-            "output": gen.output if gen else None,
-            "error": job.error if gen is None else None,
-            "prompt_tokens": gen.prompt_tokens if gen else None,
-            "output_tokens": gen.output_tokens if gen else None,
-        })
+        yield json.dumps(
+            {
+                "doc_id": job.doc_id,
+                "model": job.model,
+                "prompt": job.prompt,
+                "output": gen.output if gen else None,
+                "error": job.error if gen is None else None,
+                "prompt_tokens": gen.prompt_tokens if gen else None,
+                "output_tokens": gen.output_tokens if gen else None,
+            }
+        )

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import delete, update
-from sqlmodel import select
-
 from nerfleet.evaluation.scoring import Response, prepare, score_grid
 from nerfleet.storage.corpus_store import load_documents
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.metrics import scores_to_rows
 from nerfleet.storage.tables import Generation, Job, Metric, PromptText, Run, RunJob, utcnow
 from nerfleet.tasks.app import app
+from sqlalchemy import delete, update
+from sqlmodel import select
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,14 @@ def aggregate_run(run_id: str, force: bool = False) -> dict | None:
     return scores
 
 
-@app.task(name="nerfleet.aggregate", acks_late=True, ignore_result=True, autoretry_for=(Exception,),
-          retry_backoff=2, retry_backoff_max=120, max_retries=10)
+@app.task(
+    name="nerfleet.aggregate",
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(Exception,),
+    retry_backoff=2,
+    retry_backoff_max=120,
+    max_retries=10,
+)
 def aggregate(run_id: str) -> None:
     aggregate_run(run_id)

@@ -20,11 +20,16 @@ RETRY_PRIORITY = 0
 
 def make_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
-    app = Celery("nerfleet", broker=s.broker_url, backend=s.result_backend, include=[
-        "nerfleet.tasks.generation",
-        "nerfleet.tasks.aggregation",
-        "nerfleet.tasks.training",
-    ])
+    app = Celery(
+        "nerfleet",
+        broker=s.broker_url,
+        backend=s.result_backend,
+        include=[
+            "nerfleet.tasks.generation",
+            "nerfleet.tasks.aggregation",
+            "nerfleet.tasks.training",
+        ],
+    )
     transport = {
         "visibility_timeout": s.visibility_timeout_s,
         "socket_keepalive": True,

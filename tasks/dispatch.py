@@ -6,7 +6,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 from celery import Celery
-
 from nerfleet.tasks.app import AGGREGATE_QUEUE, NORMAL_PRIORITY
 from nerfleet.workers.models import queue_name
 
@@ -25,6 +24,7 @@ def enqueue_jobs(
     by_model: dict[str, list[str]] = defaultdict(list)
     sent = 0
     with app.producer_or_acquire() as producer:
+
         def flush(model: str) -> None:
             nonlocal sent
             chunk = by_model.pop(model)

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy.exc import OperationalError
-from sqlmodel import select
-
-from nerfleet.settings import get_settings
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.jobs import claim, claim_aggregation, finish, release, runs_of
 from nerfleet.storage.tables import Document, PromptText
@@ -15,6 +11,10 @@ from nerfleet.tasks.app import app
 from nerfleet.tasks.dispatch import enqueue_aggregation
 from nerfleet.workers import runtime
 from nerfleet.workers.engine import GenerationRequest
+from sqlalchemy.exc import OperationalError
+from sqlmodel import select
+
+from nerfleet.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ def generate(self, run_id: str, model: str, jobs: list[str]) -> dict:
     s = get_settings()
     rt = runtime.current()
     if model != rt.spec.name:
-        log.error("message for model %s reached a worker holding %s; its jobs are left to the sweeper", model, rt.spec.name)
+        log.error(
+            "message for model %s reached a worker holding %s; its jobs are left to the sweeper", model, rt.spec.name
+        )
         return {"claimed": 0}
     with session_scope() as session:
         claimed, failed_now = claim(session, jobs, model, rt.worker, s.lease_s, s.max_attempts)
@@ -57,7 +59,9 @@ def generate(self, run_id: str, model: str, jobs: list[str]) -> dict:
                     failed_now += release(session, hashes, f"{type(exc).__name__}: {exc}", s.max_attempts)
                 log.warning("run %s: generation failed (%s); jobs released", run_id, type(exc).__name__)
                 _after(finished=failed_now)
-                raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries), max_retries=s.max_attempts)
+                raise self.retry(
+                    exc=exc, countdown=min(60, 2**self.request.retries), max_retries=s.max_attempts
+                ) from exc
         rows = [
             {
                 "job_hash": r.key,

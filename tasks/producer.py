@@ -7,16 +7,16 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import update
-from sqlmodel import select
-
 from nerfleet.evaluation.prompts import Prompt, load_prompt
-from nerfleet.settings import get_settings
 from nerfleet.storage.corpus_store import get_corpus, load_documents
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.jobs import claim_aggregation, insert_ignore, job_hash
 from nerfleet.storage.tables import Job, PromptText, Run, RunJob, utcnow
 from nerfleet.workers.models import ModelSpec, resolve
+from sqlalchemy import update
+from sqlmodel import select
+
+from nerfleet.settings import get_settings
 
 
 @dataclass
@@ -80,16 +80,31 @@ def create_run(
         if run is None:
             run = Run(id=run_id, name=name or run_id, corpus_id=c.id, spec_json=json.dumps(spec))
             session.add(run)
-        insert_ignore(session, PromptText, [{"hash": p.hash, "name": p.name, "format": p.format, "template": p.template} for p in loaded])
+        insert_ignore(
+            session,
+            PromptText,
+            [{"hash": p.hash, "name": p.name, "format": p.format, "template": p.template} for p in loaded],
+        )
         rows, links = [], []
         for m in specs:
             fp = m.fingerprint()
             for p in loaded:
                 for d in docs:
                     h = job_hash(fp, m.chat, p.hash, d.text, params)
-                    rows.append({"hash": h, "model": m.name, "prompt": p.name, "prompt_hash": p.hash, "corpus_id": c.id,
-                                 "doc_id": d.doc_id, "params_json": json.dumps(params), "state": "queued",
-                                 "attempts": 0, "updated_at": utcnow()})
+                    rows.append(
+                        {
+                            "hash": h,
+                            "model": m.name,
+                            "prompt": p.name,
+                            "prompt_hash": p.hash,
+                            "corpus_id": c.id,
+                            "doc_id": d.doc_id,
+                            "params_json": json.dumps(params),
+                            "state": "queued",
+                            "attempts": 0,
+                            "updated_at": utcnow(),
+                        }
+                    )
                     links.append({"run_id": run_id, "job_hash": h})
         for k in range(0, len(rows), s.enqueue_chunk):
             insert_ignore(session, Job, rows[k : k + s.enqueue_chunk])
@@ -97,7 +112,8 @@ def create_run(
         run.total = len(links)
         if retry_failed:
             session.exec(
-                update(Job).where(Job.hash.in_(select(RunJob.job_hash).where(RunJob.run_id == run_id)), Job.state == "failed")
+                update(Job)
+                .where(Job.hash.in_(select(RunJob.job_hash).where(RunJob.run_id == run_id)), Job.state == "failed")
                 .values(state="queued", attempts=0, error=None)
             )
             run.aggregation_claimed_at = None

@@ -6,14 +6,14 @@ import logging
 import threading
 
 from celery import Celery
-from sqlmodel import select
-
-from nerfleet.settings import get_settings
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.jobs import claim_aggregation, expired, requeue_expired, runs_of
 from nerfleet.storage.tables import Run
 from nerfleet.tasks.app import RETRY_PRIORITY
 from nerfleet.tasks.dispatch import enqueue_aggregation, enqueue_jobs
+from sqlmodel import select
+
+from nerfleet.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,12 @@ def sweep(app: Celery) -> dict[str, int]:
         aggregated += 1
     n = sum(len(v) for v in requeued.values())
     if n or failed or aggregated:
-        log.info("sweep: %d jobs re-enqueued, %d failed after max attempts, %d runs sent to aggregation", n, failed, aggregated)
+        log.info(
+            "sweep: %d jobs re-enqueued, %d failed after max attempts, %d runs sent to aggregation",
+            n,
+            failed,
+            aggregated,
+        )
     return {"requeued": n, "failed": failed, "aggregations": aggregated}
 
 

@@ -38,13 +38,30 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://{self.bind}:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [redis_executable(), "--port", str(self.port), "--bind", self.bind, "--dir", str(self.folder),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--maxmemory-policy", "noeviction",
-             "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                redis_executable(),
+                "--port",
+                str(self.port),
+                "--bind",
+                self.bind,
+                "--dir",
+                str(self.folder),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.time() + 10
         import redis
@@ -67,17 +84,36 @@ class RedisServer:
 class Worker:
     """A real ``nerfleet worker`` process."""
 
-    def __init__(self, model: str, env: dict[str, str], log: Path, name: str | None = None, engine: str = "batched",
-                 extra: list[str] | None = None):
-        args = [sys.executable, "-m", "nerfleet.cli", "worker", "--model", model, "--engine", engine,
-                "--loglevel", "INFO", *(extra or [])]
+    def __init__(
+        self,
+        model: str,
+        env: dict[str, str],
+        log: Path,
+        name: str | None = None,
+        engine: str = "batched",
+        extra: list[str] | None = None,
+    ):
+        args = [
+            sys.executable,
+            "-m",
+            "nerfleet.cli",
+            "worker",
+            "--model",
+            model,
+            "--engine",
+            engine,
+            "--loglevel",
+            "INFO",
+            *(extra or []),
+        ]
         if name:
             args += ["--name", name]
         self.log = log
-        self.proc = subprocess.Popen(args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+        )
 
-    def wait_ready(self, timeout: float = 120) -> "Worker":
+    def wait_ready(self, timeout: float = 120) -> Worker:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if " ready." in self.log.read_text(errors="replace"):
@@ -104,28 +140,44 @@ class Worker:
 def make_tiny_model(folder: Path, seed: int = 0, chat: bool = True) -> Path:
     """A random-weight Llama with a BPE tokenizer trained here (no hub), saved like any HF model."""
     import torch
+    from nerfleet.evaluation.prompts import load_prompt
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from nerfleet.evaluation.prompts import load_prompt
 
     texts = [p.read_text() for p in (ROOT / "nerfleet/data/demo-corpus/distemist/txt").glob("*.txt")]
     texts += [load_prompt(v).template for v in ("v1", "v2", "v3")]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts * 3, trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
+    tok.train_from_iterator(
+        texts * 3,
+        trainers.BpeTrainer(
+            vocab_size=600,
+            special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
     if chat:
-        fast.chat_template = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
-                              "{% if add_generation_prompt %}<s>assistant:{% endif %}")
+        fast.chat_template = (
+            "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+            "{% if add_generation_prompt %}<s>assistant:{% endif %}"
+        )
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+    )
     model = LlamaForCausalLM(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
@@ -187,3 +239,27 @@ class TcpProxy:
 
     def stop(self):
         self.loop.call_soon_threadsafe(self.server.close)
+
+
+def make_tiny_encoder(folder: Path) -> Path:
+    """A random-weight BERT with a WordPiece vocabulary trained here, saved like any HF encoder."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    texts = [p.read_text() for p in (ROOT / "nerfleet/data/demo-corpus/distemist/txt").glob("*.txt")]
+    folder.mkdir(parents=True, exist_ok=True)
+    wp = BertWordPieceTokenizer(lowercase=True)
+    wp.train_from_iterator(texts, vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    wp.save_model(str(folder))
+    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -3,12 +3,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from nerfleet.cli import app
 from nerfleet.evaluation.corpus import build_corpus, read_test_ids
 from nerfleet.evaluation.corpus_reader import CorpusError, read_corpus
 from nerfleet.evaluation.spans import iob_to_spans, spans_to_iob, tokenize_for_spans
+from typer.testing import CliRunner
+
+from nerfleet.cli import app
 from tests.conftest import DEMO_CORPUS, SHARED_DATA
 
 runner = CliRunner()
@@ -33,7 +33,9 @@ def test_brat_layout(tmp_path):
     folder = tmp_path / "medprocner" / "txt"
     folder.mkdir(parents=True)
     (folder / "d1.txt").write_text("Se realizó una ecografía abdominal y una TC.")
-    (folder / "d1.ann").write_text("T1\tPROCEDIMIENTO 15 34\tecografía abdominal\n#1\tAnnotatorNotes T1\tnota\nT2\tPROCEDIMIENTO 41 43\tTC\n")
+    (folder / "d1.ann").write_text(
+        "T1\tPROCEDIMIENTO 15 34\tecografía abdominal\n#1\tAnnotatorNotes T1\tnota\nT2\tPROCEDIMIENTO 41 43\tTC\n"
+    )
     corpus = read_corpus(tmp_path / "medprocner")
     assert [(m.start, m.end, m.label) for m in corpus.mentions] == [(15, 34, "PROCEDURE"), (41, 43, "PROCEDURE")]
 
@@ -47,7 +49,9 @@ def test_demo_corpus_overlaps_and_split():
     assert sum(st["overlaps_removed_across_categories"].values()) == 2
     raw = sum(sum(v.values()) for v in st["mentions_raw"].values())
     kept = sum(sum(v.values()) for v in st["mentions"].values())
-    removed = sum(st["overlaps_removed_within_category"].values()) + sum(st["overlaps_removed_across_categories"].values())
+    removed = sum(st["overlaps_removed_within_category"].values()) + sum(
+        st["overlaps_removed_across_categories"].values()
+    )
     assert raw - removed == kept
     for doc in build.documents:
         for a, b in zip(doc.spans, doc.spans[1:]):
@@ -73,10 +77,19 @@ def _break(release: Path, corpus: str, fn) -> None:
 
 BAD_INPUTS = {
     "missing txt": (lambda r: (r / "symptemist/txt/en-demo-001.txt").unlink(), "has no txt/en-demo-001.txt"),
-    "offset past end": (lambda r: _break(r, "symptemist", lambda l: "\t".join(l.split("\t")[:3] + ["5000", "5010", "x"])), "past end of text"),
-    "text mismatch": (lambda r: _break(r, "distemist", lambda l: "\t".join(l.split("\t")[:5] + ["something else"])), "does not match file text"),
-    "unknown label": (lambda r: _break(r, "medprocner", lambda l: l.replace("PROCEDIMIENTO", "FARMACO")), "unknown label 'FARMACO'"),
-    "malformed row": (lambda r: _break(r, "medprocner", lambda l: l.split("\t")[0]), "malformed row"),
+    "offset past end": (
+        lambda r: _break(r, "symptemist", lambda row: "\t".join(row.split("\t")[:3] + ["5000", "5010", "x"])),
+        "past end of text",
+    ),
+    "text mismatch": (
+        lambda r: _break(r, "distemist", lambda row: "\t".join(row.split("\t")[:5] + ["something else"])),
+        "does not match file text",
+    ),
+    "unknown label": (
+        lambda r: _break(r, "medprocner", lambda row: row.replace("PROCEDIMIENTO", "FARMACO")),
+        "unknown label 'FARMACO'",
+    ),
+    "malformed row": (lambda r: _break(r, "medprocner", lambda row: row.split("\t")[0]), "malformed row"),
 }
 
 
@@ -97,7 +110,7 @@ def test_bad_input_one_line_error_and_nothing_written(case, tmp_path, home):
 
 def test_lenient_skips_and_counts(tmp_path, home):
     release = copy_demo(tmp_path)
-    _break(release, "medprocner", lambda l: l.replace("PROCEDIMIENTO", "FARMACO"))
+    _break(release, "medprocner", lambda row: row.replace("PROCEDIMIENTO", "FARMACO"))
     result = runner.invoke(app, ["corpus", "build", str(release), "--lenient"])
     assert result.exit_code == 0, result.output
     stats = json.loads(runner.invoke(app, ["corpus", "stats", "--json"]).stdout)
@@ -109,7 +122,7 @@ def test_rebuild_is_noop_and_change_is_new_version(tmp_path, home):
     first = runner.invoke(app, ["corpus", "build", str(release), "--name", "demo"])
     again = runner.invoke(app, ["corpus", "build", str(release), "--name", "demo"])
     assert "v1" in first.stdout and "unchanged" in again.stdout
-    _break(release, "distemist", lambda l: l)  # rewrite without change: still the same
+    _break(release, "distemist", lambda row: row)  # rewrite without change: still the same
     tsv = release / "symptemist" / "symptemist_mentions.tsv"
     tsv.write_text("\n".join(tsv.read_text().splitlines()[:-1]) + "\n")  # drop one mention
     changed = runner.invoke(app, ["corpus", "build", str(release), "--name", "demo"])

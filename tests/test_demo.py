@@ -14,7 +14,10 @@ def test_demo_runs_three_documents_with_smollm2(tmp_path):
     env["NERFLEET_HOME"] = str(tmp_path / "home")
     result = subprocess.run(
         [sys.executable, "-m", "nerfleet.cli", "demo", "--limit", "3", "--max-new-tokens", "24"],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout

@@ -1,10 +1,10 @@
 """Engines on the tiny random model: batched equals simple in float32; long documents are cut and recorded."""
 
 import pytest
-
 from nerfleet.evaluation.prompts import load_prompt
 from nerfleet.workers.engine import BatchedEngine, GenerationRequest, SimpleEngine
 from nerfleet.workers.models import load, resolve
+
 from tests.conftest import DEMO_CORPUS
 
 
@@ -15,8 +15,10 @@ def tiny(tiny_models):
 
 def requests(n=6, max_new_tokens=12):
     texts = sorted((DEMO_CORPUS / "distemist" / "txt").glob("*.txt"))[:n]
-    return [GenerationRequest(f"k{i}", load_prompt(("v1", "v2", "v3")[i % 3]).template, p.read_text(), max_new_tokens)
-            for i, p in enumerate(texts)]
+    return [
+        GenerationRequest(f"k{i}", load_prompt(("v1", "v2", "v3")[i % 3]).template, p.read_text(), max_new_tokens)
+        for i, p in enumerate(texts)
+    ]
 
 
 def test_batched_equals_simple_in_float32(tiny):
@@ -51,3 +53,34 @@ def test_chat_template_is_used_when_present(tiny):
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(LookupError, match="unknown model 'no-such-model'"):
         resolve("no-such-model")
+
+
+def test_compiled_engine_equals_simple_in_float32(tiny):
+    """The static-cache decode loop (GQA attention, bucketed padding) gives the reference's tokens."""
+    from nerfleet.workers.engine import CompiledEngine
+
+    model, tok = tiny
+    reqs = requests(max_new_tokens=20)
+    simple = SimpleEngine(model, tok).generate(reqs)
+    compiled = CompiledEngine(model, tok, batch_size=4).generate(reqs)
+    model.config._attn_implementation = "sdpa"  # leave the shared fixture as it was
+    assert [r.output for r in compiled] == [r.output for r in simple]
+
+
+def test_gqa_attention_matches_repeated_kv():
+    import torch
+    import torch.nn.functional as F
+    from nerfleet.workers.attention import gqa_attention
+
+    torch.manual_seed(0)
+    b, h, kvh, length, d = 3, 8, 2, 17, 16
+    q = torch.randn(b, h, 1, d, dtype=torch.float64)
+    k, v = torch.randn(b, kvh, length, d, dtype=torch.float64), torch.randn(b, kvh, length, d, dtype=torch.float64)
+    mask = torch.rand(b, 1, 1, length) > 0.3
+    mask[..., 0] = True
+    module = type("M", (), {"num_key_value_groups": h // kvh})()
+    ours, _ = gqa_attention(module, q, k, v, mask, scaling=d**-0.5)
+    ref = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(h // kvh, 1), v.repeat_interleave(h // kvh, 1), attn_mask=mask, scale=d**-0.5
+    ).transpose(1, 2)
+    assert torch.allclose(ours, ref, atol=1e-12)

@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from nerfleet.storage.db import session_scope
+from nerfleet.storage.tables import Generation, Job, Run, RunJob
 from sqlmodel import select
 
 from nerfleet.settings import get_settings
-from nerfleet.storage.db import session_scope
-from nerfleet.storage.tables import Generation, Job, Run, RunJob
 from tests.helpers import Worker, wait_for
 
 pytestmark = pytest.mark.slow
@@ -19,8 +19,14 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def fleet(home, broker, demo_corpus, monkeypatch, tmp_path):
     """Environment shared by this process (producer) and the worker processes."""
-    for key, value in {"NERFLEET_LEASE_S": "6", "NERFLEET_HEARTBEAT_S": "1", "NERFLEET_SWEEP_INTERVAL_S": "1",
-                       "NERFLEET_BATCH_SIZE": "2", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}.items():
+    for key, value in {
+        "NERFLEET_LEASE_S": "6",
+        "NERFLEET_HEARTBEAT_S": "1",
+        "NERFLEET_SWEEP_INTERVAL_S": "1",
+        "NERFLEET_BATCH_SIZE": "2",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     workers: list[Worker] = []
@@ -40,13 +46,23 @@ def fleet(home, broker, demo_corpus, monkeypatch, tmp_path):
             from nerfleet.tasks.app import make_app
             from nerfleet.tasks.producer import create_run
 
-            return create_run([str(m) for m in models], list(prompts), "all", limit, max_new_tokens, None,
-                              self.corpus, app=make_app(), **kw)
+            return create_run(
+                [str(m) for m in models],
+                list(prompts),
+                "all",
+                limit,
+                max_new_tokens,
+                None,
+                self.corpus,
+                app=make_app(),
+                **kw,
+            )
 
         def wait_aggregated(self, run_id: str, timeout: float = 180):
             def done():
                 with session_scope() as s:
                     return s.get(Run, run_id).aggregated_at is not None
+
             try:
                 wait_for(done, timeout, what=f"aggregation of run {run_id}")
             except TimeoutError:
@@ -80,11 +96,11 @@ def test_two_models_three_prompts_five_documents(fleet, tiny_models):
         gens = s.exec(select(Generation).where(Generation.job_hash.in_([j.hash for j in jobs]))).all()
         assert len(gens) == 30 and all(g.prompt_tokens > 0 for g in gens)
         assert s.get(Run, plan.run_id).aggregation_count == 1
+    import json
+
     from typer.testing import CliRunner
 
     from nerfleet.cli import app
-
-    import json
 
     report = json.loads(CliRunner().invoke(app, ["report", plan.run_id, "--format", "json"]).stdout)
     for model in ("tiny-a", "tiny-b"):
@@ -144,6 +160,7 @@ def test_exactly_once_with_two_workers_and_forced_redelivery(fleet, tiny_models)
     import redis
 
     r = redis.Redis.from_url(get_settings().broker_url)
+
     def depth(name):
         return sum(r.llen(k) for k in [name.encode(), *r.keys(name + ":*")])
 

@@ -14,13 +14,13 @@ import urllib.request
 from base64 import b64encode
 
 import pytest
+from nerfleet.storage.db import session_scope
+from nerfleet.storage.tables import Generation, Run
 from sqlmodel import select
 from typer.testing import CliRunner
 
 from nerfleet.cli import app as cli
 from nerfleet.settings import get_settings
-from nerfleet.storage.db import session_scope
-from nerfleet.storage.tables import Generation, Run
 from tests.conftest import DEMO_CORPUS
 from tests.helpers import RedisServer, TcpProxy, free_port, wait_for
 from tests.test_fleet import _jobs, fleet  # noqa: F401  (fixture)
@@ -123,8 +123,13 @@ def test_flower_lists_the_live_worker_and_requires_auth(fleet, tiny_models, brok
     fleet.worker(tiny_models["tiny-a"], "watched").wait_ready()
     port = free_port()
     env = {**fleet.env, "FLOWER_BASIC_AUTH": "admin:s3cret"}
-    flower = subprocess.Popen([sys.executable, "-m", "nerfleet.cli", "monitor", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    flower = subprocess.Popen(
+        [sys.executable, "-m", "nerfleet.cli", "monitor", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}/api/workers?refresh=1"
 
@@ -142,8 +147,9 @@ def test_flower_lists_the_live_worker_and_requires_auth(fleet, tiny_models, brok
 
         wait_for(lambda: get(False)[0] is not None, 60, what="Flower listening")
         assert get(False)[0] == 401
-        status, body = wait_for(lambda: (r := get(True))[0] == 200 and "watched@" in r[1] and r, 60,
-                                what="worker listed by Flower")
+        status, body = wait_for(
+            lambda: (r := get(True))[0] == 200 and "watched@" in r[1] and r, 60, what="worker listed by Flower"
+        )
         assert any(name.startswith("watched@") for name in json.loads(body))
     finally:
         os.killpg(flower.pid, signal.SIGTERM)
@@ -218,15 +224,39 @@ def test_two_hosts_over_a_virtual_network_share_one_run(two_hosts, pg_url, tiny_
         for i, (ns, gw) in enumerate(two_hosts, start=1):
             pg_port = free_port()
             proxies.append(TcpProxy((gw, pg_port), (pg.host or "127.0.0.1", pg.port or 5432)))
-            env = {**os.environ, "NERFLEET_BROKER_URL": f"redis://{gw}:{redis.port}/0",
-                   "NERFLEET_DATABASE_URL": pg.set(host=gw, port=pg_port).render_as_string(hide_password=False),
-                   "NERFLEET_HOME": str(tmp_path / f"host{i}"), "HF_HUB_OFFLINE": "1"}
+            env = {
+                **os.environ,
+                "NERFLEET_BROKER_URL": f"redis://{gw}:{redis.port}/0",
+                "NERFLEET_DATABASE_URL": pg.set(host=gw, port=pg_port).render_as_string(hide_password=False),
+                "NERFLEET_HOME": str(tmp_path / f"host{i}"),
+                "HF_HUB_OFFLINE": "1",
+            }
             log = tmp_path / f"host{i}.log"
-            args = ["ip", "netns", "exec", ns, sys.executable, "-m", "nerfleet.cli", "worker", "--model",
-                    str(tiny_models["tiny-a"]), "--name", f"host{i}@%h", "--engine", "simple"]
-            workers.append((subprocess.Popen(args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                             start_new_session=True), log))
-        for proc, log in workers:
+            args = [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                sys.executable,
+                "-m",
+                "nerfleet.cli",
+                "worker",
+                "--model",
+                str(tiny_models["tiny-a"]),
+                "--name",
+                f"host{i}@%h",
+                "--engine",
+                "simple",
+            ]
+            workers.append(
+                (
+                    subprocess.Popen(
+                        args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+                    ),
+                    log,
+                )
+            )
+        for _proc, log in workers:
             wait_for(lambda log=log: " ready." in log.read_text(), 120, what=f"worker {log.name}")
         from nerfleet.tasks.app import make_app
         from nerfleet.tasks.producer import create_run
@@ -256,12 +286,22 @@ def test_compose_file_validates():
     if not exe:
         pytest.skip("docker-compose (Debian package) not installed")
     env = {**os.environ, "POSTGRES_PASSWORD": "x", "FLOWER_BASIC_AUTH": "a:b"}
-    out = subprocess.run([exe, "-f", "deploy/compose.yaml", "config"], capture_output=True, text=True, env=env,
-                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    out = subprocess.run(
+        [exe, "-f", "deploy/compose.yaml", "config"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     assert out.returncode == 0, out.stderr
     assert "worker-gpu0" in out.stdout and "appendonly" in out.stdout
     # Secrets are required from the environment, never defaulted in the file.
     bare = {k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH")}
-    missing = subprocess.run([exe, "-f", "deploy/compose.yaml", "config"], capture_output=True, text=True, env=bare,
-                             cwd=os.path.dirname(os.path.dirname(__file__)))
+    missing = subprocess.run(
+        [exe, "-f", "deploy/compose.yaml", "config"],
+        capture_output=True,
+        text=True,
+        env=bare,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr

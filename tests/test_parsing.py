@@ -51,7 +51,10 @@ def test_v1_has_no_structure():
 
 
 def test_json_in_prose_and_code_fence_is_strict():
-    out = 'Sure! ```json\n{"annotations": [{"entity": "fever", "category": "symptom"}, {"entity": "CT", "category": "medical procedure"}]}\n``` Hope it helps.'
+    out = (
+        'Sure! ```json\n{"annotations": [{"entity": "fever", "category": "symptom"}, '
+        '{"entity": "CT", "category": "medical procedure"}]}\n``` Hope it helps.'
+    )
     p = parse_json(out)
     assert p.strict and p.entities == [("fever", "SYMPTOM"), ("CT", "PROCEDURE")]
 
@@ -64,7 +67,9 @@ def test_quoted_keys_and_commas_inside_quotes():
 
 
 def test_prompt_echo_placeholders_are_not_entities():
-    echo = "{diseases: [list of diseases], symptoms: [list of symptoms], medical procedures: [list of medical procedures]}"
+    echo = (
+        "{diseases: [list of diseases], symptoms: [list of symptoms], medical procedures: [list of medical procedures]}"
+    )
     assert not parse_dict(echo).lenient
     example = '{"annotations": [{"entity": "entity1", "category": "disease"}]}'
     assert not parse_json(example).lenient

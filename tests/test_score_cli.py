@@ -20,11 +20,18 @@ def write(tmp_path, lines):
 
 
 def test_score_json_shape_and_report_files(built, tmp_path):
-    lines = [json.dumps({"doc_id": "en-demo-001", "model": "m1", "prompt": p, "output": out}) for p, out in [
-        ("v1", "Diseases: renal hydatid disease. Symptoms: fever, sweating"),
-        ("v2", "{diseases: [renal hydatid disease], symptoms: [fever; sweating], medical procedures: [renal ultrasound]}"),
-        ("v3", '{"annotations": [{"entity": "fever", "category": "symptom"}]}'),
-    ]]
+    lines = [
+        json.dumps({"doc_id": "en-demo-001", "model": "m1", "prompt": p, "output": out})
+        for p, out in [
+            ("v1", "Diseases: renal hydatid disease. Symptoms: fever, sweating"),
+            (
+                "v2",
+                "{diseases: [renal hydatid disease], symptoms: [fever; sweating], "
+                "medical procedures: [renal ultrasound]}",
+            ),
+            ("v3", '{"annotations": [{"entity": "fever", "category": "symptom"}]}'),
+        ]
+    ]
     out = tmp_path / "report"
     result = runner.invoke(app, ["score", str(write(tmp_path, lines)), "--json", "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -41,11 +48,14 @@ def test_score_json_shape_and_report_files(built, tmp_path):
     assert "Table 3" in text and "Table 4" in text and "Table 5" in text and "0.667" not in text.split("Table 4")[0][:0]
 
 
-@pytest.mark.parametrize("bad,message", [
-    ("not json", "line 2: not JSON"),
-    (json.dumps({"doc_id": "en-demo-001", "model": "m"}), "line 2: missing field prompt, output"),
-    (json.dumps({"doc_id": "nope", "model": "m", "prompt": "v1", "output": ""}), "line 2: unknown document 'nope'"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ("not json", "line 2: not JSON"),
+        (json.dumps({"doc_id": "en-demo-001", "model": "m"}), "line 2: missing field prompt, output"),
+        (json.dumps({"doc_id": "nope", "model": "m", "prompt": "v1", "output": ""}), "line 2: unknown document 'nope'"),
+    ],
+)
 def test_bad_lines_name_the_line_and_score_nothing(built, tmp_path, bad, message):
     good = json.dumps({"doc_id": "en-demo-001", "model": "m", "prompt": "v1", "output": "fever"})
     result = runner.invoke(app, ["score", str(write(tmp_path, [good, bad])), "--json"])

@@ -4,9 +4,6 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from seqeval.metrics import classification_report
-from seqeval.scheme import IOB2
-
 from nerfleet.evaluation.corpus import build_corpus, read_test_ids
 from nerfleet.evaluation.matching import MatchParams, TextIndex, matched_run, norm_tokens
 from nerfleet.evaluation.parsing import parse
@@ -23,6 +20,9 @@ from nerfleet.evaluation.scoring import (
     strategy2_tags,
 )
 from nerfleet.evaluation.spans import LABELS
+from seqeval.metrics import classification_report
+from seqeval.scheme import IOB2
+
 from tests.conftest import DEMO_CORPUS
 from tests.test_parsing import TABLE7_V1, TABLE7_V2, TABLE7_V3
 
@@ -42,7 +42,8 @@ def prepared(docs):
 
 def v2_listing(doc) -> str:
     by = {lab: [doc.text[s.start : s.end] for s in doc.spans if s.label == lab] for lab in LABELS}
-    return "{diseases: [%s], symptoms: [%s], medical procedures: [%s]}" % tuple("; ".join(by[lab]) for lab in LABELS)
+    lists = ["; ".join(by[lab]) for lab in LABELS]
+    return f"{{diseases: [{lists[0]}], symptoms: [{lists[1]}], medical procedures: [{lists[2]}]}}"
 
 
 def test_listing_every_gold_entity_gives_recall_one(docs, prepared):
@@ -136,7 +137,9 @@ def v2_listing_for(doc) -> str:
 def test_failed_jobs_are_listed_not_scored(prepared):
     scores = score_grid(
         [Response("en-demo-001", "m", "v1", None, "CUDA OOM"), Response("en-demo-003", "m", "v1", "fever")],
-        prepared, FORMATS)
+        prepared,
+        FORMATS,
+    )
     assert scores.failed == {"m": {"v1": ["en-demo-001"]}}
     assert scores.counts["m"]["v1"] == {"scored": 1, "failed": 1}
 
@@ -176,9 +179,34 @@ def test_any_output_never_raises_and_stays_valid(prepared, output, prompt):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.sampled_from(["{", "}", "[", "]", '"', "'", ":", ",", ";", "entity", "category", "annotations",
-                                 "diseases", "symptoms", "medical procedures", "fever", "disease", " ", "\n"]),
-                max_size=60))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "{",
+                "}",
+                "[",
+                "]",
+                '"',
+                "'",
+                ":",
+                ",",
+                ";",
+                "entity",
+                "category",
+                "annotations",
+                "diseases",
+                "symptoms",
+                "medical procedures",
+                "fever",
+                "disease",
+                " ",
+                "\n",
+            ]
+        ),
+        max_size=60,
+    )
+)
 def test_structured_looking_garbage_never_raises(prepared, pieces):
     output = "".join(pieces)
     for fmt in ("dict", "json"):

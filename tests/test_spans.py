@@ -1,6 +1,5 @@
 from hypothesis import given
 from hypothesis import strategies as st
-
 from nerfleet.evaluation.spans import (
     Span,
     boundary_splits,
@@ -54,7 +53,9 @@ def test_keep_longest_and_tie_rule():
     assert keep_longest(chain)[0] == [Span(2, 9, "SYMPTOM")]
 
 
-@given(st.lists(st.tuples(st.integers(0, 60), st.integers(1, 15), st.sampled_from(["DISEASE", "SYMPTOM"])), max_size=12))
+@given(
+    st.lists(st.tuples(st.integers(0, 60), st.integers(1, 15), st.sampled_from(["DISEASE", "SYMPTOM"])), max_size=12)
+)
 def test_round_trip_any_resolved_spans(raw):
     text = "el paciente presenta fiebre alta y tos seca desde hace tres dias con dolor"
     spans = [Span(s, min(s + n, len(text)), lab) for s, n, lab in raw if s < len(text)]

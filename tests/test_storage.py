@@ -3,11 +3,10 @@
 import json
 
 import pytest
-from sqlmodel import select
-
 from nerfleet.storage.db import get_engine, session_scope
 from nerfleet.storage.jobs import claim, claim_aggregation, finish, insert_ignore, renew
 from nerfleet.storage.tables import Corpus, Generation, Job, Run, RunJob
+from sqlmodel import select
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -22,16 +21,37 @@ def seed(url):
         s.add(Corpus(id=1, name="c", source="x", source_hash="h", seed=1, stats_json="{}"))
         s.add(Run(id="r1", name="r1", corpus_id=1, spec_json="{}", total=2))
         s.flush()
-        rows = [dict(hash=f"j{i}", model="m", prompt="v1", prompt_hash="p", corpus_id=1, doc_id=f"d{i}",
-                     params_json=json.dumps({"max_new_tokens": 4}), state="queued", attempts=0) for i in range(2)]
+        rows = [
+            dict(
+                hash=f"j{i}",
+                model="m",
+                prompt="v1",
+                prompt_hash="p",
+                corpus_id=1,
+                doc_id=f"d{i}",
+                params_json=json.dumps({"max_new_tokens": 4}),
+                state="queued",
+                attempts=0,
+            )
+            for i in range(2)
+        ]
         assert insert_ignore(s, Job, rows) == 2
         assert insert_ignore(s, Job, rows) == 0  # again: nothing
         insert_ignore(s, RunJob, [{"run_id": "r1", "job_hash": r["hash"]} for r in rows])
 
 
 def gen_row(h):
-    return {"job_hash": h, "output": "x", "prompt_tokens": 1, "output_tokens": 1, "truncated": False,
-            "latency_s": 0.1, "engine": "t", "host": "h", "gpu": None}
+    return {
+        "job_hash": h,
+        "output": "x",
+        "prompt_tokens": 1,
+        "output_tokens": 1,
+        "truncated": False,
+        "latency_s": 0.1,
+        "engine": "t",
+        "host": "h",
+        "gpu": None,
+    }
 
 
 def test_claims_are_exclusive_and_writes_idempotent(db):

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 NAME = "nerfleet_gqa"
 
 
-def gqa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None,
-                  **kwargs):
+def gqa_attention(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs
+):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     groups = getattr(module, "num_key_value_groups", 1)
@@ -26,8 +27,9 @@ def gqa_attention(module, query, key, value, attention_mask, dropout: float = 0.
         with _backend():
             out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
         return out.reshape(b, h, 1, d).transpose(1, 2).contiguous(), None
-    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                  is_causal=is_causal, **kwargs)
+    return sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+    )
 
 
 def _backend():
@@ -40,8 +42,12 @@ def _backend():
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    names = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-             "flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}
+    names = {
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
     return sdpa_kernel([names[choice]])
 
 
@@ -56,6 +62,3 @@ def install(model) -> None:
         model.set_attn_implementation(NAME)
     else:  # older transformers read it from the config at every forward
         model.config._attn_implementation = NAME
-
-
-

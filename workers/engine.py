@@ -229,13 +229,21 @@ class CompiledEngine(BatchedEngine):
         positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
         cache = StaticCache(config=model.config, max_cache_len=total)
         eos = model.generation_config.eos_token_id
-        eos_ids = torch.tensor(sorted({e for e in (eos if isinstance(eos, list) else [eos]) if e is not None}) or [-1],
-                               device=dev)
+        eos_ids = torch.tensor(
+            sorted({e for e in (eos if isinstance(eos, list) else [eos]) if e is not None}) or [-1], device=dev
+        )
         out = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=dev)
         finished = torch.zeros(n, dtype=torch.bool, device=dev)
         with torch.inference_mode():
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                           cache_position=torch.arange(width, device=dev), use_cache=True, logits_to_keep=1).logits
+            logits = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                cache_position=torch.arange(width, device=dev),
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits
             token = logits[:, -1].argmax(-1)
             pos = positions[:, -1:] + 1
             step = self._compiled_step()
@@ -247,9 +255,14 @@ class CompiledEngine(BatchedEngine):
                 if i + 1 == max_new_tokens or ((i + 1) % self.check_every == 0 and bool(finished.all())):
                     break
                 mask[:, width + i] = 1
-                logits = step(input_ids=token[:, None], attention_mask=mask, position_ids=pos + i,
-                              past_key_values=cache, cache_position=steps[i : i + 1],
-                              use_cache=True).logits
+                logits = step(
+                    input_ids=token[:, None],
+                    attention_mask=mask,
+                    position_ids=pos + i,
+                    past_key_values=cache,
+                    cache_position=steps[i : i + 1],
+                    use_cache=True,
+                ).logits
                 token = logits[:, -1].argmax(-1)
         eos_set = set(eos_ids.tolist()) | {pad}
         results = []

@@ -152,9 +152,8 @@ def predict_spans(model, tokenizer, text: str, p: TrainParams) -> list[Span]:
 
 
 def evaluate(model, tokenizer, docs, p: TrainParams) -> dict:
-    from seqeval.metrics.sequence_labeling import get_entities
-
     from nerfleet.evaluation.scoring import prf
+    from seqeval.metrics.sequence_labeling import get_entities
 
     model.eval()
     gold, pred = [], []
@@ -186,7 +185,9 @@ def train(job_id: str, source: str, train_docs, test_docs, p: TrainParams, out_d
     examples = build_examples(tokenizer, fit, p)
     steps_per_epoch = (len(examples) + p.batch_size - 1) // p.batch_size
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=0.01)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(p.warmup * steps_per_epoch * p.epochs), steps_per_epoch * p.epochs)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(p.warmup * steps_per_epoch * p.epochs), steps_per_epoch * p.epochs
+    )
     history: list[dict] = []
     start_epoch = 0
     last = latest_checkpoint(out_dir)
@@ -211,15 +212,32 @@ def train(job_id: str, source: str, train_docs, test_docs, p: TrainParams, out_d
             optimizer.zero_grad()
             total, n = total + loss.item(), n + 1
         dev_f1 = evaluate(model, tokenizer, dev, p)["micro"]["f1"]
-        history.append({"epoch": epoch, "loss": total / max(1, n), "dev_f1": dev_f1, "seconds": time.perf_counter() - t0})
-        log.info("train %s: epoch %d loss %.4f dev F1 %.3f (%.0f s)", job_id, epoch, total / max(1, n), dev_f1,
-                 history[-1]["seconds"])
+        history.append(
+            {"epoch": epoch, "loss": total / max(1, n), "dev_f1": dev_f1, "seconds": time.perf_counter() - t0}
+        )
+        log.info(
+            "train %s: epoch %d loss %.4f dev F1 %.3f (%.0f s)",
+            job_id,
+            epoch,
+            total / max(1, n),
+            dev_f1,
+            history[-1]["seconds"],
+        )
         ck = out_dir / f"epoch-{epoch}"
         tmp = ck.with_name(ck.name + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "history": history, "epoch": epoch},
-                   tmp / "trainer.pt")
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng.getstate(),
+                "torch_rng": torch.get_rng_state(),
+                "history": history,
+                "epoch": epoch,
+            },
+            tmp / "trainer.pt",
+        )
         tmp.rename(ck)  # a checkpoint is complete or absent
         for old in out_dir.glob("epoch-*"):
             if old != ck and not old.name.endswith(".tmp"):
@@ -257,12 +275,12 @@ def job_id_for(encoder: str, corpus_id: int, p: TrainParams) -> str:
 
 
 def run_training_job(job_id: str) -> None:
-    from sqlmodel import delete
-
-    from nerfleet.settings import get_settings
     from nerfleet.storage.corpus_store import load_documents
     from nerfleet.storage.db import session_scope
     from nerfleet.storage.tables import Metric, TrainJob, utcnow
+    from sqlmodel import delete
+
+    from nerfleet.settings import get_settings
 
     with session_scope() as s:
         job = s.get(TrainJob, job_id)
@@ -295,9 +313,20 @@ def run_training_job(job_id: str) -> None:
         run_id = f"{job_id}"
         s.exec(delete(Metric).where(Metric.run_id == run_id))
         for cat, m in result["metrics"].items():
-            s.add(Metric(run_id=run_id, strategy="encoder", model=encoder, prompt="", category=cat,
-                         precision=m["precision"], recall=m["recall"], f1=m["f1"], support=m["support"],
-                         params_json=json.dumps({"train": asdict(params), "seqeval": {"mode": "strict", "scheme": "IOB2"}})))
+            s.add(
+                Metric(
+                    run_id=run_id,
+                    strategy="encoder",
+                    model=encoder,
+                    prompt="",
+                    category=cat,
+                    precision=m["precision"],
+                    recall=m["recall"],
+                    f1=m["f1"],
+                    support=m["support"],
+                    params_json=json.dumps({"train": asdict(params), "seqeval": {"mode": "strict", "scheme": "IOB2"}}),
+                )
+            )
         row = s.get(TrainJob, job_id)
         row.state, row.history_json, row.updated_at = "done", json.dumps(result["history"]), utcnow()
         s.add(row)

@@ -15,7 +15,7 @@ def visible_gpus() -> list[str]:
         return [g for g in env.split(",") if g.strip()]
     if shutil.which("nvidia-smi"):
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False).stdout
-        return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU"))]
+        return [str(i) for i, line in enumerate(ln for ln in out.splitlines() if ln.startswith("GPU"))]
     return []
 
 
@@ -49,14 +49,33 @@ def start_worker(model: str, gpu: str | None, engine: str, loglevel: str = "INFO
 
     spec = resolve(model)
     node = name or f"{spec.name}-{'gpu' + gpu if gpu is not None else 'cpu'}@%h"
-    rt = runtime.install(spec, engine, device=None if gpu is not None else "cpu" if not _has_cuda() else None,
-                         worker=node.replace("%h", os.uname().nodename))
-    print(f"nerfleet worker {rt.worker}: model {spec.name} loaded ({rt.engine.name} engine), queue {spec.queue}", flush=True)
+    rt = runtime.install(
+        spec,
+        engine,
+        device=None if gpu is not None else "cpu" if not _has_cuda() else None,
+        worker=node.replace("%h", os.uname().nodename),
+    )
+    print(
+        f"nerfleet worker {rt.worker}: model {spec.name} loaded ({rt.engine.name} engine), queue {spec.queue}",
+        flush=True,
+    )
     start_sweeper(app)
-    app.worker_main([
-        "worker", "-P", "solo", "-Q", f"{spec.queue},{AGGREGATE_QUEUE}", "-n", node, "-E",
-        "--loglevel", loglevel, "--without-gossip", "--without-mingle",
-    ])
+    app.worker_main(
+        [
+            "worker",
+            "-P",
+            "solo",
+            "-Q",
+            f"{spec.queue},{AGGREGATE_QUEUE}",
+            "-n",
+            node,
+            "-E",
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
 
 
 def _has_cuda() -> bool:
@@ -71,5 +90,19 @@ def start_train_worker(gpu: str | None, loglevel: str = "INFO") -> None:
     from nerfleet.tasks.app import TRAIN_QUEUE, app
 
     node = f"train-{'gpu' + gpu if gpu is not None else 'cpu'}@%h"
-    app.worker_main(["worker", "-P", "solo", "-Q", TRAIN_QUEUE, "-n", node, "-E", "--loglevel", loglevel,
-                     "--without-gossip", "--without-mingle"])
+    app.worker_main(
+        [
+            "worker",
+            "-P",
+            "solo",
+            "-Q",
+            TRAIN_QUEUE,
+            "-n",
+            node,
+            "-E",
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )

@@ -111,7 +111,9 @@ def load(spec: ModelSpec, device: str | None = None, dtype: str = "auto"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = (torch.bfloat16 if device.startswith("cuda") else torch.float32) if dtype == "auto" else getattr(torch, dtype)
+    torch_dtype = (
+        (torch.bfloat16 if device.startswith("cuda") else torch.float32) if dtype == "auto" else getattr(torch, dtype)
+    )
     source = spec.source
     if spec.gguf_file:
         cache = _gguf_cache(spec)

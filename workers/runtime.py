@@ -11,9 +11,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from nerfleet.settings import get_settings
 from nerfleet.workers.engine import BatchedEngine, CompiledEngine, Engine, SimpleEngine
 from nerfleet.workers.models import ModelSpec, load
+
+from nerfleet.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,9 @@ def make_engine(kind: str, model, tokenizer, spec: ModelSpec, batch_size: int) -
     raise ValueError(f"unknown engine {kind!r}: use simple, batched or module:Class")
 
 
-def install(spec: ModelSpec, engine_kind: str = "batched", device: str | None = None, worker: str | None = None) -> Runtime:
+def install(
+    spec: ModelSpec, engine_kind: str = "batched", device: str | None = None, worker: str | None = None
+) -> Runtime:
     """Load the model once for this process."""
     global _current
     model, tokenizer = load(spec, device=device)

@@ -1,0 +1,94 @@
+"""Encoder baselines: train on a handful of documents with a tiny model, store metrics, tag, resume."""
+
+import json
+
+import pytest
+from nerfleet.storage.corpus_store import load_documents
+from nerfleet.storage.db import session_scope
+from nerfleet.storage.tables import Metric, TrainJob
+from nerfleet.workers.finetune import TrainParams, latest_checkpoint, train, windows
+from sqlmodel import select
+from typer.testing import CliRunner
+
+from nerfleet.cli import app
+from tests.helpers import make_tiny_encoder
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    return make_tiny_encoder(tmp_path_factory.mktemp("encoder") / "tiny-bert")
+
+
+def test_windows_cover_every_word_with_overlap():
+    pieces = [[1] * (1 + i % 3) for i in range(100)]
+    spans = windows(pieces, max_len=20, stride=6)
+    covered = set()
+    for i, j in spans:
+        assert sum(len(p) for p in pieces[i:j]) <= 18
+        covered.update(range(i, j))
+    assert covered == set(range(100))
+    assert all(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # consecutive windows overlap
+
+
+def test_one_epoch_stores_metrics_and_tags_text(home, demo_corpus, tiny_encoder, tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--encoder",
+            str(tiny_encoder),
+            "--epochs",
+            "1",
+            "--local",
+            "--max-length",
+            "64",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    with session_scope() as s:
+        job = s.exec(select(TrainJob)).one()
+        assert job.state == "done" and job.epoch == 1
+        history = json.loads(job.history_json)
+        assert history[0]["epoch"] == 1 and history[0]["loss"] > 0
+        metrics = {m.category: m for m in s.exec(select(Metric).where(Metric.strategy == "encoder"))}
+        assert set(metrics) == {"DISEASE", "SYMPTOM", "PROCEDURE", "micro"}
+        assert all(0 <= m.f1 <= 1 for m in metrics.values())
+        final = f"{job.checkpoint_dir}/final"
+    note = tmp_path / "note.txt"
+    text = "A 50-year-old man with fever and abdominal pain underwent an abdominal CT scan. " * 20
+    note.write_text(text)
+    tsv = runner.invoke(app, ["tag", "--model", final, str(note), "--format", "tsv"])
+    assert tsv.exit_code == 0, tsv.output
+    lines = tsv.stdout.strip().splitlines()
+    assert lines[0] == "filename\tann_id\tlabel\tstart_span\tend_span\ttext"
+    for line in lines[1:]:
+        _, _, label, start, end, span = line.split("\t")
+        assert label in ("DISEASE", "SYMPTOM", "PROCEDURE")
+        assert 0 <= int(start) < int(end) <= len(text) and text[int(start) : int(end)] == span
+
+
+def test_interrupted_training_resumes_from_last_checkpoint(home, demo_corpus, tiny_encoder, tmp_path):
+    with session_scope() as s:
+        train_docs = load_documents(s, demo_corpus, "train")
+        test_docs = load_documents(s, demo_corpus, "test")
+    params = TrainParams(epochs=2, max_length=64, batch_size=4, lr=1e-3)
+    out = tmp_path / "ck"
+
+    def crash_after_first(epoch, history):
+        if epoch == 1:
+            raise KeyboardInterrupt  # the machine goes down after epoch 1's checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train("t", str(tiny_encoder), train_docs, test_docs, params, out, crash_after_first)
+    assert latest_checkpoint(out).name == "epoch-1"
+    seen = []
+    result = train("t", str(tiny_encoder), train_docs, test_docs, params, out, lambda e, h: seen.append(e))
+    assert seen == [2]  # epoch 1 was not trained again
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    assert (out / "final" / "nerfleet.json").is_file()
