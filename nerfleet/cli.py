@@ -13,10 +13,28 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pret
 corpus_app = typer.Typer(no_args_is_help=True, help="Build, describe and export the unified corpus.")
 app.add_typer(corpus_app, name="corpus")
 
-USER_ERRORS = (ValueError, LookupError, ConnectionError, FileNotFoundError, RuntimeError)
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (ValueError, LookupError, ConnectionError, FileNotFoundError, RuntimeError, SQLAlchemyError)
+
+
+USER_ERRORS = _user_errors()
 
 
 def fail(exc: BaseException) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, SQLAlchemyError):
+        from sqlalchemy.engine import make_url
+
+        from nerfleet.settings import get_settings
+
+        url = make_url(get_settings().db_url).render_as_string(hide_password=True)
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        typer.echo(f"error: database {url}: {reason}", err=True)
+        raise typer.Exit(2)
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(2)
 

@@ -45,10 +45,10 @@ def create_run(
     app=None,
 ) -> RunPlan:
     """Write the run and its jobs, then enqueue every job that has no result yet."""
-    from nerfleet.tasks.app import app as default_app
+    from nerfleet.tasks.app import make_app
     from nerfleet.tasks.dispatch import enqueue_aggregation, enqueue_jobs
 
-    app = app or default_app
+    app = app or make_app()  # from the settings in force now (a producer only sends by task name)
     s = get_settings()
     if not models:
         raise ValueError("no --model given")
@@ -85,15 +85,14 @@ def create_run(
             PromptText,
             [{"hash": p.hash, "name": p.name, "format": p.format, "template": p.template} for p in loaded],
         )
-        rows, links = [], []
-        for m in specs:
-            fp = m.fingerprint()
-            for p in loaded:
-                for d in docs:
-                    h = job_hash(fp, m.chat, p.hash, d.text, params)
-                    rows.append(
-                        {
-                            "hash": h,
+
+        def job_rows():
+            for m in specs:
+                fp = m.fingerprint()
+                for p in loaded:
+                    for d in docs:
+                        yield {
+                            "hash": job_hash(fp, m.chat, p.hash, d.text, params),
                             "model": m.name,
                             "prompt": p.name,
                             "prompt_hash": p.hash,
@@ -104,12 +103,14 @@ def create_run(
                             "attempts": 0,
                             "updated_at": utcnow(),
                         }
-                    )
-                    links.append({"run_id": run_id, "job_hash": h})
-        for k in range(0, len(rows), s.enqueue_chunk):
-            insert_ignore(session, Job, rows[k : k + s.enqueue_chunk])
-            insert_ignore(session, RunJob, links[k : k + s.enqueue_chunk])
-        run.total = len(links)
+
+        # Written chunk by chunk: a grid of a million jobs never sits in memory at once.
+        total = 0
+        for chunk in _chunks(job_rows(), s.enqueue_chunk):
+            insert_ignore(session, Job, chunk)
+            insert_ignore(session, RunJob, [{"run_id": run_id, "job_hash": r["hash"]} for r in chunk])
+            total += len(chunk)
+        run.total = total
         if retry_failed:
             session.exec(
                 update(Job)
@@ -130,18 +131,18 @@ def create_run(
             .order_by(Job.model, Job.prompt, Job.doc_id)
         )
         todo = []
-        for model, h, state, lease in session.exec(stmt):
+        for model, h, state, lease in session.exec(stmt.execution_options(yield_per=s.enqueue_chunk)):
             if state in ("done", "failed"):
                 done += 1
             elif state == "queued" or lease is None or lease < now:
-                todo.append((model, h))
-    for k in range(0, len(todo), s.enqueue_chunk):
-        enqueued += enqueue_jobs(app, run_id, todo[k : k + s.enqueue_chunk], s.batch_size, progress)
+                todo.append((model, h))  # two short strings per job
+    for chunk in _chunks(iter(todo), s.enqueue_chunk):
+        enqueued += enqueue_jobs(app, run_id, chunk, s.batch_size, progress)
     with session_scope() as session:
         agg = claim_aggregation(session, run_id)
     if agg:
         enqueue_aggregation(app, run_id)
-    return RunPlan(run_id, len(links), done, enqueued, agg)
+    return RunPlan(run_id, total, done, enqueued, agg)
 
 
 def _check_broker(app) -> None:
@@ -150,3 +151,14 @@ def _check_broker(app) -> None:
             conn.ensure_connection(max_retries=3, interval_start=0.2, interval_step=0.5, timeout=5)
     except Exception as exc:
         raise ConnectionError(f"broker {app.conf.broker_url} unreachable: {exc}") from None
+
+
+def _chunks(items, size: int):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

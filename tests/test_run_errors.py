@@ -1,0 +1,74 @@
+"""`nerfleet run` and friends: clear one-line errors, nothing half-written."""
+
+import pytest
+from nerfleet.storage.db import session_scope
+from nerfleet.storage.tables import Job, Run
+from sqlmodel import select
+from typer.testing import CliRunner
+
+from nerfleet.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+        (["--model", "smollm2", "--prompt", "v9"], "unknown prompt 'v9'"),
+        (["--model", "smollm2", "--split", "nothing"], "has no documents in split 'nothing'"),
+    ],
+)
+def test_bad_run_arguments(home, demo_corpus, broker, args, message):
+    result = runner.invoke(app, ["run", *args])
+    assert result.exit_code == 2
+    assert message in result.stderr and "\n" not in result.stderr.strip()
+    with session_scope() as s:
+        assert s.exec(select(Run)).all() == [] and s.exec(select(Job)).all() == []
+
+
+def test_unreachable_broker_writes_nothing(home, demo_corpus, monkeypatch):
+    from nerfleet.settings import get_settings
+
+    monkeypatch.setenv("NERFLEET_BROKER_URL", "redis://127.0.0.1:1/0")
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["run", "--model", "smollm2", "--limit", "1"])
+    assert result.exit_code == 2 and "unreachable" in result.stderr
+    with session_scope() as s:
+        assert s.exec(select(Run)).all() == []
+
+
+def test_unreachable_database_is_one_line(monkeypatch, tmp_path):
+    from nerfleet.settings import get_settings
+
+    monkeypatch.setenv("NERFLEET_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["status"])
+    get_settings.cache_clear()
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: database postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+
+def test_language_folder_and_prefix(tmp_path, home):
+    """A multilingual release: <corpus>/<lang>/txt with language-prefixed ids; --lang picks one."""
+    import shutil
+
+    from tests.conftest import DEMO_CORPUS
+
+    for corpus in ("distemist", "symptemist", "medprocner"):
+        for lang in ("en", "it"):
+            dst = tmp_path / "release" / corpus / lang
+            (dst / "txt").mkdir(parents=True)
+            tsv = next((DEMO_CORPUS / corpus).glob("*.tsv"))
+            lines = tsv.read_text().splitlines()
+            (dst / tsv.name).write_text(
+                "\n".join([lines[0]] + [ln.replace("en-demo", f"{lang}-demo") for ln in lines[1:]]) + "\n"
+            )
+            for txt in (DEMO_CORPUS / corpus / "txt").glob("*.txt"):
+                shutil.copy(txt, dst / "txt" / txt.name.replace("en-demo", f"{lang}-demo"))
+    result = runner.invoke(app, ["corpus", "build", str(tmp_path / "release"), "--lang", "it"])
+    assert result.exit_code == 0, result.output
+    stats = runner.invoke(app, ["corpus", "export", str(tmp_path / "it.jsonl")])
+    assert stats.exit_code == 0
+    ids = [line for line in (tmp_path / "it.jsonl").read_text().splitlines()]
+    assert len(ids) == 12 and all('"doc_id": "it-demo-' in line for line in ids)
