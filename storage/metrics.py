@@ -8,83 +8,45 @@ from collections.abc import Iterable
 from nerfleet.storage.tables import Metric
 
 
+def _cells(block: dict):
+    for model, cells in block.items():
+        for prompt, cell in cells.items():
+            yield model, prompt, cell
+
+
 def scores_to_rows(run_id: str, scores: dict) -> list[Metric]:
     params = json.dumps(scores.get("params", {}))
-    rows = []
-    for model, cells in scores["strategy1"].items():
-        for prompt, c in cells.items():
-            rows.append(
-                Metric(
-                    run_id=run_id,
-                    strategy="strategy1",
-                    model=model,
-                    prompt=prompt,
-                    category="ENTITY",
-                    precision=c["precision"],
-                    recall=c["recall"],
-                    f1=c["f1"],
-                    params_json=params,
-                )
-            )
-    for model, cells in scores["strategy2"].items():
-        for prompt, cats in cells.items():
-            for cat, c in cats.items():
-                rows.append(
-                    Metric(
-                        run_id=run_id,
-                        strategy="strategy2",
-                        model=model,
-                        prompt=prompt,
-                        category=cat,
-                        precision=c["precision"],
-                        recall=c["recall"],
-                        f1=c["f1"],
-                        support=c["support"],
-                        params_json=params,
-                    )
-                )
-    for model, cells in scores["parse_ratio"].items():
-        for prompt, c in cells.items():
-            for key in ("lenient", "strict"):
-                rows.append(
-                    Metric(
-                        run_id=run_id,
-                        strategy="parse_ratio",
-                        model=model,
-                        prompt=prompt,
-                        category=key,
-                        value=c[key],
-                        support=c.get("dropped_items"),
-                        params_json=params,
-                    )
-                )
-    for model, cells in scores.get("nervaluate", {}).items():
-        for prompt, schemas in cells.items():
-            for schema, c in schemas.items():
-                rows.append(
-                    Metric(
-                        run_id=run_id,
-                        strategy="nervaluate",
-                        model=model,
-                        prompt=prompt,
-                        category=schema,
-                        precision=c["precision"],
-                        recall=c["recall"],
-                        f1=c["f1"],
-                        params_json=params,
-                    )
-                )
-    rows.append(
-        Metric(
+
+    def row(strategy: str, model: str, prompt: str, category: str, c: dict | None = None, **extra) -> Metric:
+        prf = {k: c[k] for k in ("precision", "recall", "f1")} if c else {}
+        return Metric(
             run_id=run_id,
-            strategy="meta",
-            model="",
-            prompt="",
-            category="documents",
-            value=scores.get("documents", 0),
+            strategy=strategy,
+            model=model,
+            prompt=prompt,
+            category=category,
             params_json=params,
+            **prf,
+            **extra,
         )
-    )
+
+    rows = [row("strategy1", m, p, "ENTITY", c) for m, p, c in _cells(scores["strategy1"])]
+    rows += [
+        row("strategy2", m, p, cat, c, support=c["support"])
+        for m, p, cats in _cells(scores["strategy2"])
+        for cat, c in cats.items()
+    ]
+    rows += [
+        row("parse_ratio", m, p, key, value=c[key], support=c.get("dropped_items"))
+        for m, p, c in _cells(scores["parse_ratio"])
+        for key in ("lenient", "strict")
+    ]
+    rows += [
+        row("nervaluate", m, p, schema, c)
+        for m, p, schemas in _cells(scores.get("nervaluate", {}))
+        for schema, c in schemas.items()
+    ]
+    rows.append(row("meta", "", "", "documents", value=scores.get("documents", 0)))
     return rows
 
 

@@ -38,71 +38,56 @@ def spawn_per_gpu(argv: list[str]) -> int:
     return max(p.wait() for p in procs)
 
 
-def start_worker(model: str, gpu: str | None, engine: str, loglevel: str = "INFO", name: str | None = None) -> None:
+def _pin(gpu: str | None) -> str:
+    """Pin this process to one GPU before torch is imported; the node-name suffix."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        return f"gpu{gpu}"
+    return "cpu"
+
+
+def _run_celery_worker(app, queues: str, node: str, loglevel: str) -> None:
+    # Solo pool: the model lives in this process (no fork after CUDA), one batch at a time.
+    app.worker_main(
+        [
+            "worker",
+            "-P",
+            "solo",
+            "-Q",
+            queues,
+            "-n",
+            node,
+            "-E",
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+def start_worker(model: str, gpu: str | None, engine: str, loglevel: str = "INFO", name: str | None = None) -> None:
+    where = _pin(gpu)
     # Only now may torch be imported.
     from nerfleet.tasks.app import AGGREGATE_QUEUE, app
     from nerfleet.tasks.sweeper import start_sweeper
     from nerfleet.workers import runtime
     from nerfleet.workers.models import resolve
 
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     spec = resolve(model)
-    node = name or f"{spec.name}-{'gpu' + gpu if gpu is not None else 'cpu'}@%h"
-    rt = runtime.install(
-        spec,
-        engine,
-        device=None if gpu is not None else "cpu" if not _has_cuda() else None,
-        worker=node.replace("%h", os.uname().nodename),
-    )
+    node = name or f"{spec.name}-{where}@%h"
+    rt = runtime.install(spec, engine, worker=node.replace("%h", os.uname().nodename))
     print(
         f"nerfleet worker {rt.worker}: model {spec.name} loaded ({rt.engine.name} engine), queue {spec.queue}",
         flush=True,
     )
     start_sweeper(app)
-    app.worker_main(
-        [
-            "worker",
-            "-P",
-            "solo",
-            "-Q",
-            f"{spec.queue},{AGGREGATE_QUEUE}",
-            "-n",
-            node,
-            "-E",
-            "--loglevel",
-            loglevel,
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    _run_celery_worker(app, f"{spec.queue},{AGGREGATE_QUEUE}", node, loglevel)
 
 
 def start_train_worker(gpu: str | None, loglevel: str = "INFO") -> None:
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    where = _pin(gpu)
     from nerfleet.tasks.app import TRAIN_QUEUE, app
 
-    node = f"train-{'gpu' + gpu if gpu is not None else 'cpu'}@%h"
-    app.worker_main(
-        [
-            "worker",
-            "-P",
-            "solo",
-            "-Q",
-            TRAIN_QUEUE,
-            "-n",
-            node,
-            "-E",
-            "--loglevel",
-            loglevel,
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
+    _run_celery_worker(app, TRAIN_QUEUE, f"train-{where}@%h", loglevel)
