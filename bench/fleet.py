@@ -22,7 +22,7 @@ def make_model(folder: Path, corpus: Path, arch: str) -> None:
     """A random-weight model of the study's architecture with a BPE tokenizer trained on the corpus."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     texts = [p.read_text() for p in corpus.glob("*/txt/*.txt")]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -39,29 +39,10 @@ def make_model(folder: Path, corpus: Path, arch: str) -> None:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
     )
-    dims = dict(
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        vocab_size=32000,
-        max_position_embeddings=32768,
-        rope_theta=10000.0,
-    )
-    config = (
-        MistralConfig(**dims, sliding_window=None)
-        if arch == "mistral-7b"
-        else LlamaConfig(
-            hidden_size=576,
-            intermediate_size=1536,
-            num_hidden_layers=30,
-            num_attention_heads=9,
-            num_key_value_heads=3,
-            vocab_size=32000,
-            max_position_embeddings=8192,
-        )
-    )
+    from generation import ARCHS  # the same architectures as the generation benchmark
+
+    cls, kwargs, _ = ARCHS[arch]
+    config = cls(**{**kwargs, "vocab_size": 32000})
     config.eos_token_id = fast.eos_token_id
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
@@ -75,7 +56,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=512)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--new", type=int, default=64)
-    ap.add_argument("--arch", default="mistral-7b", choices=["mistral-7b", "smollm2-135m"])
+    ap.add_argument("--arch", default="mistral-7b", choices=["mistral-7b", "llama-2-7b", "smollm2-135m"])
     ap.add_argument("--engine", default="batched")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()

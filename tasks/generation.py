@@ -41,13 +41,24 @@ def generate(self, run_id: str, model: str, jobs: list[str]) -> dict:
         return {"claimed": 0}
     with session_scope() as session:
         claimed, failed_now = claim(session, jobs, model, rt.worker, s.lease_s, s.max_attempts)
-        requests = []
-        for c in claimed:
-            doc = session.exec(
-                select(Document).where(Document.corpus_id == c.corpus_id, Document.doc_id == c.doc_id)
-            ).one()
-            prompt = session.get(PromptText, c.prompt_hash)
-            requests.append(GenerationRequest(c.hash, prompt.template, doc.text, int(c.params["max_new_tokens"])))
+        # Two queries for the whole batch: its documents and its prompt templates.
+        docs = {
+            (d.corpus_id, d.doc_id): d.text
+            for d in session.exec(
+                select(Document).where(
+                    Document.corpus_id.in_({c.corpus_id for c in claimed}),
+                    Document.doc_id.in_({c.doc_id for c in claimed}),
+                )
+            )
+        }
+        prompts = {c.prompt_hash for c in claimed}
+        templates = {p.hash: p.template for p in session.exec(select(PromptText).where(PromptText.hash.in_(prompts)))}
+        requests = [
+            GenerationRequest(
+                c.hash, templates[c.prompt_hash], docs[(c.corpus_id, c.doc_id)], int(c.params["max_new_tokens"])
+            )
+            for c in claimed
+        ]
     hashes = [c.hash for c in claimed]
     if hashes:
         log.info("run %s: generating %d jobs of %s", run_id, len(hashes), model)

@@ -62,3 +62,25 @@ def test_bad_lines_name_the_line_and_score_nothing(built, tmp_path, bad, message
     assert result.exit_code == 2
     assert message in result.stderr
     assert result.stdout == ""
+
+
+def test_report_shows_table6_and_comparison():
+    from nerfleet.evaluation.report import render_text
+
+    scores = {
+        "strategy1": {"m": {"v1": {"precision": 0.9, "recall": 0.4, "f1": 0.55}}},
+        "strategy2": {
+            "m": {
+                "v2": {
+                    k: {"precision": 0.5, "recall": 0.2, "f1": 0.3, "support": 3}
+                    for k in ("DISEASE", "SYMPTOM", "PROCEDURE", "micro")
+                }
+            }
+        },
+        "parse_ratio": {"m": {"v2": {"lenient": 1.0, "strict": 0.5}}},
+        "documents": 3,
+        "params": {"match": {"mode": "partial", "threshold": 0.5}},
+    }
+    text = render_text(scores, {"minilm": {"precision": 0.5, "recall": 0.6, "f1": 0.545}})
+    assert "Table 6" in text and "minilm" in text
+    assert "Best zero-shot cell vs encoders: m v2 (strategy2)" in text and "0.245" in text
