@@ -28,16 +28,17 @@ def _grid(title: str, header: list[str], rows: list[list[str]], note: str = "") 
     return "\n".join(out)
 
 
+def _prf_cells(c: dict | None) -> list[str]:
+    return [_f(c["precision"]), _f(c["recall"]), _f(c["f1"])] if c else ["-"] * 3
+
+
 def table3_rows(scores: dict) -> tuple[list[str], list[list[str]]]:
     block = scores["strategy1"]
     prompts = _prompts(block)
     header = ["Model", ""] + [f"{p} {m}" for p in prompts for m in ("P", "R", "F")]
     rows = []
     for model in sorted(block):
-        cells = []
-        for p in prompts:
-            c = block[model].get(p)
-            cells += [_f(c["precision"]), _f(c["recall"]), _f(c["f1"])] if c else ["-"] * 3
+        cells = [x for p in prompts for x in _prf_cells(block[model].get(p))]
         rows.append([model, ""] + cells)
     return header, rows
 
@@ -49,10 +50,7 @@ def table4_rows(scores: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for model in sorted(block):
         for key, shown in CATEGORY_ROWS:
-            cells = []
-            for p in prompts:
-                c = block[model].get(p, {}).get(key)
-                cells += [_f(c["precision"]), _f(c["recall"]), _f(c["f1"])] if c else ["-"] * 3
+            cells = [x for p in prompts for x in _prf_cells(block[model].get(p, {}).get(key))]
             rows.append([model if key == "DISEASE" else "", shown] + cells)
     return header, rows
 
@@ -73,7 +71,7 @@ def table5_rows(scores: dict) -> tuple[list[str], list[list[str]]]:
 
 def table6_rows(encoders: dict) -> tuple[list[str], list[list[str]]]:
     header = ["Transformer LM", "", "P", "R", "F1"]
-    rows = [[name, "", _f(m["precision"]), _f(m["recall"]), _f(m["f1"])] for name, m in sorted(encoders.items())]
+    rows = [[name, "", *_prf_cells(m)] for name, m in sorted(encoders.items())]
     return header, rows
 
 

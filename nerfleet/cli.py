@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from importlib import resources
 from pathlib import Path
 
 import typer
@@ -39,10 +38,6 @@ def fail(exc: BaseException) -> None:
     raise typer.Exit(2)
 
 
-def bundled_corpus() -> Path:
-    return Path(str(resources.files("nerfleet").joinpath("data", "demo-corpus")))
-
-
 # ------------------------------------------------------------------ corpus
 @corpus_app.command("build")
 def corpus_build(
@@ -54,16 +49,10 @@ def corpus_build(
     lenient: bool = typer.Option(False, help="Skip bad rows (counted in stats) instead of failing."),
 ) -> None:
     """Read, merge, resolve overlaps, split and store; the same source again is a no-op."""
-    from nerfleet.evaluation.corpus import build_corpus, read_test_ids
-    from nerfleet.storage.corpus_store import save_corpus
+    from nerfleet.storage.corpus_store import build_and_save
 
     try:
-        if str(src) == "demo":
-            src = bundled_corpus()
-            test_ids = test_ids or src / "test_ids.txt"
-        ids = read_test_ids(test_ids) if test_ids else None
-        build = build_corpus(src, lang, seed, ids, lenient)
-        saved = save_corpus(build, name or Path(src).name, str(src), lang, seed)
+        saved, build = build_and_save(src, lang, seed, test_ids, lenient, name)
     except USER_ERRORS as exc:
         fail(exc)
     c = saved.corpus

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 import typer
@@ -39,13 +38,10 @@ def run_demo(limit: int = 4, corpus: Path | None = None, model: str = "smollm2",
         app = make_app()
 
         # 2. Corpus.
-        from nerfleet.evaluation.corpus import build_corpus, read_test_ids
-        from nerfleet.storage.corpus_store import save_corpus
+        from nerfleet.storage.corpus_store import build_and_save
 
-        src = corpus or Path(str(resources.files("nerfleet").joinpath("data", "demo-corpus")))
-        ids_file = src / "test_ids.txt"
-        build = build_corpus(src, test_ids=read_test_ids(ids_file) if ids_file.is_file() else None)
-        saved = save_corpus(build, src.name, str(src), None, build.stats["seed"])
+        ids_file = corpus / "test_ids.txt" if corpus else None
+        saved, build = build_and_save(corpus or "demo", test_ids=ids_file if ids_file and ids_file.is_file() else None)
         typer.echo(
             f"corpus: {saved.corpus.name} v{saved.corpus.version}, {build.stats['documents']} documents "
             f"({build.stats['test_documents']} test)"

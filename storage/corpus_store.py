@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 
-from nerfleet.evaluation.corpus import CorpusBuild
+from nerfleet.evaluation.corpus import DEFAULT_SEED, CorpusBuild, build_corpus, read_test_ids
 from nerfleet.evaluation.corpus import Document as CorpusDocument
 from nerfleet.evaluation.spans import Span
 from nerfleet.storage.db import session_scope
@@ -49,6 +51,28 @@ def save_corpus(build: CorpusBuild, name: str, source: str, lang: str | None, se
             for d in build.documents
         )
         return SavedCorpus(corpus, True)
+
+
+def bundled_corpus() -> Path:
+    """The demo corpus shipped with the package (with its own test_ids.txt)."""
+    return Path(str(resources.files("nerfleet").joinpath("data", "demo-corpus")))
+
+
+def build_and_save(
+    src: Path | str,
+    lang: str | None = None,
+    seed: int = DEFAULT_SEED,
+    test_ids: Path | None = None,
+    lenient: bool = False,
+    name: str | None = None,
+) -> tuple[SavedCorpus, CorpusBuild]:
+    """Read a release ("demo": the bundled corpus and its test ids), merge, split and store it."""
+    if str(src) == "demo":
+        src = bundled_corpus()
+        test_ids = test_ids or src / "test_ids.txt"
+    src = Path(src)
+    build = build_corpus(src, lang, seed, read_test_ids(test_ids) if test_ids else None, lenient)
+    return save_corpus(build, name or src.name, str(src), lang, seed), build
 
 
 def get_corpus(session: Session, ref: str | int | None = None) -> Corpus:

@@ -74,8 +74,6 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def demo_corpus(home):
     """The bundled corpus, built and stored; returns its id."""
-    from nerfleet.evaluation.corpus import build_corpus, read_test_ids
-    from nerfleet.storage.corpus_store import save_corpus
+    from nerfleet.storage.corpus_store import build_and_save
 
-    build = build_corpus(DEMO_CORPUS, test_ids=read_test_ids(DEMO_CORPUS / "test_ids.txt"))
-    return save_corpus(build, "demo", str(DEMO_CORPUS), None, 13).corpus.id
+    return build_and_save("demo", name="demo")[0].corpus.id

@@ -45,7 +45,7 @@ def test_score_json_shape_and_report_files(built, tmp_path):
     for name in ("report.txt", "scores.json", "table3.csv", "table4.csv", "table5.csv", "f1.png"):
         assert (out / name).stat().st_size > 0
     text = runner.invoke(app, ["score", str(write(tmp_path, lines))]).stdout
-    assert "Table 3" in text and "Table 4" in text and "Table 5" in text and "0.667" not in text.split("Table 4")[0][:0]
+    assert "Table 3" in text and "Table 4" in text and "Table 5" in text
 
 
 @pytest.mark.parametrize(

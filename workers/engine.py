@@ -95,13 +95,16 @@ class SimpleEngine:
                 pad_token_id=pad,
                 **self.generate_kwargs,
             )
+        return self._trim(out[:, width:].tolist())
+
+    def _stop_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {pad}
-        results = []
-        for row in out[:, width:].tolist():
-            n = next((i for i, t in enumerate(row) if t in eos_ids), len(row))
-            results.append(row[:n])
-        return results
+        return {e for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
+
+    def _trim(self, rows: list[list[int]]) -> list[list[int]]:
+        """Each generated row up to (not including) its first EOS or pad token."""
+        stop = self._stop_ids() | {self.tokenizer.pad_token_id}
+        return [row[: next((i for i, t in enumerate(row) if t in stop), len(row))] for row in rows]
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         results = []
@@ -228,10 +231,7 @@ class CompiledEngine(BatchedEngine):
             mask[i, width - len(x) : width] = 1
         positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
         cache = StaticCache(config=model.config, max_cache_len=total)
-        eos = model.generation_config.eos_token_id
-        eos_ids = torch.tensor(
-            sorted({e for e in (eos if isinstance(eos, list) else [eos]) if e is not None}) or [-1], device=dev
-        )
+        eos_ids = torch.tensor(sorted(self._stop_ids()) or [-1], device=dev)
         out = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=dev)
         finished = torch.zeros(n, dtype=torch.bool, device=dev)
         with torch.inference_mode():
@@ -264,9 +264,4 @@ class CompiledEngine(BatchedEngine):
                     use_cache=True,
                 ).logits
                 token = logits[:, -1].argmax(-1)
-        eos_set = set(eos_ids.tolist()) | {pad}
-        results = []
-        for row in out.tolist():
-            k = next((j for j, t in enumerate(row) if t in eos_set), len(row))
-            results.append(row[:k])
-        return results
+        return self._trim(out.tolist())
