@@ -67,8 +67,10 @@ def claim(
     now = utcnow()
     claimed, failed = [], []
     free = or_(Job.state == "queued", and_(Job.state == "running", Job.lease_until < now))
+    hashes = list(hashes)
+    jobs = {j.hash: j for j in session.exec(select(Job).where(Job.hash.in_(hashes)))}  # one read for the batch
     for h in hashes:
-        job = session.get(Job, h)
+        job = jobs.get(h)
         if job is None or job.model != model:
             continue
         if job.attempts >= max_attempts:
