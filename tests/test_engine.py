@@ -62,9 +62,15 @@ def test_compiled_engine_equals_simple_in_float32(tiny):
     model, tok = tiny
     reqs = requests(max_new_tokens=20)
     simple = SimpleEngine(model, tok).generate(reqs)
-    compiled = CompiledEngine(model, tok, batch_size=4).generate(reqs)
+    engine = CompiledEngine(model, tok, batch_size=4)
+    compiled = engine.generate(reqs)
+    # The static cache is kept for the next batch of the same shape and reset, never mixed up.
+    again = engine.generate(reqs)
+    other = engine.generate(reqs[:2])
     model.config._attn_implementation = "sdpa"  # leave the shared fixture as it was
     assert [r.output for r in compiled] == [r.output for r in simple]
+    assert [r.output for r in again] == [r.output for r in simple]
+    assert [r.output for r in other] == [r.output for r in simple[:2]]
 
 
 def test_gqa_attention_matches_repeated_kv():

@@ -196,6 +196,9 @@ class CompiledEngine(BatchedEngine):
     name = "compiled"
     bucket = 128
     check_every = 32
+    #: Compile the prefill too (no CUDA graphs: its shapes vary): fuses the norms, rotary and
+    #: activations that run eagerly at full prompt width.
+    compile_prefill = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -203,6 +206,8 @@ class CompiledEngine(BatchedEngine):
 
         install(self.model)
         self._step = None
+        self._prefill = None
+        self._cache = None
 
     def _width(self, longest: int) -> int:
         return -(-longest // self.bucket) * self.bucket
@@ -217,9 +222,44 @@ class CompiledEngine(BatchedEngine):
                 self._step = self.model.__call__
         return self._step
 
+    def _cache_for(self, n: int, total: int):
+        """One static cache, reused while the batch shape stays (its fixed addresses keep the CUDA
+        graphs valid); allocated outside any compiled code, else the step cannot be graphed."""
+        from transformers import StaticCache
+
+        key = (n, total)
+        if self._cache is not None and self._cache[0] == key:
+            self._cache[1].reset()
+            return self._cache[1]
+        self._cache = None  # free the old one before allocating
+        cache = StaticCache(config=self.model.config, max_cache_len=total)
+        if self._prefill_compilable(cache):
+            cfg = self.model.config
+            heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+            head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            cache.early_initialization(n, heads, head_dim, self.model.dtype, self.model.device)
+        self._cache = (key, cache)
+        return cache
+
+    def _prefill_compilable(self, cache=None) -> bool:
+        """Compiling the prefill needs a cache initialised beforehand (transformers ≥ 4.56)."""
+        return (
+            self.compile_prefill
+            and str(self.model.device).startswith("cuda")
+            and hasattr(cache if cache is not None else self._cache[1], "early_initialization")
+        )
+
+    def _compiled_prefill(self):
+        if not self._prefill_compilable():
+            return self.model.__call__
+        if self._prefill is None:
+            import torch
+
+            self._prefill = torch.compile(self.model.forward, dynamic=False)  # a frame apart from the step's
+        return self._prefill
+
     def _run(self, batch: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         import torch
-        from transformers import StaticCache
 
         model, pad = self.model, self.tokenizer.pad_token_id
         dev = model.device
@@ -230,12 +270,12 @@ class CompiledEngine(BatchedEngine):
         for i, x in enumerate(batch):
             mask[i, width - len(x) : width] = 1
         positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
-        cache = StaticCache(config=model.config, max_cache_len=total)
         eos_ids = torch.tensor(sorted(self._stop_ids()) or [-1], device=dev)
         out = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=dev)
         finished = torch.zeros(n, dtype=torch.bool, device=dev)
         with torch.inference_mode():
-            logits = model(
+            cache = self._cache_for(n, total)  # its tensors are inference tensors, reset in this mode
+            logits = self._compiled_prefill()(
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=positions,
