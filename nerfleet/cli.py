@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from nerfleet.workers.finetune import TrainParams
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 corpus_app = typer.Typer(no_args_is_help=True, help="Build, describe and export the unified corpus.")
 app.add_typer(corpus_app, name="corpus")
@@ -383,11 +385,11 @@ def finetune(
     encoder: list[str] = typer.Option(
         ["minilm"], "--encoder", help="minilm (embedded), a Table 6 name, HF id or path."
     ),
-    epochs: int = typer.Option(5),
-    seed: int = typer.Option(13),
-    lr: float = typer.Option(1e-4),
-    batch_size: int = typer.Option(16),
-    max_length: int = typer.Option(256),
+    epochs: int = typer.Option(TrainParams.epochs),
+    seed: int = typer.Option(TrainParams.seed),
+    lr: float = typer.Option(TrainParams.lr),
+    batch_size: int = typer.Option(TrainParams.batch_size),
+    max_length: int = typer.Option(TrainParams.max_length),
     corpus: str | None = typer.Option(None),
     local: bool = typer.Option(False, "--local", help="Train here, in this process, instead of on a training worker."),
 ) -> None:
@@ -396,7 +398,7 @@ def finetune(
     from nerfleet.storage.db import session_scope
     from nerfleet.storage.jobs import insert_ignore
     from nerfleet.storage.tables import TrainJob
-    from nerfleet.workers.finetune import TrainParams, encoder_source, job_id_for, run_training_job
+    from nerfleet.workers.finetune import encoder_source, job_id_for, run_training_job
 
     params = TrainParams(epochs=epochs, seed=seed, lr=lr, batch_size=batch_size, max_length=max_length)
     ids = []

@@ -35,10 +35,12 @@ ENCODERS = {  # Table 6 models by their Hugging Face ids; "minilm" is the embedd
 class TrainParams:
     epochs: int = 5
     seed: int = 13
-    lr: float = 1e-4
-    batch_size: int = 16
+    lr: float = 3e-4
+    batch_size: int = 8
     max_length: int = 256
-    stride: int = 64
+    stride: int = 64  # overlap (sub-words) of prediction windows
+    train_stride: int = 0  # overlap of training windows: none, each label is seen once an epoch
+    attention_dropout: float = 0.0  # dropout on attention probabilities (half the step time on CPU)
     warmup: float = 0.1
     dev_fraction: float = 0.1
 
@@ -96,7 +98,7 @@ def build_examples(tokenizer, docs, p: TrainParams):
         tokens = tokenize_for_spans(doc.text, doc.spans)
         tags = spans_to_iob(tokens, doc.spans)
         pieces = word_pieces(tokenizer, tokens)
-        for i, j in windows(pieces, p.max_length, p.stride):
+        for i, j in windows(pieces, p.max_length, p.train_stride):
             ids, labels, _ = encode_window(tokenizer, pieces, tags, i, j)
             examples.append((ids, labels))
     return examples
@@ -168,7 +170,12 @@ def evaluate(model, tokenizer, docs, p: TrainParams) -> dict:
 def train(job_id: str, source: str, train_docs, test_docs, p: TrainParams, out_dir: Path, progress=None) -> dict:
     """Train, checkpointing each epoch; an interrupted job resumes from its last checkpoint."""
     import torch
-    from transformers import AutoModelForTokenClassification, AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import (
+        AutoConfig,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        get_linear_schedule_with_warmup,
+    )
 
     torch.manual_seed(p.seed)
     rng = random.Random(p.seed)
@@ -177,14 +184,16 @@ def train(job_id: str, source: str, train_docs, test_docs, p: TrainParams, out_d
     fit = [d for d in docs if d.doc_id not in dev_ids]
     dev = [d for d in docs if d.doc_id in dev_ids]
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForTokenClassification.from_pretrained(
-        source, num_labels=len(TAGS), id2label=dict(enumerate(TAGS)), label2id=TAG_ID, ignore_mismatched_sizes=True
-    )
+    config = AutoConfig.from_pretrained(source, num_labels=len(TAGS), id2label=dict(enumerate(TAGS)), label2id=TAG_ID)
+    for name in ("attention_probs_dropout_prob", "attention_dropout"):  # BERT family / DistilBERT family
+        if hasattr(config, name):
+            setattr(config, name, p.attention_dropout)
+    model = AutoModelForTokenClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     examples = build_examples(tokenizer, fit, p)
     steps_per_epoch = (len(examples) + p.batch_size - 1) // p.batch_size
-    optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=0.01)
+    optimizer = adamw(model.parameters(), p.lr)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(p.warmup * steps_per_epoch * p.epochs), steps_per_epoch * p.epochs
     )
@@ -252,6 +261,17 @@ def train(job_id: str, source: str, train_docs, test_docs, p: TrainParams, out_d
     (final / "nerfleet.json").write_text(json.dumps({"params": asdict(p), "source": source, "history": history}))
     metrics = evaluate(model, tokenizer, test_docs, p)
     return {"metrics": metrics, "history": history, "final": str(final)}
+
+
+def adamw(params, lr: float):
+    """AdamW in one fused kernel where torch has it (a third of a CPU step otherwise goes here)."""
+    import torch
+
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
