@@ -57,7 +57,7 @@ def test_unknown_model_is_a_clear_error():
 
 def test_compiled_engine_equals_simple_in_float32(tiny):
     """The static-cache decode loop (GQA attention, bucketed padding) gives the reference's tokens."""
-    from nerfleet.workers.engine import CompiledEngine
+    from nerfleet.workers.engine import CompiledEngine, kv_bytes_per_token
 
     model, tok = tiny
     reqs = requests(max_new_tokens=20)
@@ -71,6 +71,9 @@ def test_compiled_engine_equals_simple_in_float32(tiny):
     assert [r.output for r in compiled] == [r.output for r in simple]
     assert [r.output for r in again] == [r.output for r in simple]
     assert [r.output for r in other] == [r.output for r in simple[:2]]
+    # fit_batch counts the kept cache as memory the next batch may use
+    (n, total), _ = engine._cache
+    assert engine._reusable_bytes() == kv_bytes_per_token(model.config, model.dtype) * n * total
 
 
 def test_gqa_attention_matches_repeated_kv():

@@ -148,8 +148,13 @@ class BatchedEngine(SimpleEngine):
         if not str(self.model.device).startswith("cuda"):
             return self.batch_size
         free, _ = torch.cuda.mem_get_info(self.model.device)
+        free += self._reusable_bytes()
         per_seq = kv_bytes_per_token(self.model.config, self.model.dtype) * (prompt_len + max_new_tokens)
         return max(1, min(self.batch_size, int(0.7 * free / max(1, per_seq))))
+
+    def _reusable_bytes(self) -> int:
+        """GPU memory this engine holds but would give up for the next batch."""
+        return 0
 
     def _generate_group(self, encoded, idx: list[int], results: list) -> None:
         import torch
@@ -240,6 +245,12 @@ class CompiledEngine(BatchedEngine):
             cache.early_initialization(n, heads, head_dim, self.model.dtype, self.model.device)
         self._cache = (key, cache)
         return cache
+
+    def _reusable_bytes(self) -> int:
+        if self._cache is None:
+            return 0
+        tensors = [t for layer in getattr(self._cache[1], "layers", []) for t in (layer.keys, layer.values)]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def _prefill_compilable(self, cache=None) -> bool:
         """Compiling the prefill needs a cache initialised beforehand (transformers ≥ 4.56)."""

@@ -1,9 +1,10 @@
 """Fine-tuned encoder token classifiers (the study's Table 6), trained as jobs on the fleet.
 
 Words are the corpus tokens (offset-keeping, split at span edges); each word's label goes to its
-first sub-word (-100 elsewhere). Documents longer than the encoder's limit are cut into
-overlapping windows, so no label is thrown away; at prediction a word takes the label from the
-window where it sits furthest from an edge.
+first sub-word (-100 elsewhere). Documents longer than the encoder's limit are cut into windows,
+so no label is thrown away: for training they do not overlap (each label once an epoch); for
+prediction they overlap and a word takes the label from the window where it sits furthest from an
+edge.
 """
 
 from __future__ import annotations
