@@ -177,12 +177,17 @@ class BatchedEngine(SimpleEngine):
             results[i] = self._result(req, ids, out[: req.max_new_tokens], truncated, latency)
 
 
+def kv_heads_and_dim(config) -> tuple[int, int]:
+    """Key/value heads and their width (grouped-query models have fewer than query heads)."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return heads, getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def kv_bytes_per_token(config, dtype) -> int:
     """Bytes of key and value cache one token takes over all layers."""
     import torch
 
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    heads, head_dim = kv_heads_and_dim(config)
     width = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 2
     return 2 * config.num_hidden_layers * heads * head_dim * width
 
@@ -238,10 +243,8 @@ class CompiledEngine(BatchedEngine):
             return self._cache[1]
         self._cache = None  # free the old one before allocating
         cache = StaticCache(config=self.model.config, max_cache_len=total)
-        if self._prefill_compilable(cache):
-            cfg = self.model.config
-            heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-            head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        if self._prefill_compilable():
+            heads, head_dim = kv_heads_and_dim(self.model.config)
             cache.early_initialization(n, heads, head_dim, self.model.dtype, self.model.device)
         self._cache = (key, cache)
         return cache
@@ -252,12 +255,14 @@ class CompiledEngine(BatchedEngine):
         tensors = [t for layer in getattr(self._cache[1], "layers", []) for t in (layer.keys, layer.values)]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
-    def _prefill_compilable(self, cache=None) -> bool:
+    def _prefill_compilable(self) -> bool:
         """Compiling the prefill needs a cache initialised beforehand (transformers ≥ 4.56)."""
+        from transformers import StaticCache
+
         return (
             self.compile_prefill
             and str(self.model.device).startswith("cuda")
-            and hasattr(cache if cache is not None else self._cache[1], "early_initialization")
+            and hasattr(StaticCache, "early_initialization")
         )
 
     def _compiled_prefill(self):

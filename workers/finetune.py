@@ -265,7 +265,7 @@ def train(job_id: str, source: str, train_docs, test_docs, p: TrainParams, out_d
 
 
 def adamw(params, lr: float):
-    """AdamW in one fused kernel where torch has it (a third of a CPU step otherwise goes here)."""
+    """AdamW in one fused kernel where torch has it (unfused, ~15% of a CPU step in a profile)."""
     import torch
 
     params = list(params)
