@@ -281,6 +281,7 @@ def report(
     """The paper-shaped tables of an aggregated run."""
     from nerfleet.evaluation.report import _csv, render_text, table3_rows, table4_rows, table5_rows, write_reports
     from nerfleet.storage.db import session_scope
+    from nerfleet.storage.metrics import encoder_scores
     from nerfleet.storage.runs import get_run, run_scores
 
     try:
@@ -289,7 +290,7 @@ def report(
             if run_row.aggregated_at is None:
                 raise LookupError(f"run {run_row.id} is not aggregated yet (see `nerfleet status {run_row.id}`)")
             scores = run_scores(session, run_row)
-            encoders = _encoder_scores(session)
+            encoders = encoder_scores(session)
     except USER_ERRORS as exc:
         fail(exc)
     if out:
@@ -304,15 +305,6 @@ def report(
             typer.echo(_csv(*table5_rows(scores)))
     else:
         typer.echo(render_text(scores, encoders))
-
-
-def _encoder_scores(session) -> dict:
-    from sqlmodel import select
-
-    from nerfleet.storage.tables import Metric
-
-    rows = session.exec(select(Metric).where(Metric.strategy == "encoder", Metric.category == "micro"))
-    return {r.model: {"precision": r.precision, "recall": r.recall, "f1": r.f1} for r in rows}
 
 
 @app.command("export")
@@ -450,17 +442,15 @@ def training(job_id: str | None = typer.Argument(None), as_json: bool = typer.Op
     from sqlmodel import select
 
     from nerfleet.storage.db import session_scope
-    from nerfleet.storage.tables import Metric, TrainJob
+    from nerfleet.storage.metrics import encoder_metrics_by_job
+    from nerfleet.storage.tables import TrainJob
 
     with session_scope() as session:
         stmt = select(TrainJob) if job_id is None else select(TrainJob).where(TrainJob.id == job_id)
         jobs = session.exec(stmt).all()
+        tests = encoder_metrics_by_job(session, [j.id for j in jobs])
         rows = []
         for j in jobs:
-            metrics = {
-                m.category: {"precision": m.precision, "recall": m.recall, "f1": m.f1}
-                for m in session.exec(select(Metric).where(Metric.run_id == j.id))
-            }
             rows.append(
                 {
                     "id": j.id,
@@ -468,7 +458,7 @@ def training(job_id: str | None = typer.Argument(None), as_json: bool = typer.Op
                     "state": j.state,
                     "epoch": j.epoch,
                     "history": json.loads(j.history_json),
-                    "test": metrics,
+                    "test": tests[j.id],
                     "error": j.error,
                     "checkpoints": j.checkpoint_dir,
                 }

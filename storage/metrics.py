@@ -6,12 +6,56 @@ import json
 from collections.abc import Iterable
 
 from nerfleet.storage.tables import Metric
+from sqlmodel import Session, delete, select
+
+ENCODER = "encoder"  # the strategy of fine-tuned encoder rows (Table 6); their run id is the training job's
 
 
 def _cells(block: dict):
     for model, cells in block.items():
         for prompt, cell in cells.items():
             yield model, prompt, cell
+
+
+def prf_of(row: Metric) -> dict:
+    return {"precision": row.precision, "recall": row.recall, "f1": row.f1}
+
+
+def replace_metrics(session: Session, run_id: str, rows: list[Metric]) -> None:
+    """A run's metrics as one set: recomputing replaces them, in the caller's transaction."""
+    session.exec(delete(Metric).where(Metric.run_id == run_id))
+    session.add_all(rows)
+
+
+def encoder_rows(job_id: str, encoder: str, metrics: dict, params: dict) -> list[Metric]:
+    """seqeval's per-category and micro scores of a trained encoder on the test split."""
+    return [
+        Metric(
+            run_id=job_id,
+            strategy=ENCODER,
+            model=encoder,
+            prompt="",
+            category=cat,
+            support=m["support"],
+            params_json=json.dumps(params),
+            **{k: m[k] for k in ("precision", "recall", "f1")},
+        )
+        for cat, m in metrics.items()
+    ]
+
+
+def encoder_scores(session: Session) -> dict[str, dict]:
+    """Micro P/R/F1 of every trained encoder, by encoder name (the report's Table 6)."""
+    rows = session.exec(select(Metric).where(Metric.strategy == ENCODER, Metric.category == "micro"))
+    return {r.model: prf_of(r) for r in rows}
+
+
+def encoder_metrics_by_job(session: Session, job_ids: list[str]) -> dict[str, dict[str, dict]]:
+    """Per-category test scores of these training jobs, in one query."""
+    out: dict[str, dict[str, dict]] = {j: {} for j in job_ids}
+    for r in session.exec(select(Metric).where(Metric.strategy == ENCODER, Metric.run_id.in_(job_ids))):
+        out[r.run_id][r.category] = prf_of(r)
+    return out
 
 
 def scores_to_rows(run_id: str, scores: dict) -> list[Metric]:
@@ -54,7 +98,7 @@ def rows_to_scores(rows: Iterable[Metric]) -> dict:
     scores: dict = {"strategy1": {}, "strategy2": {}, "parse_ratio": {}, "nervaluate": {}, "documents": 0, "params": {}}
     for r in rows:
         scores["params"] = json.loads(r.params_json)
-        prf = {"precision": r.precision, "recall": r.recall, "f1": r.f1}
+        prf = prf_of(r)
         if r.strategy == "strategy1":
             scores["strategy1"].setdefault(r.model, {})[r.prompt] = prf
         elif r.strategy == "strategy2":

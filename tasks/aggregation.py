@@ -7,10 +7,10 @@ import logging
 from nerfleet.evaluation.scoring import Response, prepare, score_grid
 from nerfleet.storage.corpus_store import load_documents
 from nerfleet.storage.db import session_scope
-from nerfleet.storage.metrics import scores_to_rows
-from nerfleet.storage.tables import Generation, Job, Metric, PromptText, Run, RunJob, utcnow
+from nerfleet.storage.metrics import replace_metrics, scores_to_rows
+from nerfleet.storage.tables import Generation, Job, PromptText, Run, RunJob, utcnow
 from nerfleet.tasks.app import app
-from sqlalchemy import delete, update
+from sqlalchemy import update
 from sqlmodel import select
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,7 @@ def aggregate_run(run_id: str, force: bool = False) -> dict | None:
         )
         if not res.rowcount:
             return None
-        session.exec(delete(Metric).where(Metric.run_id == run_id))
-        session.add_all(scores_to_rows(run_id, scores))
+        replace_metrics(session, run_id, scores_to_rows(run_id, scores))
     log.info("run %s aggregated: %d responses", run_id, len(responses))
     return scores
 

@@ -32,6 +32,12 @@ def test_windows_cover_every_word_with_overlap():
     assert all(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # consecutive windows overlap
 
 
+def test_training_windows_without_overlap_hold_every_word_once():
+    pieces = [[1] * (1 + i % 3) for i in range(100)]
+    spans = windows(pieces, max_len=20, stride=0)  # TrainParams.train_stride: each label once an epoch
+    assert [w for i, j in spans for w in range(i, j)] == list(range(100))
+
+
 def test_one_epoch_stores_metrics_and_tags_text(home, demo_corpus, tiny_encoder, tmp_path):
     result = runner.invoke(
         app,
@@ -60,6 +66,12 @@ def test_one_epoch_stores_metrics_and_tags_text(home, demo_corpus, tiny_encoder,
         assert set(metrics) == {"DISEASE", "SYMPTOM", "PROCEDURE", "micro"}
         assert all(0 <= m.f1 <= 1 for m in metrics.values())
         final = f"{job.checkpoint_dir}/final"
+        micro_f1 = metrics["micro"].f1
+    status = runner.invoke(app, ["training", "--json"])
+    assert status.exit_code == 0, status.output
+    (shown,) = json.loads(status.stdout)
+    assert shown["state"] == "done" and shown["test"]["micro"]["f1"] == micro_f1
+    assert set(shown["test"]) == {"DISEASE", "SYMPTOM", "PROCEDURE", "micro"}
     note = tmp_path / "note.txt"
     text = "A 50-year-old man with fever and abdominal pain underwent an abdominal CT scan. " * 20
     note.write_text(text)

@@ -285,23 +285,19 @@ def test_compose_file_validates():
     exe = shutil.which("docker-compose")
     if not exe:
         pytest.skip("docker-compose (Debian package) not installed")
-    env = {**os.environ, "POSTGRES_PASSWORD": "x", "FLOWER_BASIC_AUTH": "a:b"}
-    out = subprocess.run(
-        [exe, "-f", "deploy/compose.yaml", "config"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=os.path.dirname(os.path.dirname(__file__)),
-    )
+
+    def config(env: dict) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [exe, "-f", "deploy/compose.yaml", "config"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=os.path.dirname(os.path.dirname(__file__)),
+        )
+
+    out = config({**os.environ, "POSTGRES_PASSWORD": "x", "FLOWER_BASIC_AUTH": "a:b"})
     assert out.returncode == 0, out.stderr
     assert "worker-gpu0" in out.stdout and "appendonly" in out.stdout
     # Secrets are required from the environment, never defaulted in the file.
-    bare = {k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH")}
-    missing = subprocess.run(
-        [exe, "-f", "deploy/compose.yaml", "config"],
-        capture_output=True,
-        text=True,
-        env=bare,
-        cwd=os.path.dirname(os.path.dirname(__file__)),
-    )
+    missing = config({k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH")})
     assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr

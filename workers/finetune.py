@@ -298,8 +298,8 @@ def job_id_for(encoder: str, corpus_id: int, p: TrainParams) -> str:
 def run_training_job(job_id: str) -> None:
     from nerfleet.storage.corpus_store import load_documents
     from nerfleet.storage.db import session_scope
-    from nerfleet.storage.tables import Metric, TrainJob, utcnow
-    from sqlmodel import delete
+    from nerfleet.storage.metrics import encoder_rows, replace_metrics
+    from nerfleet.storage.tables import TrainJob, utcnow
 
     from nerfleet.settings import get_settings
 
@@ -330,24 +330,9 @@ def run_training_job(job_id: str) -> None:
             row.state, row.error = "failed", f"{type(exc).__name__}: {exc}"
             s.add(row)
         raise
-    with session_scope() as s:
-        run_id = f"{job_id}"
-        s.exec(delete(Metric).where(Metric.run_id == run_id))
-        for cat, m in result["metrics"].items():
-            s.add(
-                Metric(
-                    run_id=run_id,
-                    strategy="encoder",
-                    model=encoder,
-                    prompt="",
-                    category=cat,
-                    precision=m["precision"],
-                    recall=m["recall"],
-                    f1=m["f1"],
-                    support=m["support"],
-                    params_json=json.dumps({"train": asdict(params), "seqeval": {"mode": "strict", "scheme": "IOB2"}}),
-                )
-            )
+    with session_scope() as s:  # metrics and "done" in one transaction
+        params_record = {"train": asdict(params), "seqeval": {"mode": "strict", "scheme": "IOB2"}}
+        replace_metrics(s, job_id, encoder_rows(job_id, encoder, result["metrics"], params_record))
         row = s.get(TrainJob, job_id)
         row.state, row.history_json, row.updated_at = "done", json.dumps(result["history"]), utcnow()
         s.add(row)

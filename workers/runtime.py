@@ -49,7 +49,7 @@ def make_engine(kind: str, model, tokenizer, spec: ModelSpec, batch_size: int) -
         module, _, attr = kind.partition(":")
         cls = getattr(importlib.import_module(module), attr)
         return cls(model, tokenizer, chat=spec.chat, batch_size=batch_size)
-    raise ValueError(f"unknown engine {kind!r}: use simple, batched or module:Class")
+    raise ValueError(f"unknown engine {kind!r}: use simple, batched, compiled or module:Class")
 
 
 def install(
