@@ -22,8 +22,9 @@ from types import SimpleNamespace
 
 import torch
 import transformers
-from nerfleet.workers.engine import CompiledEngine, SimpleEngine, kv_bytes_per_token
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig
+
+from nerfleet.workers.engine import CompiledEngine, SimpleEngine, kv_bytes_per_token
 
 ARCHS = {
     # config.json of meta-llama/Llama-2-7b-hf, mistralai/Mistral-7B-v0.1, HuggingFaceTB/SmolLM2-135M-Instruct

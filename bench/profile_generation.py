@@ -13,9 +13,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from nerfleet.workers.engine import CompiledEngine
 from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM
+
+from nerfleet.workers.engine import CompiledEngine
 
 sys.path.insert(0, str(Path(__file__).parent))
 from generation import ARCHS  # noqa: E402

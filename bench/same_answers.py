@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import transformers
+
 from nerfleet.evaluation.corpus import build_corpus
 from nerfleet.evaluation.prompts import load_prompt
 from nerfleet.evaluation.scoring import Response, prepare, score_grid

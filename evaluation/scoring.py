@@ -11,12 +11,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from nervaluate import Evaluator
+from seqeval.metrics.sequence_labeling import get_entities
+
 from nerfleet.evaluation.corpus import Document
 from nerfleet.evaluation.matching import MatchParams, TextIndex, doc_index, matched_run, norm_tokens
 from nerfleet.evaluation.parsing import Parsed, parse
 from nerfleet.evaluation.spans import LABELS, Span, Token, keep_longest, spans_to_iob, tokenize_for_spans
-from nervaluate import Evaluator
-from seqeval.metrics.sequence_labeling import get_entities
 
 ENTITY = "ENTITY"
 #: Tags are always valid IOB2 here (built from non-overlapping spans), so seqeval's

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from sqlalchemy import func
+from sqlmodel import Session, select
+
 from nerfleet.evaluation.corpus import DEFAULT_SEED, CorpusBuild, build_corpus, read_test_ids
 from nerfleet.evaluation.corpus import Document as CorpusDocument
 from nerfleet.evaluation.spans import Span
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.tables import Corpus, Document
-from sqlalchemy import func
-from sqlmodel import Session, select
 
 
 @dataclass

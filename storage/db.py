@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from nerfleet.storage import tables  # noqa: F401  (registers the tables)
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
+
+from nerfleet.storage import tables  # noqa: F401  (registers the tables)
 
 _engines: dict[tuple[int, str], Engine] = {}
 

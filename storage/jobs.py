@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from nerfleet.storage.tables import Generation, Job, Run, RunJob, utcnow
 from sqlalchemy import and_, func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel, select
+
+from nerfleet.storage.tables import Generation, Job, Run, RunJob, utcnow
 
 FINAL = ("done", "failed")
 

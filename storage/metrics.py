@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from nerfleet.storage.tables import Metric
 from sqlmodel import Session, delete, select
+
+from nerfleet.storage.tables import Metric
 
 ENCODER = "encoder"  # the strategy of fine-tuned encoder rows (Table 6); their run id is the training job's
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+from sqlmodel import Session, select
+
 from nerfleet.storage.jobs import run_counts
 from nerfleet.storage.metrics import rows_to_scores
 from nerfleet.storage.tables import Generation, Job, Metric, Run, RunJob
-from sqlmodel import Session, select
 
 STATES = ("queued", "running", "done", "failed")
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import update
+from sqlmodel import select
+
 from nerfleet.evaluation.scoring import Response, prepare, score_grid
 from nerfleet.storage.corpus_store import load_documents
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.metrics import replace_metrics, scores_to_rows
 from nerfleet.storage.tables import Generation, Job, PromptText, Run, RunJob, utcnow
 from nerfleet.tasks.app import app
-from sqlalchemy import update
-from sqlmodel import select
 
 log = logging.getLogger(__name__)
 

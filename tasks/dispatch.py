@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 from celery import Celery
+
 from nerfleet.tasks.app import AGGREGATE_QUEUE, NORMAL_PRIORITY
 from nerfleet.workers.models import queue_name
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy.exc import OperationalError
+from sqlmodel import select
+
+from nerfleet.settings import get_settings
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.jobs import claim, claim_aggregation, finish, release, runs_of
 from nerfleet.storage.tables import Document, PromptText
@@ -11,10 +15,6 @@ from nerfleet.tasks.app import app
 from nerfleet.tasks.dispatch import enqueue_aggregation
 from nerfleet.workers import runtime
 from nerfleet.workers.engine import GenerationRequest
-from sqlalchemy.exc import OperationalError
-from sqlmodel import select
-
-from nerfleet.settings import get_settings
 
 log = logging.getLogger(__name__)
 

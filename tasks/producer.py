@@ -7,16 +7,16 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import update
+from sqlmodel import select
+
 from nerfleet.evaluation.prompts import Prompt, load_prompt
+from nerfleet.settings import get_settings
 from nerfleet.storage.corpus_store import get_corpus, load_documents
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.jobs import claim_aggregation, insert_ignore, job_hash
 from nerfleet.storage.tables import Job, PromptText, Run, RunJob, utcnow
 from nerfleet.workers.models import ModelSpec, resolve
-from sqlalchemy import update
-from sqlmodel import select
-
-from nerfleet.settings import get_settings
 
 
 @dataclass

@@ -6,14 +6,14 @@ import logging
 import threading
 
 from celery import Celery
+from sqlmodel import select
+
+from nerfleet.settings import get_settings
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.jobs import claim_aggregation, expired, requeue_expired, runs_of
 from nerfleet.storage.tables import Run
 from nerfleet.tasks.app import RETRY_PRIORITY
 from nerfleet.tasks.dispatch import enqueue_aggregation, enqueue_jobs
-from sqlmodel import select
-
-from nerfleet.settings import get_settings
 
 log = logging.getLogger(__name__)
 

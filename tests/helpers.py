@@ -140,9 +140,10 @@ class Worker:
 def make_tiny_model(folder: Path, seed: int = 0, chat: bool = True) -> Path:
     """A random-weight Llama with a BPE tokenizer trained here (no hub), saved like any HF model."""
     import torch
-    from nerfleet.evaluation.prompts import load_prompt
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from nerfleet.evaluation.prompts import load_prompt
 
     texts = [p.read_text() for p in (ROOT / "nerfleet/data/demo-corpus/distemist/txt").glob("*.txt")]
     texts += [load_prompt(v).template for v in ("v1", "v2", "v3")]

@@ -3,12 +3,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from nerfleet.evaluation.corpus import build_corpus, read_test_ids
-from nerfleet.evaluation.corpus_reader import CorpusError, read_corpus
-from nerfleet.evaluation.spans import iob_to_spans, spans_to_iob, tokenize_for_spans
 from typer.testing import CliRunner
 
 from nerfleet.cli import app
+from nerfleet.evaluation.corpus import build_corpus, read_test_ids
+from nerfleet.evaluation.corpus_reader import CorpusError, read_corpus
+from nerfleet.evaluation.spans import iob_to_spans, spans_to_iob, tokenize_for_spans
 from tests.conftest import DEMO_CORPUS, SHARED_DATA
 
 runner = CliRunner()

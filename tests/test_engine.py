@@ -1,10 +1,10 @@
 """Engines on the tiny random model: batched equals simple in float32; long documents are cut and recorded."""
 
 import pytest
+
 from nerfleet.evaluation.prompts import load_prompt
 from nerfleet.workers.engine import BatchedEngine, GenerationRequest, SimpleEngine
 from nerfleet.workers.models import load, resolve
-
 from tests.conftest import DEMO_CORPUS
 
 
@@ -79,6 +79,7 @@ def test_compiled_engine_equals_simple_in_float32(tiny):
 def test_gqa_attention_matches_repeated_kv():
     import torch
     import torch.nn.functional as F
+
     from nerfleet.workers.attention import gqa_attention
 
     torch.manual_seed(0)

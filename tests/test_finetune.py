@@ -3,14 +3,14 @@
 import json
 
 import pytest
-from nerfleet.storage.corpus_store import load_documents
-from nerfleet.storage.db import session_scope
-from nerfleet.storage.tables import Metric, TrainJob
-from nerfleet.workers.finetune import TrainParams, latest_checkpoint, train, windows
 from sqlmodel import select
 from typer.testing import CliRunner
 
 from nerfleet.cli import app
+from nerfleet.storage.corpus_store import load_documents
+from nerfleet.storage.db import session_scope
+from nerfleet.storage.tables import Metric, TrainJob
+from nerfleet.workers.finetune import TrainParams, latest_checkpoint, train, windows
 from tests.helpers import make_tiny_encoder
 
 runner = CliRunner()

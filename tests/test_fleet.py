@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
-from nerfleet.storage.db import session_scope
-from nerfleet.storage.tables import Generation, Job, Run, RunJob
 from sqlmodel import select
 
 from nerfleet.settings import get_settings
+from nerfleet.storage.db import session_scope
+from nerfleet.storage.tables import Generation, Job, Run, RunJob
 from tests.helpers import Worker, wait_for
 
 pytestmark = pytest.mark.slow

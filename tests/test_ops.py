@@ -14,13 +14,13 @@ import urllib.request
 from base64 import b64encode
 
 import pytest
-from nerfleet.storage.db import session_scope
-from nerfleet.storage.tables import Generation, Run
 from sqlmodel import select
 from typer.testing import CliRunner
 
 from nerfleet.cli import app as cli
 from nerfleet.settings import get_settings
+from nerfleet.storage.db import session_scope
+from nerfleet.storage.tables import Generation, Run
 from tests.conftest import DEMO_CORPUS
 from tests.helpers import RedisServer, TcpProxy, free_port, wait_for
 from tests.test_fleet import _jobs, fleet  # noqa: F401  (fixture)

@@ -1,12 +1,12 @@
 """`nerfleet run` and friends: clear one-line errors, nothing half-written."""
 
 import pytest
-from nerfleet.storage.db import session_scope
-from nerfleet.storage.tables import Job, Run
 from sqlmodel import select
 from typer.testing import CliRunner
 
 from nerfleet.cli import app
+from nerfleet.storage.db import session_scope
+from nerfleet.storage.tables import Job, Run
 
 runner = CliRunner()
 

@@ -4,6 +4,9 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from seqeval.metrics import classification_report
+from seqeval.scheme import IOB2
+
 from nerfleet.evaluation.corpus import build_corpus, read_test_ids
 from nerfleet.evaluation.matching import MatchParams, TextIndex, matched_run, norm_tokens
 from nerfleet.evaluation.parsing import parse
@@ -20,9 +23,6 @@ from nerfleet.evaluation.scoring import (
     strategy2_tags,
 )
 from nerfleet.evaluation.spans import LABELS
-from seqeval.metrics import classification_report
-from seqeval.scheme import IOB2
-
 from tests.conftest import DEMO_CORPUS
 from tests.test_parsing import TABLE7_V1, TABLE7_V2, TABLE7_V3
 

@@ -1,5 +1,6 @@
 from hypothesis import given
 from hypothesis import strategies as st
+
 from nerfleet.evaluation.spans import (
     Span,
     boundary_splits,

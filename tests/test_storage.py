@@ -3,10 +3,11 @@
 import json
 
 import pytest
+from sqlmodel import select
+
 from nerfleet.storage.db import get_engine, session_scope
 from nerfleet.storage.jobs import claim, claim_aggregation, finish, insert_ignore, renew
 from nerfleet.storage.tables import Corpus, Generation, Job, Run, RunJob
-from sqlmodel import select
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

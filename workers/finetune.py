@@ -155,8 +155,9 @@ def predict_spans(model, tokenizer, text: str, p: TrainParams) -> list[Span]:
 
 
 def evaluate(model, tokenizer, docs, p: TrainParams) -> dict:
-    from nerfleet.evaluation.scoring import prf
     from seqeval.metrics.sequence_labeling import get_entities
+
+    from nerfleet.evaluation.scoring import prf
 
     model.eval()
     gold, pred = [], []
@@ -296,12 +297,11 @@ def job_id_for(encoder: str, corpus_id: int, p: TrainParams) -> str:
 
 
 def run_training_job(job_id: str) -> None:
+    from nerfleet.settings import get_settings
     from nerfleet.storage.corpus_store import load_documents
     from nerfleet.storage.db import session_scope
     from nerfleet.storage.metrics import encoder_rows, replace_metrics
     from nerfleet.storage.tables import TrainJob, utcnow
-
-    from nerfleet.settings import get_settings
 
     with session_scope() as s:
         job = s.get(TrainJob, job_id)

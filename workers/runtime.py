@@ -11,10 +11,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from nerfleet.settings import get_settings
 from nerfleet.workers.engine import BatchedEngine, CompiledEngine, Engine, SimpleEngine
 from nerfleet.workers.models import ModelSpec, load
-
-from nerfleet.settings import get_settings
 
 log = logging.getLogger(__name__)
 
