@@ -24,6 +24,59 @@ from nerfleet.workers.engine import BatchedEngine, CompiledEngine, GenerationReq
 from nerfleet.workers.models import load, resolve
 
 
+def record_tokens(engine) -> dict[str, list[int]]:
+    """The generated token ids of each request, as the engine passes them to its results."""
+    seen: dict[str, list[int]] = {}
+    result = engine._result
+
+    def keep(req, ids, out, truncated, latency):
+        seen[req.key] = list(out)
+        return result(req, ids, out, truncated, latency)
+
+    engine._result = keep
+    return seen
+
+
+@torch.inference_mode()
+def _logits(model, ids: list[int]) -> torch.Tensor:
+    return model(torch.tensor([ids], device=model.device)).logits[0].float()
+
+
+def divergences(model, prompts, reference, other) -> list[dict]:
+    """Where each differing output first leaves the reference, and by how much the reference's own
+    logits preferred its token there (a near-tie is a gap of a few hundredths)."""
+    rows = []
+    for key, ref in reference.items():
+        out = other[key]
+        if out == ref:
+            continue
+        j = next((i for i, (a, b) in enumerate(zip(ref, out)) if a != b), min(len(ref), len(out)))
+        row = {"doc": key, "token": j}
+        if j < len(ref) and j < len(out):
+            logits = _logits(model, prompts[key] + ref[:j])[-1]
+            row["logit_gap"] = float(logits[ref[j]] - logits[out[j]])
+        rows.append(row)
+    return rows
+
+
+def margins(model, prompts, reference) -> dict:
+    """The reference's top-1 minus top-2 logit over all its greedy steps: how often a step is a near-tie."""
+    values = []
+    for key, ref in reference.items():
+        if not ref:
+            continue
+        logits = _logits(model, prompts[key] + ref)[len(prompts[key]) - 1 : -1]
+        top = logits.topk(2, dim=-1).values
+        values += (top[:, 0] - top[:, 1]).tolist()
+    values.sort()
+    return {
+        "steps": len(values),
+        "median": values[len(values) // 2] if values else None,
+        "share_below_0.05": sum(v < 0.05 for v in values) / max(1, len(values)),
+        "share_below_0.25": sum(v < 0.25 for v in values) / max(1, len(values)),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -39,7 +92,7 @@ def main() -> None:
     prompt = load_prompt(args.prompt)
     model, tok = load(resolve(args.model), dtype=args.dtype)
     reqs = [GenerationRequest(d.doc_id, prompt.template, d.text, args.new) for d in docs]
-    outputs, seconds = {}, {}
+    outputs, seconds, tokens = {}, {}, {}
     for name, engine in (
         ("simple", SimpleEngine(model, tok)),
         ("batched", BatchedEngine(model, tok, batch_size=len(reqs))),
@@ -47,10 +100,13 @@ def main() -> None:
     ):
         if name == "compiled":
             engine.generate(reqs[:2])  # compile outside the timing
+        tokens[name] = record_tokens(engine)
         t = time.perf_counter()
         outputs[name] = {r.key: r.output for r in engine.generate(reqs)}
         seconds[name] = time.perf_counter() - t
         print(name, f"{seconds[name]:.1f} s", flush=True)
+    simple = SimpleEngine(model, tok)
+    prompts = {r.key: simple.encode(r)[0] for r in reqs}
     prepared = {d.doc_id: prepare(d) for d in docs}
     responses = [Response(k, name, args.prompt, out) for name, outs in outputs.items() for k, out in outs.items()]
     scores = score_grid(responses, prepared, {args.prompt: prompt.format}).to_json()
@@ -80,9 +136,11 @@ def main() -> None:
             "share_identical": same / len(docs),
             "strategy1_f1_difference": s1,
             "strategy2_micro_f1_difference": s2,
+            "divergences": divergences(model, prompts, tokens["simple"], tokens[name]),
         }
+    result["simple_top2_margins"] = margins(model, prompts, tokens["simple"])
     result["scores"] = {k: scores[k] for k in ("strategy1", "strategy2", "parse_ratio")}
-    print(json.dumps({k: v for k, v in result.items() if k != "scores"}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "scores"}))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
 

@@ -55,14 +55,15 @@ def test_unknown_model_is_a_clear_error():
         resolve("no-such-model")
 
 
-def test_compiled_engine_equals_simple_in_float32(tiny):
+@pytest.mark.parametrize("decode,prefill", [("sdpa", "sdpa"), ("flex", "sdpa"), ("flex", "flex")])
+def test_compiled_engine_equals_simple_in_float32(tiny, decode, prefill):
     """The static-cache decode loop (GQA attention, bucketed padding) gives the reference's tokens."""
     from nerfleet.workers.engine import CompiledEngine, kv_bytes_per_token
 
     model, tok = tiny
     reqs = requests(max_new_tokens=20)
     simple = SimpleEngine(model, tok).generate(reqs)
-    engine = CompiledEngine(model, tok, batch_size=4)
+    engine = CompiledEngine(model, tok, batch_size=4, decode_attention=decode, prefill_attention=prefill)
     compiled = engine.generate(reqs)
     # The static cache is kept for the next batch of the same shape and reset, never mixed up.
     again = engine.generate(reqs)
@@ -94,3 +95,54 @@ def test_gqa_attention_matches_repeated_kv():
         q, k.repeat_interleave(h // kvh, 1), v.repeat_interleave(h // kvh, 1), attn_mask=mask, scale=d**-0.5
     ).transpose(1, 2)
     assert torch.allclose(ours, ref, atol=1e-12)
+
+
+def test_flex_decode_attention_skips_dead_blocks_and_matches_sdpa():
+    """The block mask lists exactly the cache blocks with a live key, and attention over it equals
+    SDPA with the dense mask (left padding, unfilled tail, a whole dead block)."""
+    import torch
+    import torch.nn.functional as F
+
+    from nerfleet.workers.attention import KV_BLOCK, block_mask, gqa_attention
+
+    torch.manual_seed(0)
+    b, h, kvh, d = 3, 8, 2, 16
+    length = 3 * KV_BLOCK + 5  # four blocks, the last one partial
+    live = torch.zeros(b, length, dtype=torch.bool)
+    live[0, 10 : 2 * KV_BLOCK + 3] = True  # left padding, then the tail not yet generated
+    live[1, :] = True
+    live[2, KV_BLOCK + 1 : KV_BLOCK + 2] = True  # a single live key
+    blocks = block_mask(live[:, None])
+    # partly live blocks are masked, wholly live ones are not, dead ones are not listed
+    assert blocks.kv_num_blocks.flatten().tolist() == [2, 1, 1]
+    assert blocks.full_kv_num_blocks.flatten().tolist() == [1, 3, 0]
+    assert blocks.kv_indices[2, 0, 0, 0].item() == 1 and blocks.full_kv_indices[0, 0, 0, 0].item() == 1
+    q = torch.randn(b, h, 1, d)
+    k, v = torch.randn(b, kvh, length, d), torch.randn(b, kvh, length, d)
+    module = type("M", (), {"num_key_value_groups": h // kvh})()
+    ours, _ = gqa_attention(module, q, k, v, blocks, scaling=d**-0.5)
+    ref = F.scaled_dot_product_attention(
+        q,
+        k.repeat_interleave(h // kvh, 1),
+        v.repeat_interleave(h // kvh, 1),
+        attn_mask=live[:, None, None],
+        scale=d**-0.5,
+    ).transpose(1, 2)
+    assert ours.shape == ref.shape
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_fused_gate_up_mlp_computes_the_same(tiny):
+    import copy
+
+    import torch
+
+    from nerfleet.workers.fusion import GateUpMLP, fuse_gate_up
+
+    model, tok = tiny
+    fused = copy.deepcopy(model)
+    assert fuse_gate_up(fused) == model.config.num_hidden_layers
+    assert all(isinstance(layer.mlp, GateUpMLP) for layer in fused.model.layers)
+    ids = torch.tensor([tok("Paciente con fiebre y tos.")["input_ids"]])
+    with torch.inference_mode():
+        assert torch.allclose(fused(ids).logits, model(ids).logits, atol=1e-5)

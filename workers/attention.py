@@ -1,15 +1,27 @@
-"""Grouped-query attention for one decoding step without copying the key/value cache.
+"""Attention for the compiled engine's decoding step: the key/value cache is read once.
 
 transformers' SDPA path repeats K and V to every query head when a mask is present and the step
-is being compiled; at batch 128 for Mistral-7B that copies ~60 GB per step. Here each key/value
-head's query heads become rows of one query block, so SDPA reads the cache once.
+is being compiled; at batch 128 for Mistral-7B that copies ~60 GB per step. Two ways round it:
+
+- ``sdpa``: each key/value head's query heads become rows of one query block, so SDPA reads the
+  cache once, but all of the static cache, filled or not;
+- ``flex``: FlexAttention's decoding kernel with a block mask built once per step from the padding
+  mask, so cache blocks that hold only padding or not-yet-generated positions are never read.
+
+The prefill can use FlexAttention too (``prefill="flex"``): a causal block mask skips the blocks
+above the diagonal and those of left padding instead of applying a dense mask to all of them.
 """
 
 from __future__ import annotations
 
+import os
+
+import torch
 import torch.nn.functional as F
 
 NAME = "nerfleet_gqa"
+#: Cache positions per FlexAttention block; blocks with no live position are skipped.
+KV_BLOCK = 128
 
 
 def gqa_attention(
@@ -17,6 +29,8 @@ def gqa_attention(
 ):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if _is_block_mask(attention_mask):
+        return _flex(query, key, value, attention_mask, scaling), None
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1 and query.shape[2] == 1 and key.shape[1] * groups == query.shape[1]:
         b, h, _, d = query.shape
@@ -32,10 +46,60 @@ def gqa_attention(
     )
 
 
+def _is_block_mask(mask) -> bool:
+    from torch.nn.attention.flex_attention import BlockMask
+
+    return isinstance(mask, BlockMask)
+
+
+def block_mask(live: torch.Tensor):
+    """A FlexAttention block mask from a dense (batch × queries × keys) boolean mask.
+
+    Each (query block, key block) tile is skipped when no key in it is live, computed without the
+    mask when all are (full blocks), and masked only when partly live: left padding and the
+    unfilled end of the static cache are never read, nor the blocks above the causal diagonal.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    b, q, n = live.shape
+    qb, kb = -(-q // KV_BLOCK), -(-n // KV_BLOCK)
+    # Pad keys (and queries, when there are several) to whole blocks: the kernel's tiles then never
+    # index past the mask. One query reads row 0 whatever its row index.
+    padded = F.pad(live, (0, kb * KV_BLOCK - n, 0, 0 if q == 1 else qb * KV_BLOCK - q))
+    tiles = padded.view(b, qb, -1, kb, KV_BLOCK)
+    any_live, all_live = tiles.any(-1).any(2), tiles.all(-1).all(2)
+    partial = any_live & ~all_live
+
+    def listed(which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = which.sum(-1, dtype=torch.int32).view(b, 1, qb)
+        order = torch.argsort((~which).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return count, order.view(b, 1, qb, kb)
+
+    if q == 1:
+
+        def mask_mod(batch, head, q_idx, kv_idx):
+            return padded[batch, 0, kv_idx]
+
+    else:
+
+        def mask_mod(batch, head, q_idx, kv_idx):
+            return padded[batch, q_idx, kv_idx]
+
+    return BlockMask.from_kv_blocks(
+        *listed(partial), *listed(all_live), BLOCK_SIZE=KV_BLOCK, mask_mod=mask_mod, seq_lengths=(q, n)
+    )
+
+
+def _flex(query, key, value, block_mask, scaling):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    out = flex_attention(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).contiguous()
+
+
 def _backend():
     """NERFLEET_SDPA_BACKEND=cudnn|efficient|flash|math pins SDPA's kernel (for benchmarking)."""
     import contextlib
-    import os
 
     choice = os.environ.get("NERFLEET_SDPA_BACKEND")
     if not choice:
@@ -51,14 +115,40 @@ def _backend():
     return sdpa_kernel([names[choice]])
 
 
-def install(model) -> None:
-    """Register the function (once) and switch ``model`` to it."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+def _sdpa_mask(*args, **kwargs):
+    from transformers.masking_utils import sdpa_mask
 
-    AttentionInterface.register(NAME, gqa_attention)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
+    return sdpa_mask(*args, **kwargs)
+
+
+def _mask_function(decode: str, prefill: str):
+    """The mask builder for a pair of kernels: block masks are built once per forward pass and
+    shared by all layers."""
+
+    def build(*args, **kwargs):
+        mask = _sdpa_mask(*args, **kwargs)
+        if mask is None or mask.dim() != 4:
+            return mask
+        if (decode if mask.shape[2] == 1 else prefill) == "flex":
+            return block_mask(mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0)
+        return mask
+
+    return build
+
+
+def install(model, decode: str = "sdpa", prefill: str = "sdpa") -> None:
+    """Register the functions (once) and switch ``model`` to them; each kernel is sdpa or flex."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    for what, kernel in (("decode", decode), ("prefill", prefill)):
+        if kernel not in ("sdpa", "flex"):
+            raise ValueError(f"{what} attention must be 'sdpa' or 'flex', got {kernel!r}")
+    # no "flex" or "sdpa" in the name: transformers looks for those in it
+    name = NAME + "".join(f"_{w}_blocks" for w, k in (("decode", decode), ("prefill", prefill)) if k == "flex")
+    AttentionInterface.register(name, gqa_attention)
+    AttentionMaskInterface.register(name, _mask_function(decode, prefill))
     if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(NAME)
+        model.set_attn_implementation(name)
     else:  # older transformers read it from the config at every forward
-        model.config._attn_implementation = NAME
+        model.config._attn_implementation = name

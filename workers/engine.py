@@ -7,6 +7,7 @@ Tasks only see the interface, so a faster engine replaces these without touching
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -209,12 +210,28 @@ class CompiledEngine(BatchedEngine):
     #: Compile the prefill too (no CUDA graphs: its shapes vary): fuses the norms, rotary and
     #: activations that run eagerly at full prompt width.
     compile_prefill = True
+    #: Decoding attention: ``flex`` skips cache blocks holding no live key; ``sdpa`` reads them all.
+    #: NERFLEET_DECODE_ATTENTION overrides it (for benchmarking).
+    decode_attention = "sdpa"
+    #: Prefill attention: ``flex`` skips masked blocks (NERFLEET_PREFILL_ATTENTION overrides it).
+    prefill_attention = "sdpa"
+    #: Fuse each MLP's gate and up projections into one product (CUDA only; NERFLEET_FUSE_MLP=0|1).
+    fuse_mlp = False
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, decode_attention: str | None = None, prefill_attention: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         from nerfleet.workers.attention import install
 
-        install(self.model)
+        self.decode_attention = decode_attention or os.environ.get("NERFLEET_DECODE_ATTENTION") or self.decode_attention
+        self.prefill_attention = (
+            prefill_attention or os.environ.get("NERFLEET_PREFILL_ATTENTION") or self.prefill_attention
+        )
+        install(self.model, decode=self.decode_attention, prefill=self.prefill_attention)
+        fuse = os.environ.get("NERFLEET_FUSE_MLP")
+        if (self.fuse_mlp if fuse is None else fuse == "1") and str(self.model.device).startswith("cuda"):
+            from nerfleet.workers.fusion import fuse_gate_up
+
+            fuse_gate_up(self.model)
         self._step = None
         self._prefill = None
         self._cache = None
