@@ -227,6 +227,12 @@ class CompiledEngine(BatchedEngine):
             prefill_attention or os.environ.get("NERFLEET_PREFILL_ATTENTION") or self.prefill_attention
         )
         install(self.model, decode=self.decode_attention, prefill=self.prefill_attention)
+        if "flex" in (self.decode_attention, self.prefill_attention):
+            import torch._inductor.config
+
+            # torch 2.11 fused the rotary embedding into the flex decoding template as a prologue
+            # and generated a kernel that does not compile (NameError XBLOCK).
+            torch._inductor.config.prologue_fusion = False
         fuse = os.environ.get("NERFLEET_FUSE_MLP")
         if (self.fuse_mlp if fuse is None else fuse == "1") and str(self.model.device).startswith("cuda"):
             from nerfleet.workers.fusion import fuse_gate_up
