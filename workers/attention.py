@@ -64,8 +64,10 @@ def block_mask(live: torch.Tensor):
     b, q, n = live.shape
     qb, kb = -(-q // KV_BLOCK), -(-n // KV_BLOCK)
     # Pad keys (and queries, when there are several) to whole blocks: the kernel's tiles then never
-    # index past the mask. One query reads row 0 whatever its row index.
-    padded = F.pad(live, (0, kb * KV_BLOCK - n, 0, 0 if q == 1 else qb * KV_BLOCK - q))
+    # index past the mask. One query reads row 0 whatever its row index. Without padding, the mask
+    # is read where it lies (the decoding step's own input), never recomputed inside the kernel.
+    pad_q = 0 if q == 1 else qb * KV_BLOCK - q
+    padded = live if (kb * KV_BLOCK == n and pad_q == 0) else F.pad(live, (0, kb * KV_BLOCK - n, 0, pad_q))
     tiles = padded.view(b, qb, -1, kb, KV_BLOCK)
     any_live, all_live = tiles.any(-1).any(2), tiles.all(-1).all(2)
     partial = any_live & ~all_live
@@ -126,6 +128,12 @@ def _mask_function(decode: str, prefill: str):
     shared by all layers."""
 
     def build(*args, **kwargs):
+        padding = kwargs.get("attention_mask")
+        queries = kwargs["q_length"] if "q_length" in kwargs else getattr(kwargs.get("cache_position"), "shape", [0])[0]
+        if decode == "flex" and queries == 1 and padding is not None and padding.dim() == 2:
+            # One new token per sequence: the engine's padding mask marks exactly the filled cache
+            # positions, so it is the block mask's source as it is (the step's input).
+            return block_mask(padding.bool()[:, None, :])
         mask = _sdpa_mask(*args, **kwargs)
         if mask is None or mask.dim() != 4:
             return mask

@@ -304,6 +304,10 @@ class CompiledEngine(BatchedEngine):
         dev = model.device
         n, width = len(batch), self._width(max(len(x) for x in batch))
         total = width + max_new_tokens
+        if self.decode_attention == "flex":  # whole cache blocks: the block mask needs no padding
+            from nerfleet.workers.attention import KV_BLOCK
+
+            total = -(-total // KV_BLOCK) * KV_BLOCK
         ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch], device=dev)
         mask = torch.zeros(n, total, dtype=torch.long, device=dev)
         for i, x in enumerate(batch):
