@@ -165,7 +165,6 @@ def bench_arch(name: str, prompt: int, new: int, bw: float, flops: float, batch:
     row["sdpa_backend"] = os.environ.get("NERFLEET_SDPA_BACKEND", "default")
     row["decode_attention"] = fast.decode_attention
     row["prefill_attention"] = fast.prefill_attention
-    row["fused_mlp"] = any(type(m).__name__ == "GateUpMLP" for m in model.modules())
     row["speedup_vs_plain"] = row["nerfleet_tokens_per_s"] / row["plain_tokens_per_s"]
     row["share_of_floor"] = row["nerfleet_tokens_per_s"] / row["floor_tokens_per_s"]
     del model, fast, plain

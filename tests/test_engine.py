@@ -130,19 +130,3 @@ def test_flex_decode_attention_skips_dead_blocks_and_matches_sdpa():
     ).transpose(1, 2)
     assert ours.shape == ref.shape
     assert torch.allclose(ours, ref, atol=1e-5)
-
-
-def test_fused_gate_up_mlp_computes_the_same(tiny):
-    import copy
-
-    import torch
-
-    from nerfleet.workers.fusion import GateUpMLP, fuse_gate_up
-
-    model, tok = tiny
-    fused = copy.deepcopy(model)
-    assert fuse_gate_up(fused) == model.config.num_hidden_layers
-    assert all(isinstance(layer.mlp, GateUpMLP) for layer in fused.model.layers)
-    ids = torch.tensor([tok("Paciente con fiebre y tos.")["input_ids"]])
-    with torch.inference_mode():
-        assert torch.allclose(fused(ids).logits, model(ids).logits, atol=1e-5)
