@@ -1,7 +1,8 @@
-"""Attention for the compiled engine's decoding step: the key/value cache is read once.
+"""Attention for the compiled engine: each live block of the key/value cache is read once.
 
 transformers' SDPA path repeats K and V to every query head when a mask is present and the step
-is being compiled; at batch 128 for Mistral-7B that copies ~60 GB per step. Two ways round it:
+is being compiled; at batch 128 for Mistral-7B that copies ~60 GB per step. Two ways round it for
+the decoding step:
 
 - ``sdpa``: each key/value head's query heads become rows of one query block, so SDPA reads the
   cache once, but all of the static cache, filled or not;
