@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +30,9 @@ class Settings(BaseSettings):
     sweep_interval_s: float = 15.0
     max_attempts: int = 3
     max_new_tokens: int = 512
+    #: The compiled engine's attention kernels; None: ``flex`` on CUDA, ``sdpa`` elsewhere.
+    decode_attention: Literal["flex", "sdpa"] | None = None
+    prefill_attention: Literal["flex", "sdpa"] | None = None
     broker_use_ssl: bool = False
     redis_ssl_cert_reqs: str = "required"
 

@@ -130,3 +130,25 @@ def test_flex_decode_attention_skips_dead_blocks_and_matches_sdpa():
     ).transpose(1, 2)
     assert ours.shape == ref.shape
     assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_attention_kernels_come_from_settings_and_bad_values_are_refused(tiny, monkeypatch):
+    import pydantic
+
+    from nerfleet.settings import get_settings
+    from nerfleet.workers.engine import CompiledEngine
+
+    model, tok = tiny
+    monkeypatch.setenv("NERFLEET_DECODE_ATTENTION", "flex")
+    get_settings.cache_clear()
+    try:
+        engine = CompiledEngine(model, tok)
+        assert (engine.decode_attention, engine.prefill_attention) == ("flex", "sdpa")  # sdpa: CPU default
+        monkeypatch.setenv("NERFLEET_DECODE_ATTENTION", "paged")
+        get_settings.cache_clear()
+        with pytest.raises(pydantic.ValidationError, match="decode_attention"):
+            CompiledEngine(model, tok)
+    finally:
+        model.config._attn_implementation = "sdpa"
+        monkeypatch.undo()
+        get_settings.cache_clear()

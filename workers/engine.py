@@ -7,7 +7,6 @@ Tasks only see the interface, so a faster engine replaces these without touching
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -210,31 +209,28 @@ class CompiledEngine(BatchedEngine):
     #: Compile the prefill too (no CUDA graphs: its shapes vary): fuses the norms, rotary and
     #: activations that run eagerly at full prompt width.
     compile_prefill = True
-    #: Attention kernels, ``flex`` or ``sdpa``; None: FlexAttention on CUDA (it skips cache blocks
-    #: with no live key: Mistral-7B at batch 128 went from 13.5 to 12.1 ms a decoding step and its
-    #: prefill from 2.04 to 1.92 s), SDPA elsewhere (flex without compilation materialises every
-    #: score). NERFLEET_DECODE_ATTENTION / NERFLEET_PREFILL_ATTENTION override them.
-    decode_attention: str | None = None
-    prefill_attention: str | None = None
 
     def __init__(self, *args, decode_attention: str | None = None, prefill_attention: str | None = None, **kwargs):
+        """Attention kernels, ``flex`` or ``sdpa``, from the arguments, else the settings
+        (NERFLEET_DECODE_ATTENTION, NERFLEET_PREFILL_ATTENTION), else FlexAttention on CUDA (it skips
+        cache blocks with no live key: Mistral-7B at batch 128 went from 13.5 to 12.1 ms a decoding
+        step and its prefill from 2.04 to 1.92 s) and SDPA elsewhere (FlexAttention without
+        compilation materialises every score)."""
         super().__init__(*args, **kwargs)
+        from nerfleet.settings import get_settings
         from nerfleet.workers.attention import install
 
+        settings = get_settings()
         default = "flex" if str(self.model.device).startswith("cuda") else "sdpa"
-        self.decode_attention = (
-            decode_attention or os.environ.get("NERFLEET_DECODE_ATTENTION") or self.decode_attention or default
-        )
-        self.prefill_attention = (
-            prefill_attention or os.environ.get("NERFLEET_PREFILL_ATTENTION") or self.prefill_attention or default
-        )
+        self.decode_attention = decode_attention or settings.decode_attention or default
+        self.prefill_attention = prefill_attention or settings.prefill_attention or default
         install(self.model, decode=self.decode_attention, prefill=self.prefill_attention)
         if "flex" in (self.decode_attention, self.prefill_attention):
             import torch._inductor.config
 
-            # No pointwise producers fused into the flex templates: with them, torch 2.11 generated
-            # a decoding kernel that did not compile (NameError XBLOCK); the runs measured on the
-            # GPU had this off.
+            # Off in every run measured on the GPU: it was turned off while a flex decoding kernel
+            # failed to compile on torch 2.11 (NameError XBLOCK); the cause proved to be a mask
+            # derived inside the graph (see attention.block_mask), but the setting stayed as measured.
             torch._inductor.config.prologue_fusion = False
         self._step = None
         self._prefill = None
