@@ -56,10 +56,14 @@ def test_unknown_model_is_a_clear_error():
 
 
 @pytest.mark.parametrize("decode,prefill", [("sdpa", "sdpa"), ("flex", "sdpa"), ("flex", "flex")])
-def test_compiled_engine_equals_simple_in_float32(tiny, decode, prefill):
+def test_compiled_engine_equals_simple_in_float32(tiny, decode, prefill, monkeypatch):
     """The static-cache decode loop (GQA attention, bucketed padding) gives the reference's tokens."""
+    from nerfleet.workers import attention
     from nerfleet.workers.engine import CompiledEngine, kv_bytes_per_token
 
+    built = []  # the query count of every block mask built: proves which kernel each pass used
+    real = attention.block_mask
+    monkeypatch.setattr(attention, "block_mask", lambda live: built.append(live.shape[1]) or real(live))
     model, tok = tiny
     reqs = requests(max_new_tokens=20)
     simple = SimpleEngine(model, tok).generate(reqs)
@@ -69,6 +73,8 @@ def test_compiled_engine_equals_simple_in_float32(tiny, decode, prefill):
     again = engine.generate(reqs)
     other = engine.generate(reqs[:2])
     model.config._attn_implementation = "sdpa"  # leave the shared fixture as it was
+    assert (1 in built) == (decode == "flex")
+    assert any(q > 1 for q in built) == (prefill == "flex")
     assert [r.output for r in compiled] == [r.output for r in simple]
     assert [r.output for r in again] == [r.output for r in simple]
     assert [r.output for r in other] == [r.output for r in simple[:2]]
