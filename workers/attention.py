@@ -131,7 +131,8 @@ def _mask_function(decode: str, prefill: str):
     def build(*args, **kwargs):
         padding = kwargs.get("attention_mask")
         # queries: q_length in newer transformers, the length of cache_position in 5.17
-        queries = kwargs.get("q_length") or len(kwargs.get("cache_position", ()))
+        positions = kwargs.get("cache_position")
+        queries = kwargs.get("q_length") or (len(positions) if positions is not None else 0)
         if decode == "flex" and queries == 1 and padding is not None and padding.dim() == 2:
             # One new token per sequence: the engine's padding mask marks exactly the filled cache
             # positions, so it is the block mask's source as it is (the step's input).
