@@ -158,3 +158,20 @@ def test_attention_kernels_come_from_settings_and_bad_values_are_refused(tiny, m
         model.config._attn_implementation = "sdpa"
         monkeypatch.undo()
         get_settings.cache_clear()
+
+
+def test_flex_decoding_is_refused_for_sliding_window_models(tiny):
+    """Its block mask follows the padding mask only, so a windowed model would attend too far."""
+    from nerfleet.workers.engine import CompiledEngine, has_sliding_window
+
+    model, tok = tiny
+    assert not has_sliding_window(model.config)
+    model.config.sliding_window = 64
+    try:
+        assert has_sliding_window(model.config)
+        assert CompiledEngine(model, tok).decode_attention == "sdpa"
+        with pytest.raises(ValueError, match="sliding-window"):
+            CompiledEngine(model, tok, decode_attention="flex")
+    finally:
+        model.config.sliding_window = None
+        model.config._attn_implementation = "sdpa"

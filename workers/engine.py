@@ -183,6 +183,12 @@ def kv_heads_and_dim(config) -> tuple[int, int]:
     return heads, getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
+def has_sliding_window(config) -> bool:
+    """Whether any layer attends through a sliding window (Mistral v0.1, Gemma, Qwen2 with it on)."""
+    layer_types = getattr(config, "layer_types", None) or ()
+    return bool(getattr(config, "sliding_window", None)) or "sliding_attention" in layer_types
+
+
 def kv_bytes_per_token(config, dtype) -> int:
     """Bytes of key and value cache one token takes over all layers."""
     import torch
@@ -222,8 +228,14 @@ class CompiledEngine(BatchedEngine):
 
         settings = get_settings()
         default = "flex" if str(self.model.device).startswith("cuda") else "sdpa"
-        self.decode_attention = decode_attention or settings.decode_attention or default
+        sliding = has_sliding_window(self.model.config)
+        self.decode_attention = decode_attention or settings.decode_attention or ("sdpa" if sliding else default)
         self.prefill_attention = prefill_attention or settings.prefill_attention or default
+        if sliding and self.decode_attention == "flex":
+            raise ValueError(
+                "flex decoding masks by the padding mask alone; a model with sliding-window attention "
+                "needs decode_attention 'sdpa'"
+            )
         install(self.model, decode=self.decode_attention, prefill=self.prefill_attention)
         if "flex" in (self.decode_attention, self.prefill_attention):
             import torch._inductor.config
