@@ -133,14 +133,15 @@ def _mask_function(decode: str, prefill: str):
         # queries: q_length in newer transformers, the length of cache_position in 5.17
         positions = kwargs.get("cache_position")
         queries = kwargs.get("q_length") or (len(positions) if positions is not None else 0)
-        if decode == "flex" and queries == 1 and padding is not None and padding.dim() == 2:
-            # One new token per sequence: the engine's padding mask marks exactly the filled cache
-            # positions, so it is the block mask's source as it is (the step's input).
-            return block_mask(padding.bool()[:, None, :])
+        if queries == 1:
+            if decode == "flex" and padding is not None and padding.dim() == 2:
+                # The engine's padding mask marks exactly the filled cache positions, so it is the
+                # block mask's source as it is (the step's input). A mask derived inside the graph
+                # instead made torch 2.11 generate a flex decoding kernel that did not compile.
+                return block_mask(padding.bool()[:, None, :])
+            return _sdpa_mask(*args, **kwargs)
         mask = _sdpa_mask(*args, **kwargs)
-        if mask is None or mask.dim() != 4:
-            return mask
-        if (decode if mask.shape[2] == 1 else prefill) == "flex":
+        if prefill == "flex" and mask is not None and mask.dim() == 4:
             return block_mask(mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0)
         return mask
 

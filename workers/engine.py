@@ -177,6 +177,10 @@ class BatchedEngine(SimpleEngine):
             results[i] = self._result(req, ids, out[: req.max_new_tokens], truncated, latency)
 
 
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def kv_heads_and_dim(config) -> tuple[int, int]:
     """Key/value heads and their width (grouped-query models have fewer than query heads)."""
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
@@ -249,7 +253,7 @@ class CompiledEngine(BatchedEngine):
         self._cache = None
 
     def _width(self, longest: int) -> int:
-        return -(-longest // self.bucket) * self.bucket
+        return round_up(longest, self.bucket)
 
     def _compiled_step(self):
         if self._step is None:
@@ -313,7 +317,7 @@ class CompiledEngine(BatchedEngine):
         if self.decode_attention == "flex":  # whole cache blocks: the block mask needs no padding
             from nerfleet.workers.attention import KV_BLOCK
 
-            total = -(-total // KV_BLOCK) * KV_BLOCK
+            total = round_up(total, KV_BLOCK)
         ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch], device=dev)
         mask = torch.zeros(n, total, dtype=torch.long, device=dev)
         for i, x in enumerate(batch):
