@@ -2,7 +2,8 @@
 
 Counts the documents whose outputs are identical to the simple engine's, and compares the metrics
 that the three sets of outputs get (bf16 batching may flip near-ties; ``--dtype float32`` shows
-whether any difference is more than rounding).
+whether any difference is more than rounding). ``--invariant`` runs the simple and batched engines
+with the batch-invariant kernels (NERFLEET_BATCH_INVARIANT; the compiled engine has none).
 
     python bench/same_answers.py --model PATH/SmolLM2-135M-Instruct.Q4_1.gguf --corpus PATH --docs 50
 """
@@ -85,6 +86,7 @@ def main() -> None:
     ap.add_argument("--prompt", default="v2")
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--invariant", action="store_true", help="batch-invariant kernels (simple, batched)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     build = build_corpus(args.corpus)
@@ -93,11 +95,16 @@ def main() -> None:
     model, tok = load(resolve(args.model), dtype=args.dtype)
     reqs = [GenerationRequest(d.doc_id, prompt.template, d.text, args.new) for d in docs]
     outputs, seconds, tokens = {}, {}, {}
-    for name, engine in (
-        ("simple", SimpleEngine(model, tok)),
-        ("batched", BatchedEngine(model, tok, batch_size=len(reqs))),
-        ("compiled", CompiledEngine(model, tok, batch_size=len(reqs))),
-    ):
+    # Built one at a time, in this order: each engine may switch the shared model's attention
+    # (the compiled engine to FlexAttention, which the eager engines must not inherit).
+    engines = [
+        ("simple", lambda: SimpleEngine(model, tok, invariant=args.invariant)),
+        ("batched", lambda: BatchedEngine(model, tok, batch_size=len(reqs), invariant=args.invariant)),
+    ]
+    if not args.invariant:
+        engines.append(("compiled", lambda: CompiledEngine(model, tok, batch_size=len(reqs))))
+    for name, make in engines:
+        engine = make()
         if name == "compiled":
             engine.generate(reqs[:2])  # compile outside the timing
         tokens[name] = record_tokens(engine)
@@ -105,7 +112,8 @@ def main() -> None:
         outputs[name] = {r.key: r.output for r in engine.generate(reqs)}
         seconds[name] = time.perf_counter() - t
         print(name, f"{seconds[name]:.1f} s", flush=True)
-    simple = SimpleEngine(model, tok)
+    model.set_attn_implementation("sdpa")  # the analysis below: plain forward passes
+    simple = SimpleEngine(model, tok, invariant=False)
     prompts = {r.key: simple.encode(r)[0] for r in reqs}
     prepared = {d.doc_id: prepare(d) for d in docs}
     responses = [Response(k, name, args.prompt, out) for name, outs in outputs.items() for k, out in outs.items()]
@@ -115,12 +123,13 @@ def main() -> None:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "dtype": args.dtype,
+        "batch_invariant": args.invariant,
         "documents": len(docs),
         "prompt": args.prompt,
         "new_tokens": args.new,
         "seconds": seconds,
     }
-    for name in ("batched", "compiled"):
+    for name in [n for n, _ in engines if n != "simple"]:
         same = sum(outputs[name][k] == outputs["simple"][k] for k in outputs["simple"])
         s1 = abs(scores["strategy1"][name][args.prompt]["f1"] - scores["strategy1"]["simple"][args.prompt]["f1"])
         s2 = (

@@ -30,9 +30,12 @@ class Settings(BaseSettings):
     sweep_interval_s: float = 15.0
     max_attempts: int = 3
     max_new_tokens: int = 512
-    #: The compiled engine's attention kernels; None: ``flex`` on CUDA, ``sdpa`` elsewhere.
+    #: The compiled engine's decoding attention; None: ``flex`` on CUDA where its decoding kernel
+    #: applies (no sliding window, query heads per key/value head a power of two), else ``sdpa``.
     decode_attention: Literal["flex", "sdpa"] | None = None
-    prefill_attention: Literal["flex", "sdpa"] | None = None
+    #: Simple and batched engines compute every row with batch-invariant kernels (CUDA, Triton):
+    #: a document's tokens do not depend on its batch, in bf16 too (nerfleet.workers.invariant).
+    batch_invariant: bool = False
     broker_use_ssl: bool = False
     redis_ssl_cert_reqs: str = "required"
 

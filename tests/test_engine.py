@@ -55,26 +55,25 @@ def test_unknown_model_is_a_clear_error():
         resolve("no-such-model")
 
 
-@pytest.mark.parametrize("decode,prefill", [("sdpa", "sdpa"), ("flex", "sdpa"), ("flex", "flex")])
-def test_compiled_engine_equals_simple_in_float32(tiny, decode, prefill, monkeypatch):
+@pytest.mark.parametrize("decode", ["sdpa", "flex"])
+def test_compiled_engine_equals_simple_in_float32(tiny, decode, monkeypatch):
     """The static-cache decode loop (GQA attention, bucketed padding) gives the reference's tokens."""
     from nerfleet.workers import attention
     from nerfleet.workers.engine import CompiledEngine, kv_bytes_per_token
 
-    built = []  # the query count of every block mask built: proves which kernel each pass used
+    built = []  # every block mask built: proves which kernel the decoding steps used
     real = attention.block_mask
-    monkeypatch.setattr(attention, "block_mask", lambda live: built.append(live.shape[1]) or real(live))
+    monkeypatch.setattr(attention, "block_mask", lambda live: built.append(live.shape) or real(live))
     model, tok = tiny
     reqs = requests(max_new_tokens=20)
     simple = SimpleEngine(model, tok).generate(reqs)
-    engine = CompiledEngine(model, tok, batch_size=4, decode_attention=decode, prefill_attention=prefill)
+    engine = CompiledEngine(model, tok, batch_size=4, decode_attention=decode)
     compiled = engine.generate(reqs)
     # The static cache is kept for the next batch of the same shape and reset, never mixed up.
     again = engine.generate(reqs)
     other = engine.generate(reqs[:2])
     model.config._attn_implementation = "sdpa"  # leave the shared fixture as it was
-    assert (1 in built) == (decode == "flex")
-    assert any(q > 1 for q in built) == (prefill == "flex")
+    assert bool(built) == (decode == "flex")
     assert [r.output for r in compiled] == [r.output for r in simple]
     assert [r.output for r in again] == [r.output for r in simple]
     assert [r.output for r in other] == [r.output for r in simple[:2]]
@@ -118,7 +117,7 @@ def test_flex_decode_attention_skips_dead_blocks_and_matches_sdpa():
     live[0, 10 : 2 * KV_BLOCK + 3] = True  # left padding, then the tail not yet generated
     live[1, :] = True
     live[2, KV_BLOCK + 1 : KV_BLOCK + 2] = True  # a single live key
-    blocks = block_mask(live[:, None])
+    blocks = block_mask(live)
     # partly live blocks are masked, wholly live ones are not, dead ones are not listed
     assert blocks.kv_num_blocks.flatten().tolist() == [2, 1, 1]
     assert blocks.full_kv_num_blocks.flatten().tolist() == [1, 3, 0]
@@ -149,7 +148,7 @@ def test_attention_kernels_come_from_settings_and_bad_values_are_refused(tiny, m
     get_settings.cache_clear()
     try:
         engine = CompiledEngine(model, tok)
-        assert (engine.decode_attention, engine.prefill_attention) == ("flex", "sdpa")  # sdpa: CPU default
+        assert engine.decode_attention == "flex"  # asked for; sdpa is the CPU default
         monkeypatch.setenv("NERFLEET_DECODE_ATTENTION", "paged")
         get_settings.cache_clear()
         with pytest.raises(pydantic.ValidationError, match="decode_attention"):
@@ -158,6 +157,22 @@ def test_attention_kernels_come_from_settings_and_bad_values_are_refused(tiny, m
         model.config._attn_implementation = "sdpa"
         monkeypatch.undo()
         get_settings.cache_clear()
+
+
+def test_flex_decoding_is_refused_where_its_decoding_kernel_does_not_apply():
+    """Sliding windows (the block mask follows the padding mask only) and query-head groups that are
+    not a power of two (torch then runs its general kernel, measured wrong on the GPU)."""
+    from transformers import LlamaConfig
+
+    from nerfleet.workers.attention import flex_decoding_refusal
+
+    def config(heads, kv_heads, **extra):
+        return LlamaConfig(num_attention_heads=heads, num_key_value_heads=kv_heads, hidden_size=64 * heads, **extra)
+
+    assert flex_decoding_refusal(config(32, 8)) is None  # Mistral-7B, Llama-3
+    assert flex_decoding_refusal(config(32, 32)) is None  # Llama-2-7B
+    assert "power of two" in flex_decoding_refusal(config(9, 3))  # SmolLM2-135M
+    assert "sliding-window" in flex_decoding_refusal(config(32, 8, sliding_window=4096))
 
 
 def test_flex_decoding_is_refused_for_sliding_window_models(tiny):

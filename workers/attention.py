@@ -9,8 +9,11 @@ the decoding step:
 - ``flex``: FlexAttention's decoding kernel with a block mask built once per step from the padding
   mask, so cache blocks that hold only padding or not-yet-generated positions are never read.
 
-The prefill can use FlexAttention too (``prefill="flex"``): a causal block mask skips the blocks
-above the diagonal and those of left padding instead of applying a dense mask to all of them.
+The prefill always uses SDPA. FlexAttention's general kernel (the prefill's, and the decoding
+step's when the query heads per key/value head are not a power of two) gave wrong results with
+these block masks on an H100 with torch 2.11 (``bench/flex_check.py``,
+``bench/results/flex-check-h100.txt``), while its decoding kernel matched SDPA; so only that
+kernel is used (:func:`flex_decoding_refusal`).
 """
 
 from __future__ import annotations
@@ -54,43 +57,50 @@ def _is_block_mask(mask) -> bool:
 
 
 def block_mask(live: torch.Tensor):
-    """A FlexAttention block mask from a dense (batch × queries × keys) boolean mask.
+    """A FlexAttention block mask for one decoding step from its (batch × keys) boolean mask.
 
-    Each (query block, key block) tile is skipped when no key in it is live, computed without the
-    mask when all are (full blocks), and masked only when partly live: left padding and the
-    unfilled end of the static cache are never read, nor the blocks above the causal diagonal.
+    A cache block is skipped when no key in it is live, read without the mask when all are (full
+    blocks), and masked only when partly live: left padding and the unfilled end of the static
+    cache are never read.
     """
     from torch.nn.attention.flex_attention import BlockMask
 
-    b, q, n = live.shape
-    qb, kb = -(-q // KV_BLOCK), -(-n // KV_BLOCK)
-    # Pad keys (and queries, when there are several) to whole blocks: the kernel's tiles then never
-    # index past the mask. One query reads row 0 whatever its row index. Without padding, the mask
-    # is read where it lies (the decoding step's own input), never recomputed inside the kernel.
-    pad_q = 0 if q == 1 else qb * KV_BLOCK - q
-    padded = live if (kb * KV_BLOCK == n and pad_q == 0) else F.pad(live, (0, kb * KV_BLOCK - n, 0, pad_q))
-    tiles = padded.view(b, qb, -1, kb, KV_BLOCK)
-    any_live, all_live = tiles.any(-1).any(2), tiles.all(-1).all(2)
+    b, n = live.shape
+    kb = -(-n // KV_BLOCK)
+    # Keys padded to whole blocks: the kernel's tiles then never index past the mask. Without
+    # padding, the mask is read where it lies (the step's own input), never recomputed inside
+    # the kernel (a derived mask made torch 2.11 generate a kernel that did not compile).
+    padded = live if kb * KV_BLOCK == n else F.pad(live, (0, kb * KV_BLOCK - n))
+    tiles = padded.view(b, 1, kb, KV_BLOCK)
+    any_live, all_live = tiles.any(-1), tiles.all(-1)
     partial = any_live & ~all_live
 
     def listed(which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        count = which.sum(-1, dtype=torch.int32).view(b, 1, qb)
+        count = which.sum(-1, dtype=torch.int32).view(b, 1, 1)
         order = torch.argsort((~which).to(torch.int8), dim=-1, stable=True).to(torch.int32)
-        return count, order.view(b, 1, qb, kb)
+        return count, order.view(b, 1, 1, kb)
 
-    if q == 1:
-
-        def mask_mod(batch, head, q_idx, kv_idx):
-            return padded[batch, 0, kv_idx]
-
-    else:
-
-        def mask_mod(batch, head, q_idx, kv_idx):
-            return padded[batch, q_idx, kv_idx]
+    def mask_mod(batch, head, q_idx, kv_idx):
+        return padded[batch, kv_idx]
 
     return BlockMask.from_kv_blocks(
-        *listed(partial), *listed(all_live), BLOCK_SIZE=KV_BLOCK, mask_mod=mask_mod, seq_lengths=(q, n)
+        *listed(partial), *listed(all_live), BLOCK_SIZE=KV_BLOCK, mask_mod=mask_mod, seq_lengths=(1, n)
     )
+
+
+def flex_decoding_refusal(config) -> str | None:
+    """Why FlexAttention's decoding kernel cannot serve this model, or None when it can."""
+    from nerfleet.workers.engine import has_sliding_window, kv_heads_and_dim
+
+    if has_sliding_window(config):
+        return "flex decoding masks by the padding mask alone; a model with sliding-window attention"
+    groups = config.num_attention_heads // kv_heads_and_dim(config)[0]
+    if groups & (groups - 1):
+        return (
+            f"with {groups} query heads per key/value head (not a power of two) torch runs its general "
+            "flex kernel, which gave wrong results on the GPU (bench/flex_check.py); a model like this"
+        )
+    return None
 
 
 def _flex(query, key, value, block_mask, scaling):
@@ -124,42 +134,35 @@ def _sdpa_mask(*args, **kwargs):
     return sdpa_mask(*args, **kwargs)
 
 
-def _mask_function(decode: str, prefill: str):
-    """The mask builder for a pair of kernels: block masks are built once per forward pass and
-    shared by all layers."""
+def _mask_function(decode: str):
+    """The mask builder for a decoding kernel: block masks are built once per forward pass and
+    shared by all layers; the prefill gets transformers' SDPA mask."""
 
     def build(*args, **kwargs):
         padding = kwargs.get("attention_mask")
         # queries: q_length in newer transformers, the length of cache_position in 5.17
         positions = kwargs.get("cache_position")
         queries = kwargs.get("q_length") or (len(positions) if positions is not None else 0)
-        if queries == 1:
-            if decode == "flex" and padding is not None and padding.dim() == 2:
-                # The engine's padding mask marks exactly the filled cache positions, so it is the
-                # block mask's source as it is (the step's input). A mask derived inside the graph
-                # instead made torch 2.11 generate a flex decoding kernel that did not compile.
-                return block_mask(padding.bool()[:, None, :])
-            return _sdpa_mask(*args, **kwargs)
-        mask = _sdpa_mask(*args, **kwargs)
-        if prefill == "flex" and mask is not None and mask.dim() == 4:
-            return block_mask(mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0)
-        return mask
+        if queries == 1 and decode == "flex" and padding is not None and padding.dim() == 2:
+            # The engine's padding mask marks exactly the filled cache positions, so it is the
+            # block mask's source as it is (the step's input).
+            return block_mask(padding.bool())
+        return _sdpa_mask(*args, **kwargs)
 
     return build
 
 
-def install(model, decode: str = "sdpa", prefill: str = "sdpa") -> None:
-    """Register the functions (once) and switch ``model`` to them; each kernel is sdpa or flex."""
+def install(model, decode: str = "sdpa") -> None:
+    """Register the functions (once) and switch ``model`` to them; decoding by sdpa or flex."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    for what, kernel in (("decode", decode), ("prefill", prefill)):
-        if kernel not in ("sdpa", "flex"):
-            raise ValueError(f"{what} attention must be 'sdpa' or 'flex', got {kernel!r}")
+    if decode not in ("sdpa", "flex"):
+        raise ValueError(f"decode attention must be 'sdpa' or 'flex', got {decode!r}")
     # no "flex" or "sdpa" in the name: transformers looks for those in it
-    name = NAME + "".join(f"_{w}_blocks" for w, k in (("decode", decode), ("prefill", prefill)) if k == "flex")
+    name = NAME + ("_decode_blocks" if decode == "flex" else "")
     AttentionInterface.register(name, gqa_attention)
-    AttentionMaskInterface.register(name, _mask_function(decode, prefill))
+    AttentionMaskInterface.register(name, _mask_function(decode))
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(name)
     else:  # older transformers read it from the config at every forward

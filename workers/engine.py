@@ -44,13 +44,28 @@ class SimpleEngine:
 
     name = "simple"
 
-    def __init__(self, model, tokenizer, chat: bool | None = None, context: int | None = None):
+    def __init__(
+        self, model, tokenizer, chat: bool | None = None, context: int | None = None, invariant: bool | None = None
+    ):
+        """``invariant`` (default: NERFLEET_BATCH_INVARIANT) computes each document with the
+        batch-invariant kernels of :mod:`nerfleet.workers.invariant`: the same tokens alone or in
+        any batch, in bf16 too, for a loss of speed."""
         self.model = model
         self.tokenizer = tokenizer
         self.chat = bool(tokenizer.chat_template) if chat is None else chat
         if self.chat and not tokenizer.chat_template:
             raise ValueError("model is registered as chat/instruct but its tokenizer has no chat template")
         self.context = context or getattr(model.config, "max_position_embeddings", None) or 4096
+        if invariant is None:
+            from nerfleet.settings import get_settings
+
+            invariant = get_settings().batch_invariant
+        self.invariant = invariant
+        if invariant:
+            from nerfleet.workers import invariant as batch_invariant
+
+            batch_invariant.check_available(model.device)
+            batch_invariant.install(model)
 
     def encode(self, req: GenerationRequest) -> tuple[list[int], bool]:
         """Prompt ids; the document is cut (and ``truncated`` set) to fit the context."""
@@ -86,7 +101,7 @@ class SimpleEngine:
         width = self._width(max(len(x) for x in batch))
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch], device=self.model.device)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch], device=self.model.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._kernels():
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
@@ -96,6 +111,16 @@ class SimpleEngine:
                 **self.generate_kwargs,
             )
         return self._trim(out[:, width:].tolist())
+
+    def _kernels(self):
+        """The batch-invariant kernels around a generation when that mode is on."""
+        import contextlib
+
+        if not self.invariant:
+            return contextlib.nullcontext()
+        from nerfleet.workers.invariant import kernels
+
+        return kernels(self.model.device)
 
     def _stop_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
@@ -125,8 +150,16 @@ class BatchedEngine(SimpleEngine):
 
     name = "batched"
 
-    def __init__(self, model, tokenizer, chat: bool | None = None, context: int | None = None, batch_size: int = 8):
-        super().__init__(model, tokenizer, chat, context)
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        chat: bool | None = None,
+        context: int | None = None,
+        batch_size: int = 8,
+        invariant: bool | None = None,
+    ):
+        super().__init__(model, tokenizer, chat, context, invariant)
         self.batch_size = batch_size
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
@@ -220,28 +253,29 @@ class CompiledEngine(BatchedEngine):
     #: activations that run eagerly at full prompt width.
     compile_prefill = True
 
-    def __init__(self, *args, decode_attention: str | None = None, prefill_attention: str | None = None, **kwargs):
-        """Attention kernels, ``flex`` or ``sdpa``, from the arguments, else the settings
-        (NERFLEET_DECODE_ATTENTION, NERFLEET_PREFILL_ATTENTION), else FlexAttention on CUDA (it skips
-        cache blocks with no live key: Mistral-7B at batch 128 went from 13.5 to 12.1 ms a decoding
-        step and its prefill from 2.04 to 1.92 s) and SDPA elsewhere (FlexAttention without
-        compilation materialises every score)."""
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, decode_attention: str | None = None, **kwargs):
+        """The decoding step's attention, ``flex`` or ``sdpa``, from the argument, else the settings
+        (NERFLEET_DECODE_ATTENTION), else FlexAttention's decoding kernel on CUDA where it applies
+        (it skips cache blocks with no live key: Mistral-7B at batch 128 went from 13.5 to 12.3 ms a
+        step) and SDPA elsewhere (FlexAttention without compilation materialises every score)."""
         from nerfleet.settings import get_settings
-        from nerfleet.workers.attention import install
+        from nerfleet.workers.attention import flex_decoding_refusal, install
 
-        settings = get_settings()
-        default = "flex" if str(self.model.device).startswith("cuda") else "sdpa"
-        sliding = has_sliding_window(self.model.config)
-        self.decode_attention = decode_attention or settings.decode_attention or ("sdpa" if sliding else default)
-        self.prefill_attention = prefill_attention or settings.prefill_attention or default
-        if sliding and self.decode_attention == "flex":
+        invariant = kwargs.get("invariant")
+        if invariant or (invariant is None and get_settings().batch_invariant):
             raise ValueError(
-                "flex decoding masks by the padding mask alone; a model with sliding-window attention "
-                "needs decode_attention 'sdpa'"
+                "the compiled engine is not batch-invariant (the compiler chooses its kernels): "
+                "use the batched engine with NERFLEET_BATCH_INVARIANT"
             )
-        install(self.model, decode=self.decode_attention, prefill=self.prefill_attention)
-        if "flex" in (self.decode_attention, self.prefill_attention):
+        super().__init__(*args, **kwargs)
+
+        refusal = flex_decoding_refusal(self.model.config)
+        default = "flex" if str(self.model.device).startswith("cuda") and refusal is None else "sdpa"
+        self.decode_attention = decode_attention or get_settings().decode_attention or default
+        if refusal and self.decode_attention == "flex":
+            raise ValueError(f"{refusal} needs decode_attention 'sdpa'")
+        install(self.model, decode=self.decode_attention)
+        if self.decode_attention == "flex":
             import torch._inductor.config
 
             # Off in every run measured on the GPU: it was turned off while a flex decoding kernel
