@@ -114,6 +114,7 @@ def test_mode_needs_cuda_or_the_interpreter(monkeypatch):
 def test_batched_equals_simple_in_bfloat16_in_invariant_mode(tiny_models, monkeypatch):
     """The property the mode exists for, end to end through both engines (tiny model, bf16)."""
     from nerfleet.settings import get_settings
+    from nerfleet.workers import invariant
     from nerfleet.workers.engine import BatchedEngine, CompiledEngine, SimpleEngine
     from nerfleet.workers.models import load, resolve
 
@@ -128,7 +129,12 @@ def test_batched_equals_simple_in_bfloat16_in_invariant_mode(tiny_models, monkey
         simple = SimpleEngine(model, tok)
         assert simple.invariant and model.config._attn_implementation == "nerfleet_invariant"
         alone = simple.generate(reqs)
+        calls = []  # the batched run goes through the invariant kernels, not torch's
+        for name in ("matmul", "mean", "attention"):
+            real = getattr(invariant, name)
+            monkeypatch.setattr(invariant, name, lambda *a, _n=name, _f=real, **k: calls.append(_n) or _f(*a, **k))
         together = BatchedEngine(model, tok, batch_size=3).generate(reqs)
+        assert {"matmul", "mean", "attention"} <= set(calls)
         with pytest.raises(ValueError, match="not batch-invariant"):
             CompiledEngine(model, tok)
     finally:

@@ -154,15 +154,19 @@ def _mask_function(decode: str):
 
 def install(model, decode: str = "sdpa") -> None:
     """Register the functions (once) and switch ``model`` to them; decoding by sdpa or flex."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
     if decode not in ("sdpa", "flex"):
         raise ValueError(f"decode attention must be 'sdpa' or 'flex', got {decode!r}")
     # no "flex" or "sdpa" in the name: transformers looks for those in it
-    name = NAME + ("_decode_blocks" if decode == "flex" else "")
-    AttentionInterface.register(name, gqa_attention)
-    AttentionMaskInterface.register(name, _mask_function(decode))
+    use(model, NAME + ("_decode_blocks" if decode == "flex" else ""), gqa_attention, _mask_function(decode))
+
+
+def use(model, name: str, attention, mask) -> None:
+    """Register an attention function and its mask builder under ``name`` and switch ``model`` to it."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, mask)
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(name)
     else:  # older transformers read it from the config at every forward

@@ -119,8 +119,8 @@ def mean(x: torch.Tensor, dim=None, keepdim: bool = False, *, dtype: torch.dtype
         raise RuntimeError(f"mean(): could not infer output dtype for {x.dtype} input; pass dtype")
     dims = sorted({d % x.dim() for d in (dim if dim else range(x.dim()))}) if x.dim() else []
     kept = [d for d in range(x.dim()) if d not in dims]
-    rows = x.permute(*kept, *dims).reshape(-1, max(1, _numel(x, dims))).contiguous()
     n = _numel(x, dims)
+    rows = x.permute(*kept, *dims).reshape(-1, max(1, n)).contiguous()
     out = torch.empty(rows.shape[0], dtype=torch.float32, device=x.device)
     if rows.shape[0] and n:
         block = min(1024, triton.next_power_of_2(n))
@@ -216,20 +216,13 @@ def _mask(*args, **kwargs):
 
 
 def install(model) -> None:
-    """Switch ``model`` to the batch-invariant attention (registered once under ``NAME``)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
+    """Switch ``model`` to the batch-invariant attention (registered under ``NAME``)."""
+    from nerfleet.workers.attention import use
     from nerfleet.workers.engine import has_sliding_window
 
     if has_sliding_window(model.config):
         raise ValueError("batch-invariant attention has no sliding window: this model needs the default mode")
-    AttentionInterface.register(NAME, _attention)
-    AttentionMaskInterface.register(NAME, _mask)
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(NAME)
-    else:
-        model.config._attn_implementation = NAME
+    use(model, NAME, _attention, _mask)
 
 
 @contextlib.contextmanager
