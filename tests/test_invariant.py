@@ -133,8 +133,10 @@ def test_batched_equals_simple_in_bfloat16_in_invariant_mode(tiny_models, monkey
         for name in ("matmul", "mean", "attention"):
             real = getattr(invariant, name)
             monkeypatch.setattr(invariant, name, lambda *a, _n=name, _f=real, **k: calls.append(_n) or _f(*a, **k))
-        together = BatchedEngine(model, tok, batch_size=3).generate(reqs)
+        batched = BatchedEngine(model, tok, batch_size=3)
+        together = batched.generate(reqs)
         assert {"matmul", "mean", "attention"} <= set(calls)
+        assert (simple.name, batched.name) == ("simple+invariant", "batched+invariant")  # as stored
         with pytest.raises(ValueError, match="not batch-invariant"):
             CompiledEngine(model, tok)
     finally:

@@ -66,6 +66,7 @@ class SimpleEngine:
 
             batch_invariant.check_available(model.device)
             batch_invariant.install(model)
+            self.name = f"{self.name}+invariant"  # stored with every generation
 
     def encode(self, req: GenerationRequest) -> tuple[list[int], bool]:
         """Prompt ids; the document is cut (and ``truncated`` set) to fit the context."""
