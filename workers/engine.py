@@ -43,6 +43,8 @@ class SimpleEngine:
     """Plain ``model.generate``, greedy, one request at a time: the reference engine."""
 
     name = "simple"
+    #: Whether this engine's kernels can be swapped for the batch-invariant ones.
+    can_be_invariant = True
 
     def __init__(
         self, model, tokenizer, chat: bool | None = None, context: int | None = None, invariant: bool | None = None
@@ -60,6 +62,11 @@ class SimpleEngine:
             from nerfleet.settings import get_settings
 
             invariant = get_settings().batch_invariant
+        if invariant and not self.can_be_invariant:
+            raise ValueError(
+                f"the {self.name} engine is not batch-invariant (the compiler chooses its kernels): "
+                "use the batched engine with NERFLEET_BATCH_INVARIANT"
+            )
         self.invariant = invariant
         if invariant:
             from nerfleet.workers import invariant as batch_invariant
@@ -248,6 +255,7 @@ class CompiledEngine(BatchedEngine):
     """
 
     name = "compiled"
+    can_be_invariant = False
     bucket = 128
     check_every = 32
     #: Compile the prefill too (no CUDA graphs: its shapes vary): fuses the norms, rotary and
@@ -262,12 +270,6 @@ class CompiledEngine(BatchedEngine):
         from nerfleet.settings import get_settings
         from nerfleet.workers.attention import flex_decoding_refusal, install
 
-        invariant = kwargs.get("invariant")
-        if invariant or (invariant is None and get_settings().batch_invariant):
-            raise ValueError(
-                "the compiled engine is not batch-invariant (the compiler chooses its kernels): "
-                "use the batched engine with NERFLEET_BATCH_INVARIANT"
-            )
         super().__init__(*args, **kwargs)
 
         refusal = flex_decoding_refusal(self.model.config)
