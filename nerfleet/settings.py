@@ -30,9 +30,9 @@ class Settings(BaseSettings):
     sweep_interval_s: float = 15.0
     max_attempts: int = 3
     max_new_tokens: int = 512
-    #: The compiled engine's decoding attention; None: ``flex`` on CUDA where its decoding kernel
-    #: applies (no sliding window, query heads per key/value head a power of two), else ``sdpa``.
-    decode_attention: Literal["flex", "sdpa"] | None = None
+    #: The compiled engine's decoding attention; None: the first of triton, flex, sdpa that can
+    #: serve the model on CUDA, sdpa elsewhere (nerfleet.workers.engine.default_decode_attention).
+    decode_attention: Literal["triton", "flex", "sdpa"] | None = None
     #: Simple and batched engines compute every row with batch-invariant kernels (CUDA, Triton):
     #: a document's tokens do not depend on its batch, in bf16 too (nerfleet.workers.invariant).
     batch_invariant: bool = False

@@ -55,15 +55,16 @@ def test_unknown_model_is_a_clear_error():
         resolve("no-such-model")
 
 
-@pytest.mark.parametrize("decode", ["sdpa", "flex"])
+@pytest.mark.parametrize("decode", ["sdpa", "flex", "triton"])
 def test_compiled_engine_equals_simple_in_float32(tiny, decode, monkeypatch):
     """The static-cache decode loop (GQA attention, bucketed padding) gives the reference's tokens."""
-    from nerfleet.workers import attention
+    from nerfleet.workers import attention, decoding
     from nerfleet.workers.engine import CompiledEngine, kv_bytes_per_token
 
-    built = []  # every block mask built: proves which kernel the decoding steps used
-    real = attention.block_mask
-    monkeypatch.setattr(attention, "block_mask", lambda live: built.append(live.shape) or real(live))
+    built = []  # every decoding mask built: proves which kernel the decoding steps used
+    real_blocks, real_bounds = attention.block_mask, decoding.bounds_of
+    monkeypatch.setattr(attention, "block_mask", lambda live: built.append("flex") or real_blocks(live))
+    monkeypatch.setattr(decoding, "bounds_of", lambda live: built.append("triton") or real_bounds(live))
     model, tok = tiny
     reqs = requests(max_new_tokens=20)
     simple = SimpleEngine(model, tok).generate(reqs)
@@ -73,7 +74,7 @@ def test_compiled_engine_equals_simple_in_float32(tiny, decode, monkeypatch):
     again = engine.generate(reqs)
     other = engine.generate(reqs[:2])
     model.config._attn_implementation = "sdpa"  # leave the shared fixture as it was
-    assert bool(built) == (decode == "flex")
+    assert set(built) == ({decode} - {"sdpa"})
     assert [r.output for r in compiled] == [r.output for r in simple]
     assert [r.output for r in again] == [r.output for r in simple]
     assert [r.output for r in other] == [r.output for r in simple[:2]]
@@ -159,20 +160,27 @@ def test_attention_kernels_come_from_settings_and_bad_values_are_refused(tiny, m
         get_settings.cache_clear()
 
 
-def test_flex_decoding_is_refused_where_its_decoding_kernel_does_not_apply():
-    """Sliding windows (the block mask follows the padding mask only) and query-head groups that are
-    not a power of two (torch then runs its general kernel, measured wrong on the GPU)."""
+def test_decoding_kernels_are_refused_where_they_do_not_apply():
+    """Sliding windows (the decoding masks follow the padding mask only) for flex and triton; for
+    flex also query-head groups that are not a power of two (torch then runs its general kernel,
+    measured wrong on the GPU)."""
     from transformers import LlamaConfig
 
-    from nerfleet.workers.attention import flex_decoding_refusal
+    from nerfleet.workers.attention import decoding_refusal
 
     def config(heads, kv_heads, **extra):
         return LlamaConfig(num_attention_heads=heads, num_key_value_heads=kv_heads, hidden_size=64 * heads, **extra)
 
-    assert flex_decoding_refusal(config(32, 8)) is None  # Mistral-7B, Llama-3
-    assert flex_decoding_refusal(config(32, 32)) is None  # Llama-2-7B
-    assert "power of two" in flex_decoding_refusal(config(9, 3))  # SmolLM2-135M
-    assert "sliding-window" in flex_decoding_refusal(config(32, 8, sliding_window=4096))
+    assert decoding_refusal(config(32, 8), "flex") is None  # Mistral-7B, Llama-3
+    assert decoding_refusal(config(32, 32), "flex") is None  # Llama-2-7B
+    assert "power of two" in decoding_refusal(config(9, 3), "flex")  # SmolLM2-135M
+    assert decoding_refusal(config(9, 3), "triton") is None
+    windowed = config(32, 8, sliding_window=4096)
+    assert "sliding-window" in decoding_refusal(windowed, "flex")
+    assert "sliding-window" in decoding_refusal(windowed, "triton")
+    assert decoding_refusal(windowed, "sdpa") is None
+    with pytest.raises(ValueError, match="one of triton, flex, sdpa, got 'paged'"):
+        decoding_refusal(windowed, "paged")
 
 
 def test_flex_decoding_is_refused_for_sliding_window_models(tiny):
@@ -185,8 +193,9 @@ def test_flex_decoding_is_refused_for_sliding_window_models(tiny):
     try:
         assert has_sliding_window(model.config)
         assert CompiledEngine(model, tok).decode_attention == "sdpa"
-        with pytest.raises(ValueError, match="sliding-window"):
-            CompiledEngine(model, tok, decode_attention="flex")
+        for kernel in ("flex", "triton"):
+            with pytest.raises(ValueError, match="sliding-window"):
+                CompiledEngine(model, tok, decode_attention=kernel)
     finally:
         model.config.sliding_window = None
         model.config._attn_implementation = "sdpa"

@@ -7,7 +7,9 @@ the decoding step:
 - ``sdpa``: each key/value head's query heads become rows of one query block, so SDPA reads the
   cache once, but all of the static cache, filled or not;
 - ``flex``: FlexAttention's decoding kernel with a block mask built once per step from the padding
-  mask, so cache blocks that hold only padding or not-yet-generated positions are never read.
+  mask, so cache blocks that hold only padding or not-yet-generated positions are never read;
+- ``triton``: nerfleet's split-KV decoding op (:mod:`nerfleet.workers.decoding`): each row's live
+  key range only, read once per key/value head, any group size.
 
 The prefill always uses SDPA. FlexAttention's general kernel (the prefill's, and the decoding
 step's when the query heads per key/value head are not a power of two) gave wrong results with
@@ -19,6 +21,7 @@ kernel is used (:func:`flex_decoding_refusal`).
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +38,11 @@ def gqa_attention(
 
     if _is_block_mask(attention_mask):
         return _flex(query, key, value, attention_mask, scaling), None
+    if isinstance(attention_mask, LiveKeys):
+        from nerfleet.workers.decoding import attend
+
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return attend(query, key, value, attention_mask.live, attention_mask.bounds, scale), None
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1 and query.shape[2] == 1 and key.shape[1] * groups == query.shape[1]:
         b, h, _, d = query.shape
@@ -48,6 +56,14 @@ def gqa_attention(
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
     )
+
+
+class LiveKeys(NamedTuple):
+    """The ``triton`` decoding step's mask: which cache positions hold keys (batch × keys) and
+    each row's range of them (:func:`nerfleet.workers.decoding.bounds_of`)."""
+
+    live: torch.Tensor
+    bounds: torch.Tensor
 
 
 def _is_block_mask(mask) -> bool:
@@ -88,12 +104,25 @@ def block_mask(live: torch.Tensor):
     )
 
 
-def flex_decoding_refusal(config) -> str | None:
-    """Why FlexAttention's decoding kernel cannot serve this model, or None when it can."""
+DECODE_KERNELS = ("triton", "flex", "sdpa")
+
+
+def decoding_refusal(config, kernel: str) -> str | None:
+    """Why ``kernel`` cannot run this model's decoding steps, or None when it can."""
     from nerfleet.workers.engine import has_sliding_window, kv_heads_and_dim
 
+    if kernel not in DECODE_KERNELS:
+        raise ValueError(f"decode attention must be one of {', '.join(DECODE_KERNELS)}, got {kernel!r}")
+    if kernel == "sdpa":
+        return None
     if has_sliding_window(config):
-        return "flex decoding masks by the padding mask alone; a model with sliding-window attention"
+        return f"{kernel} decoding masks by the padding mask alone; a model with sliding-window attention"
+    if kernel == "triton":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "triton decoding needs the triton package (it comes with torch on CUDA)"
+        return None
     groups = config.num_attention_heads // kv_heads_and_dim(config)[0]
     if groups & (groups - 1):
         return (
@@ -143,9 +172,13 @@ def _mask_function(decode: str):
         # queries: q_length in newer transformers, the length of cache_position in 5.17
         positions = kwargs.get("cache_position")
         queries = kwargs.get("q_length") or (len(positions) if positions is not None else 0)
-        if queries == 1 and decode == "flex" and padding is not None and padding.dim() == 2:
+        if queries == 1 and decode != "sdpa" and padding is not None and padding.dim() == 2:
             # The engine's padding mask marks exactly the filled cache positions, so it is the
-            # block mask's source as it is (the step's input).
+            # decoding mask's source as it is (the step's input).
+            if decode == "triton":
+                from nerfleet.workers.decoding import bounds_of
+
+                return LiveKeys(padding, bounds_of(padding))
             return block_mask(padding.bool())
         return _sdpa_mask(*args, **kwargs)
 
@@ -153,11 +186,13 @@ def _mask_function(decode: str):
 
 
 def install(model, decode: str = "sdpa") -> None:
-    """Register the functions (once) and switch ``model`` to them; decoding by sdpa or flex."""
-    if decode not in ("sdpa", "flex"):
-        raise ValueError(f"decode attention must be 'sdpa' or 'flex', got {decode!r}")
+    """Register the functions (once) and switch ``model`` to them; decoding by ``decode``."""
+    refusal = decoding_refusal(model.config, decode)
+    if refusal:
+        raise ValueError(f"{refusal} needs decode_attention 'sdpa'")
     # no "flex" or "sdpa" in the name: transformers looks for those in it
-    use(model, NAME + ("_decode_blocks" if decode == "flex" else ""), gqa_attention, _mask_function(decode))
+    suffix = {"sdpa": "", "flex": "_decode_blocks", "triton": "_decode_split"}[decode]
+    use(model, NAME + suffix, gqa_attention, _mask_function(decode))
 
 
 def use(model, name: str, attention, mask) -> None:

@@ -243,6 +243,17 @@ def kv_bytes_per_token(config, dtype) -> int:
     return 2 * config.num_hidden_layers * heads * head_dim * width
 
 
+def default_decode_attention(model) -> str:
+    """On CUDA the first decoding kernel that can serve the model, in the order of
+    :data:`~nerfleet.workers.attention.DECODE_KERNELS`; elsewhere ``sdpa`` (the others are GPU
+    kernels: Triton's interpreter and FlexAttention without compilation are far slower there)."""
+    from nerfleet.workers.attention import DECODE_KERNELS, decoding_refusal
+
+    if not str(model.device).startswith("cuda"):
+        return "sdpa"
+    return next(k for k in DECODE_KERNELS if decoding_refusal(model.config, k) is None)
+
+
 class CompiledEngine(BatchedEngine):
     """Batched greedy decoding with a static KV cache and the decoding step compiled (CUDA graphs).
 
@@ -263,21 +274,17 @@ class CompiledEngine(BatchedEngine):
     compile_prefill = True
 
     def __init__(self, *args, decode_attention: str | None = None, **kwargs):
-        """The decoding step's attention, ``flex`` or ``sdpa``, from the argument, else the settings
-        (NERFLEET_DECODE_ATTENTION), else FlexAttention's decoding kernel on CUDA where it applies
-        (it skips cache blocks with no live key: Mistral-7B at batch 128 went from 13.5 to 12.3 ms a
-        step) and SDPA elsewhere (FlexAttention without compilation materialises every score)."""
+        """The decoding step's attention (``triton``, ``flex`` or ``sdpa``) from the argument, else
+        the settings (NERFLEET_DECODE_ATTENTION), else :func:`default_decode_attention`."""
         from nerfleet.settings import get_settings
-        from nerfleet.workers.attention import flex_decoding_refusal, install
+        from nerfleet.workers.attention import install
 
         super().__init__(*args, **kwargs)
 
-        refusal = flex_decoding_refusal(self.model.config)
-        default = "flex" if str(self.model.device).startswith("cuda") and refusal is None else "sdpa"
-        self.decode_attention = decode_attention or get_settings().decode_attention or default
-        if refusal and self.decode_attention == "flex":
-            raise ValueError(f"{refusal} needs decode_attention 'sdpa'")
-        install(self.model, decode=self.decode_attention)
+        self.decode_attention = (
+            decode_attention or get_settings().decode_attention or default_decode_attention(self.model)
+        )
+        install(self.model, decode=self.decode_attention)  # refuses a kernel that cannot serve the model
         if self.decode_attention == "flex":
             import torch._inductor.config
 

@@ -1,0 +1,136 @@
+"""One decoding step's attention on this GPU: SDPA vs FlexAttention's decoding kernel vs nerfleet's
+split-KV Triton op, at the study's shapes (static cache of 896 positions, 768 of them live).
+
+Time per call (CUDA events, median of 50), the bytes of live keys and values over that time, and
+the largest difference from a float32 reference; then the Triton op's tile/warps/stages sweep.
+
+    python bench/decode_attention.py --out bench/results/decode-attention-h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nerfleet.workers import decoding
+from nerfleet.workers.attention import _flex, block_mask, gqa_attention
+
+SHAPES = {  # name: batch, query heads, key/value heads, head width
+    "mistral-7b b128": (128, 32, 8, 128),
+    "llama-2-7b b64": (64, 32, 32, 128),
+    "smollm2-135m b128": (128, 9, 3, 64),
+    "mistral-7b b1": (1, 32, 8, 128),
+}
+
+
+def timed(fn, reps: int = 50) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / 1000)
+    return sorted(times)[len(times) // 2]
+
+
+def inputs(shape, total: int, filled: int, padded: bool):
+    b, h, kvh, d = shape
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(b, h, 1, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(b, kvh, total, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(b, kvh, total, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    live = torch.zeros(b, total, dtype=torch.long, device="cuda")
+    starts = torch.randint(0, 400, (b,), generator=g, device="cuda") if padded else torch.zeros(b, device="cuda")
+    pos = torch.arange(total, device="cuda")
+    live[(pos[None] >= starts[:, None]) & (pos[None] < filled)] = 1
+    return q, k, v, live
+
+
+def case(name: str, total: int, filled: int, padded: bool) -> dict:
+    shape = SHAPES[name]
+    b, h, kvh, d = shape
+    q, k, v, live = inputs(shape, total, filled, padded)
+    scale = d**-0.5
+    ref = F.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), attn_mask=live.bool()[:, None, None], scale=scale, enable_gqa=True
+    ).transpose(1, 2)
+    nbytes = int(live.sum()) * kvh * d * 2 * 2
+    module = type("M", (), {"num_key_value_groups": h // kvh})()
+    dense = live.bool()[:, None, None, :]
+    runs = {"sdpa (whole cache)": lambda: gqa_attention(module, q, k, v, dense, scaling=scale)[0]}
+    if not (h // kvh) & (h // kvh - 1):
+        flex = torch.compile(lambda q, k, v, live: _flex(q, k, v, block_mask(live.bool()), scale), dynamic=False)
+        runs["flex decoding"] = lambda: flex(q, k, v, live)
+    bounds = decoding.bounds_of(live)
+    runs["triton split-KV"] = lambda: decoding.attend(q, k, v, live, bounds, scale)
+    row = {"shape": name, "keys": total, "live": filled, "left_padding": padded, "live_bytes": nbytes}
+    for label, fn in runs.items():
+        out = fn()
+        seconds = timed(fn)
+        row[label] = {
+            "us": seconds * 1e6,
+            "tb_per_s": nbytes / seconds / 1e12,
+            "max_diff": float((out.float() - ref).abs().max()),
+        }
+    return row
+
+
+def sweep(name: str, total: int, filled: int) -> list[dict]:
+    shape = SHAPES[name]
+    q, k, v, live = inputs(shape, total, filled, False)
+    bounds = decoding.bounds_of(live)
+    nbytes = int(live.sum()) * shape[2] * shape[3] * 4
+    rows = []
+    saved = decoding.KEY_TILE, decoding.NUM_WARPS, decoding.NUM_STAGES
+    try:
+        for tile, warps, stages in itertools.product((32, 64, 128), (4, 8), (2, 3, 4)):
+            decoding.KEY_TILE, decoding.NUM_WARPS, decoding.NUM_STAGES = tile, warps, stages
+            try:
+                seconds = timed(lambda: decoding.attend(q, k, v, live, bounds, shape[3] ** -0.5))
+            except Exception as exc:  # out of shared memory is a result here
+                rows.append({"tile": tile, "warps": warps, "stages": stages, "error": type(exc).__name__})
+                continue
+            speed = {"us": seconds * 1e6, "tb_per_s": nbytes / seconds / 1e12}
+            rows.append({"tile": tile, "warps": warps, "stages": stages} | speed)
+    finally:
+        decoding.KEY_TILE, decoding.NUM_WARPS, decoding.NUM_STAGES = saved
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    rows = [case(name, 896, 768, padded) for name in SHAPES for padded in (False, True)]
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; static cache 896, live to 768")
+    kernels = ("sdpa (whole cache)", "flex decoding", "triton split-KV")
+    print(f"{'shape':<20}{'pad':>5}  " + "".join(f"{k:>30}" for k in kernels))
+    for r in rows:
+        cells = []
+        for k in kernels:
+            c = r.get(k)
+            cells.append(f"{c['us']:>9.1f} us {c['tb_per_s']:>5.2f} TB/s {c['max_diff']:>6.3f}" if c else f"{'-':>30}")
+        print(f"{r['shape']:<20}{'yes' if r['left_padding'] else 'no':>5}  " + "".join(f"{c:>30}" for c in cells))
+    tuning = {name: sweep(name, 896, 768) for name in ("mistral-7b b128", "smollm2-135m b128")}
+    for name, results in tuning.items():
+        print(f"\ntriton sweep, {name}: tile warps stages -> us")
+        for t in sorted(results, key=lambda t: t.get("us", 1e9)):
+            speed = f"{t['us']:.1f}" if "us" in t else t["error"]
+            print(f"  {t['tile']:>4} {t['warps']:>2} {t['stages']:>2}  {speed}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+        args.out.write_text(json.dumps(meta | {"rows": rows, "sweep": tuning}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

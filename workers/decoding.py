@@ -1,0 +1,148 @@
+"""Split-KV decoding attention: one decoding step over a static cache, reading only live keys.
+
+FlexAttention's decoding kernel (``decode_attention=flex``) applies only to power-of-two query
+groups without a sliding window, and its per-block mask bookkeeping costs time at every layer; SDPA
+reads the whole static cache. This op reads each row's live key range once per key/value head for
+all the heads of its group, any group size, and is a ``torch.library.triton_op``, so the compiled
+step keeps it inside its CUDA graphs. The kernels are in :mod:`nerfleet.workers.decoding_kernels`.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+
+#: Keys per tile; also the granularity of a split. With the warps and pipeline stages below,
+#: chosen by ``bench/decode_attention.py`` on an H100.
+KEY_TILE = 64
+NUM_WARPS = 4
+NUM_STAGES = 2
+#: Programs per streaming multiprocessor to aim for before splitting the keys of a row.
+WAVES = 2
+
+
+def interpreting() -> bool:
+    from nerfleet.workers.invariant import interpreting as triton_interpreting
+
+    return triton_interpreting()
+
+
+def bounds_of(live: torch.Tensor) -> torch.Tensor:
+    """Each row's (first live key, one past the last live key), int32 (batch × 2): the only range
+    the kernel reads. A row with no live key gets (0, 0)."""
+    n = live.shape[-1]
+    live = live.bool()
+    any_live = live.any(-1)
+    first = live.to(torch.int8).argmax(-1)
+    end = n - live.flip(-1).to(torch.int8).argmax(-1)
+    return torch.stack([torch.where(any_live, first, 0), torch.where(any_live, end, 0)], -1).to(torch.int32)
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return 132  # the interpreter: split as an H100 would
+
+
+@cache
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def plan_splits(programs: int, keys: int, sms: int) -> int:
+    """Chunks per row: one while batch × key/value heads alone fill the GPU ``WAVES`` times over,
+    else enough to, never more than there are key tiles."""
+    if programs >= WAVES * sms:
+        return 1
+    return max(1, min(-(-WAVES * sms // programs), -(-keys // KEY_TILE)))
+
+
+@torch.library.triton_op("nerfleet::decode_attention", mutates_args=())
+def decode_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    live: torch.Tensor,
+    bounds: torch.Tensor,
+    scale: float,
+    splits: int,
+) -> torch.Tensor:
+    """Attention of one query per row, ``query`` (batch, heads, 1, d), over ``key``/``value``
+    (batch, kv heads, keys, d) where ``live`` (batch × keys) is non-zero, between ``bounds``.
+    Returns (batch, 1, heads, d), the layout transformers' attention functions return."""
+    import triton
+    from torch.library import wrap_triton
+
+    from nerfleet.workers import decoding_kernels
+
+    b, h, _, d = query.shape
+    kvh, n = key.shape[1], key.shape[2]
+    groups = h // kvh
+    out = torch.empty((b, 1, h, d), dtype=query.dtype, device=query.device)
+    block_d = max(16, triton.next_power_of_2(d))
+    chunk = triton.cdiv(triton.cdiv(n, splits), KEY_TILE) * KEY_TILE
+    final = splits == 1
+    part_acc = torch.empty((1 if final else b * h * splits * block_d,), dtype=torch.float32, device=query.device)
+    part_ml = torch.empty((1 if final else b * h * splits * 2,), dtype=torch.float32, device=query.device)
+    wrap_triton(decoding_kernels.partial_kernel)[(b * kvh, splits)](
+        query,
+        key,
+        value,
+        live,
+        bounds,
+        out,
+        part_acc,
+        part_ml,
+        scale * 1.4426950408889634,  # log2(e): the kernel uses exp2
+        h,
+        kvh,
+        groups,
+        d,
+        chunk,
+        splits,
+        query.stride(0),
+        query.stride(1),
+        key.stride(0),
+        key.stride(1),
+        key.stride(2),
+        value.stride(0),
+        value.stride(1),
+        value.stride(2),
+        live.stride(0),
+        out.stride(0),
+        out.stride(2),
+        FINAL=final,
+        FP32_DOT=interpreting(),
+        BM=max(16, triton.next_power_of_2(groups)),
+        BN=KEY_TILE,
+        BD=block_d,
+        num_warps=NUM_WARPS,
+        num_stages=NUM_STAGES,
+    )
+    if not final:
+        wrap_triton(decoding_kernels.combine_kernel)[(b * h,)](
+            part_acc,
+            part_ml,
+            out,
+            h,
+            d,
+            splits,
+            out.stride(0),
+            out.stride(2),
+            BS=max(2, triton.next_power_of_2(splits)),
+            BD=block_d,
+        )
+    return out
+
+
+def attend(query, key, value, live: torch.Tensor, bounds: torch.Tensor, scale: float, splits: int | None = None):
+    """:func:`decode_attention` with the split count planned for the device (or as given)."""
+    if query.shape[2] != 1:
+        raise ValueError(f"split-KV decoding takes one query per row, got {query.shape[2]}")
+    if query.shape[1] % key.shape[1]:
+        raise ValueError(f"{query.shape[1]} query heads cannot share {key.shape[1]} key/value heads")
+    query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
+    if splits is None:
+        splits = plan_splits(query.shape[0] * key.shape[1], key.shape[2], _sm_count(query.device))
+    return decode_attention(query, key, value, live, bounds, float(scale), int(splits))
