@@ -1,7 +1,7 @@
 """One decoding step's attention on this GPU: SDPA vs FlexAttention's decoding kernel vs nerfleet's
 split-KV Triton op, at the study's shapes (static cache of 896 positions, 768 of them live).
 
-Time per call (CUDA events, median of 50), the bytes of live keys and values over that time, and
+Time per call (CUDA events around 20 queued calls, median of 7), the bytes of live keys and values over that time, and
 the largest difference from a float32 reference; then the Triton op's tile/warps/stages sweep.
 
     python bench/decode_attention.py --out bench/results/decode-attention-h100.json
@@ -28,17 +28,20 @@ SHAPES = {  # name: batch, query heads, key/value heads, head width
 }
 
 
-def timed(fn, reps: int = 50) -> float:
+def timed(fn, reps: int = 20) -> float:
+    """Seconds per call: ``reps`` calls queued back to back between two events (the host's launch
+    time hidden, as in the engine's CUDA graphs), median of 7."""
     for _ in range(3):
         fn()
     times = []
-    for _ in range(reps):
+    for _ in range(7):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        fn()
+        for _ in range(reps):
+            fn()
         b.record()
         torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1000)
+        times.append(a.elapsed_time(b) / 1000 / reps)
     return sorted(times)[len(times) // 2]
 
 

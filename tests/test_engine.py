@@ -66,21 +66,58 @@ def test_compiled_engine_equals_simple_in_float32(tiny, decode, monkeypatch):
     monkeypatch.setattr(attention, "block_mask", lambda live: built.append("flex") or real_blocks(live))
     monkeypatch.setattr(decoding, "bounds_of", lambda live: built.append("triton") or real_bounds(live))
     model, tok = tiny
-    reqs = requests(max_new_tokens=20)
+    # Triton's interpreter runs the triton kernel program by program: fewer documents there
+    reqs = requests(n=3 if decode == "triton" else 6, max_new_tokens=20)
     simple = SimpleEngine(model, tok).generate(reqs)
     engine = CompiledEngine(model, tok, batch_size=4, decode_attention=decode)
     compiled = engine.generate(reqs)
+    assert set(built) == ({decode} - {"sdpa"})
+    assert [r.output for r in compiled] == [r.output for r in simple]
+    if decode == "triton":  # the cache reuse below does not depend on the kernel
+        model.config._attn_implementation = "sdpa"
+        return
     # The static cache is kept for the next batch of the same shape and reset, never mixed up.
     again = engine.generate(reqs)
     other = engine.generate(reqs[:2])
     model.config._attn_implementation = "sdpa"  # leave the shared fixture as it was
-    assert set(built) == ({decode} - {"sdpa"})
-    assert [r.output for r in compiled] == [r.output for r in simple]
     assert [r.output for r in again] == [r.output for r in simple]
     assert [r.output for r in other] == [r.output for r in simple[:2]]
     # fit_batch counts the kept cache as memory the next batch may use
     (n, total), _ = engine._cache
     assert engine._reusable_bytes() == kv_bytes_per_token(model.config, model.dtype) * n * total
+
+
+def test_unpadded_prefill_runs_causal_without_a_mask(tiny, monkeypatch):
+    """Prompts that fill the bucket exactly: the prefill passes no mask, its attention runs causal
+    over the prompt's keys only (SDPA's flash kernel on a GPU), and the tokens stay the reference's."""
+    import torch
+
+    from nerfleet.workers import attention
+    from nerfleet.workers.engine import CompiledEngine
+
+    model, tok = tiny
+    torch.manual_seed(3)
+    prompts = torch.randint(5, model.config.vocab_size, (3, CompiledEngine.bucket)).tolist()
+    reference = SimpleEngine(model, tok)._run(prompts, 10)
+    prefill_masks = []
+    real = attention.gqa_attention
+
+    def spy(module, query, key, value, attention_mask, *args, **kwargs):
+        if query.shape[2] > 1:
+            prefill_masks.append(attention_mask)
+        return real(module, query, key, value, attention_mask, *args, **kwargs)
+
+    monkeypatch.setattr(attention, "gqa_attention", spy)
+    try:
+        engine = CompiledEngine(model, tok, batch_size=4)
+        assert engine._run(prompts, 10) == reference
+        assert prefill_masks and all(m is None for m in prefill_masks)
+        prefill_masks.clear()
+        ragged = [prompts[0][:-1], *prompts[1:]]  # one token short: padded, so masked
+        assert engine._run(ragged, 10) == SimpleEngine(model, tok)._run(ragged, 10)
+        assert prefill_masks and all(m is not None for m in prefill_masks)
+    finally:
+        model.config._attn_implementation = "sdpa"
 
 
 def test_gqa_attention_matches_repeated_kv():

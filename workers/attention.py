@@ -11,7 +11,9 @@ the decoding step:
 - ``triton``: nerfleet's split-KV decoding op (:mod:`nerfleet.workers.decoding`): each row's live
   key range only, read once per key/value head, any group size.
 
-The prefill always uses SDPA. FlexAttention's general kernel (the prefill's, and the decoding
+The prefill always uses SDPA; a prefill with no padding at all (the engine then passes no mask) runs
+causal over the prompt's keys only, which lets SDPA pick its flash kernel instead of the masked
+one over the whole static cache. FlexAttention's general kernel (the prefill's, and the decoding
 step's when the query heads per key/value head are not a power of two) gave wrong results with
 these block masks on an H100 with torch 2.11 (``bench/flex_check.py``,
 ``bench/results/flex-check-h100.txt``), while its decoding kernel matched SDPA; so only that
@@ -44,6 +46,13 @@ def gqa_attention(
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         return attend(query, key, value, attention_mask.live, attention_mask.bounds, scale), None
     groups = getattr(module, "num_key_value_groups", 1)
+    if attention_mask is None and query.shape[2] > 1:  # an unpadded prefill from cache position 0
+        n = query.shape[2]
+        with _backend():
+            out = F.scaled_dot_product_attention(
+                query, key[:, :, :n], value[:, :, :n], is_causal=True, scale=scaling, enable_gqa=groups > 1
+            )
+        return out.transpose(1, 2).contiguous(), None
     if groups > 1 and query.shape[2] == 1 and key.shape[1] * groups == query.shape[1]:
         b, h, _, d = query.shape
         q = query.reshape(b, h // groups, groups, d)
@@ -163,15 +172,18 @@ def _sdpa_mask(*args, **kwargs):
     return sdpa_mask(*args, **kwargs)
 
 
-def _mask_function(decode: str):
-    """The mask builder for a decoding kernel: block masks are built once per forward pass and
-    shared by all layers; the prefill gets transformers' SDPA mask."""
+def _mask_function(decode: str, windowed: bool):
+    """The mask builder for a decoding kernel: decoding masks are built once per forward pass and
+    shared by all layers; a prefill without a padding mask gets none (causal over the prompt, see
+    :func:`gqa_attention`) unless the model has a sliding window, any other one transformers' SDPA mask."""
 
     def build(*args, **kwargs):
         padding = kwargs.get("attention_mask")
         # queries: q_length in newer transformers, the length of cache_position in 5.17
         positions = kwargs.get("cache_position")
         queries = kwargs.get("q_length") or (len(positions) if positions is not None else 0)
+        if padding is None and queries > 1 and not windowed:
+            return None
         if queries == 1 and decode != "sdpa" and padding is not None and padding.dim() == 2:
             # The engine's padding mask marks exactly the filled cache positions, so it is the
             # decoding mask's source as it is (the step's input).
@@ -192,7 +204,9 @@ def install(model, decode: str = "sdpa") -> None:
         raise ValueError(f"{refusal} needs decode_attention 'sdpa'")
     # no "flex" or "sdpa" in the name: transformers looks for those in it
     suffix = {"sdpa": "", "flex": "_decode_blocks", "triton": "_decode_split"}[decode]
-    use(model, NAME + suffix, gqa_attention, _mask_function(decode))
+    from nerfleet.workers.engine import has_sliding_window
+
+    use(model, NAME + suffix, gqa_attention, _mask_function(decode, has_sliding_window(model.config)))
 
 
 def use(model, name: str, attention, mask) -> None:

@@ -9,8 +9,6 @@ step keeps it inside its CUDA graphs. The kernels are in :mod:`nerfleet.workers.
 
 from __future__ import annotations
 
-from functools import cache
-
 import torch
 
 #: Keys per tile; also the granularity of a split. With the warps and pipeline stages below,
@@ -40,14 +38,10 @@ def bounds_of(live: torch.Tensor) -> torch.Tensor:
 
 
 def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    return 132  # the interpreter: split as an H100 would
-
-
-@cache
-def _cuda_sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+    if device.type == "cuda":  # torch keeps the properties: no cache here (dynamo traces this)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.get_device_properties(index).multi_processor_count
+    return 4  # Triton's interpreter runs programs one by one: splitting only costs time there
 
 
 def plan_splits(programs: int, keys: int, sms: int) -> int:
@@ -114,6 +108,7 @@ def decode_attention(
         out.stride(2),
         FINAL=final,
         FP32_DOT=interpreting(),
+        IEEE=query.dtype == torch.float32 and not interpreting(),
         BM=max(16, triton.next_power_of_2(groups)),
         BN=KEY_TILE,
         BD=block_d,

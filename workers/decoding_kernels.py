@@ -44,6 +44,7 @@ def partial_kernel(
     stride_oh,
     FINAL: tl.constexpr,
     FP32_DOT: tl.constexpr,
+    IEEE: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BD: tl.constexpr,
@@ -68,6 +69,7 @@ def partial_kernel(
     )
     if FP32_DOT:
         qt = qt.to(tl.float32)
+    scale = tl.cast(scale_log2, tl.float32)  # inductor passes Python floats as float64
     first = tl.load(bounds + 2 * batch)
     end = tl.load(bounds + 2 * batch + 1)
     lo = tl.maximum(first, split * CHUNK)
@@ -87,14 +89,20 @@ def partial_kernel(
         if FP32_DOT:
             kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)
-        s = tl.dot(qt, tl.trans(kt)) * scale_log2
+        if IEEE:  # float32 models: full-precision products (tl.dot's default on float32 is TF32)
+            s = tl.dot(qt, tl.trans(kt), input_precision="ieee") * scale
+        else:
+            s = tl.dot(qt, tl.trans(kt)) * scale
         s = tl.where((in_range & is_key)[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(s - m_use[:, None])
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
         m_i = m_new
     out_mask = row_ok[:, None] & (dims[None, :] < D)
     if FINAL:

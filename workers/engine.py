@@ -374,7 +374,8 @@ class CompiledEngine(BatchedEngine):
             cache = self._cache_for(n, total)  # its tensors are inference tensors, reset in this mode
             logits = self._compiled_prefill()(
                 input_ids=ids,
-                attention_mask=mask,
+                # no padding: no mask, and the prefill's attention is causal over the prompt only
+                attention_mask=None if all(len(x) == width for x in batch) else mask,
                 position_ids=positions,
                 past_key_values=cache,
                 cache_position=torch.arange(width, device=dev),
