@@ -17,7 +17,7 @@ one over the whole static cache. FlexAttention's general kernel (the prefill's, 
 step's when the query heads per key/value head are not a power of two) gave wrong results with
 these block masks on an H100 with torch 2.11 (``bench/flex_check.py``,
 ``bench/results/flex-check-h100.txt``), while its decoding kernel matched SDPA; so only that
-kernel is used (:func:`flex_decoding_refusal`).
+kernel is used (:func:`decoding_refusal`).
 """
 
 from __future__ import annotations

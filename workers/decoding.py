@@ -137,7 +137,7 @@ def attend(query, key, value, live: torch.Tensor, bounds: torch.Tensor, scale: f
         raise ValueError(f"split-KV decoding takes one query per row, got {query.shape[2]}")
     if query.shape[1] % key.shape[1]:
         raise ValueError(f"{query.shape[1]} query heads cannot share {key.shape[1]} key/value heads")
-    query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
+    query, key, value, live = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value, live))
     if splits is None:
         splits = plan_splits(query.shape[0] * key.shape[1], key.shape[2], _sm_count(query.device))
     return decode_attention(query, key, value, live, bounds, float(scale), int(splits))

@@ -2,13 +2,26 @@
 
 Imported only when the batch-invariant mode is on (:mod:`nerfleet.workers.invariant`), because it
 needs ``triton``. Under ``TRITON_INTERPRET=1`` they run on the CPU (slowly; for tests); the
-interpreter cannot multiply bf16 tiles, so ``FP32_DOT`` widens them to float32 first there.
+interpreter cannot multiply bf16 tiles, so ``FP32_DOT`` widens them to float32 first there, and
+multiplies tiles as a sum of products (:func:`dot`): its ``tl.dot`` is numpy's matmul, whose
+OpenBLAS rounds a row differently by its position in the tile.
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def dot(x, y, acc, FP32_DOT: tl.constexpr, IEEE: tl.constexpr):
+    """``acc + x @ y`` in an order that is the same for every row of ``x``."""
+    if FP32_DOT:  # the interpreter: one fixed summation order per output, whatever the row
+        return acc + tl.sum(x.to(tl.float32)[:, :, None] * y.to(tl.float32)[None, :, :], axis=1)
+    elif IEEE:
+        return tl.dot(x, y, acc, input_precision="ieee")
+    else:
+        return tl.dot(x, y, acc)
 
 
 @triton.jit
@@ -51,13 +64,7 @@ def matmul_kernel(
             mask=(ks[:, None] < K) & (cols[None, :] < N),
             other=0.0,
         )
-        if FP32_DOT:
-            x = x.to(tl.float32)
-            y = y.to(tl.float32)
-        if IEEE:
-            acc = tl.dot(x, y, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x, y, acc)
+        acc = dot(x, y, acc, FP32_DOT, IEEE)
     if HAS_BIAS:
         acc += tl.load(bias + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     tl.store(
@@ -147,7 +154,8 @@ def attention_kernel(
         if FP32_DOT:
             kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)
-        if IEEE:
+            s = dot(qt, tl.trans(kt), tl.zeros((BM, BN), dtype=tl.float32), FP32_DOT, IEEE)
+        elif IEEE:
             s = tl.dot(qt, tl.trans(kt), input_precision="ieee")
         else:
             s = tl.dot(qt, tl.trans(kt))
@@ -158,7 +166,9 @@ def attention_kernel(
         p = tl.exp(s - m_use[:, None])
         alpha = tl.exp(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        if IEEE:
+        if FP32_DOT:
+            pv = dot(p, vt, tl.zeros((BM, BD), dtype=tl.float32), FP32_DOT, IEEE)
+        elif IEEE:
             pv = tl.dot(p.to(vt.dtype), vt, input_precision="ieee")
         else:
             pv = tl.dot(p.to(vt.dtype), vt)
