@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import seconds_per_call as timed  # bench/, the script's folder
 
 from nerfleet.workers import decoding
 from nerfleet.workers.attention import _flex, block_mask, gqa_attention
@@ -26,23 +27,6 @@ SHAPES = {  # name: batch, query heads, key/value heads, head width
     "smollm2-135m b128": (128, 9, 3, 64),
     "mistral-7b b1": (1, 32, 8, 128),
 }
-
-
-def timed(fn, reps: int = 20) -> float:
-    """Seconds per call: ``reps`` calls queued back to back between two events (the host's launch
-    time hidden, as in the engine's CUDA graphs), median of 7."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(7):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(reps):
-            fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1000 / reps)
-    return sorted(times)[len(times) // 2]
 
 
 def inputs(shape, total: int, filled: int, padded: bool):

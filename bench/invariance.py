@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import triton
+from timing import seconds_per_call  # bench/, the script's folder
 
 from nerfleet.workers import invariant as inv
 
@@ -24,18 +25,10 @@ DEVICE = "cuda"
 
 
 def timed(fn, repeat: int = 20) -> float:
-    """Milliseconds per call, after a warm-up."""
+    """Milliseconds per call (:func:`timing.seconds_per_call`)."""
     if DEVICE != "cuda":  # a dry run of the script (TRITON_INTERPRET=1 on the CPU): no timing
         return float("nan")
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeat):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / repeat
+    return 1000 * seconds_per_call(fn, reps=repeat)
 
 
 def diff(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -220,7 +220,24 @@ def test_decoding_kernels_are_refused_where_they_do_not_apply():
         decoding_refusal(windowed, "paged")
 
 
-def test_flex_decoding_is_refused_for_sliding_window_models(tiny):
+def test_the_default_decoding_kernel_is_the_first_that_serves_the_model():
+    """On CUDA: triton for any group size, sdpa for a sliding window; sdpa off the GPU."""
+    from types import SimpleNamespace
+
+    from transformers import MistralConfig
+
+    from nerfleet.workers.engine import default_decode_attention
+
+    def model(device, **extra):
+        config = MistralConfig(num_attention_heads=9, num_key_value_heads=3, hidden_size=576, **extra)
+        return SimpleNamespace(device=device, config=config)
+
+    assert default_decode_attention(model("cuda:0", sliding_window=None)) == "triton"
+    assert default_decode_attention(model("cuda:0", sliding_window=4096)) == "sdpa"
+    assert default_decode_attention(model("cpu", sliding_window=None)) == "sdpa"
+
+
+def test_decoding_kernels_are_refused_for_sliding_window_models(tiny):
     """Its block mask follows the padding mask only, so a windowed model would attend too far."""
     from nerfleet.workers.engine import CompiledEngine, has_sliding_window
 
