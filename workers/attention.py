@@ -127,11 +127,10 @@ def decoding_refusal(config, kernel: str) -> str | None:
     if has_sliding_window(config):
         return f"{kernel} decoding masks by the padding mask alone; a model with sliding-window attention"
     if kernel == "triton":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return "triton decoding needs the triton package (it comes with torch on CUDA)"
-        return None
+        from nerfleet.workers.triton_support import triton_missing
+
+        missing = triton_missing()
+        return f"triton decoding {missing}" if missing else None
     groups = config.num_attention_heads // kv_heads_and_dim(config)[0]
     if groups & (groups - 1):
         return (

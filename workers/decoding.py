@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from nerfleet.workers.triton_support import kernel_flags
+
 #: Keys per tile; also the granularity of a split. With the warps and pipeline stages below,
 #: chosen by ``bench/decode_attention.py`` on an H100.
 KEY_TILE = 64
@@ -18,12 +20,6 @@ NUM_WARPS = 4
 NUM_STAGES = 2
 #: Programs per streaming multiprocessor to aim for before splitting the keys of a row.
 WAVES = 2
-
-
-def interpreting() -> bool:
-    from nerfleet.workers.invariant import interpreting as triton_interpreting
-
-    return triton_interpreting()
 
 
 def bounds_of(live: torch.Tensor) -> torch.Tensor:
@@ -69,13 +65,14 @@ def decode_attention(
     from torch.library import wrap_triton
 
     from nerfleet.workers import decoding_kernels
+    from nerfleet.workers.engine import round_up
 
     b, h, _, d = query.shape
     kvh, n = key.shape[1], key.shape[2]
     groups = h // kvh
     out = torch.empty((b, 1, h, d), dtype=query.dtype, device=query.device)
     block_d = max(16, triton.next_power_of_2(d))
-    chunk = triton.cdiv(triton.cdiv(n, splits), KEY_TILE) * KEY_TILE
+    chunk = round_up(triton.cdiv(n, splits), KEY_TILE)
     final = splits == 1
     part_acc = torch.empty((1 if final else b * h * splits * block_d,), dtype=torch.float32, device=query.device)
     part_ml = torch.empty((1 if final else b * h * splits * 2,), dtype=torch.float32, device=query.device)
@@ -107,8 +104,7 @@ def decode_attention(
         out.stride(0),
         out.stride(2),
         FINAL=final,
-        FP32_DOT=interpreting(),
-        IEEE=query.dtype == torch.float32 and not interpreting(),
+        **kernel_flags(query.dtype),
         BM=max(16, triton.next_power_of_2(groups)),
         BN=KEY_TILE,
         BD=block_d,

@@ -19,11 +19,12 @@ measured in ``bench/same_answers.py --invariant``.
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from collections.abc import Iterator
 
 import torch
+
+from nerfleet.workers.triton_support import interpreting, kernel_flags, triton_missing
 
 NAME = "nerfleet_invariant"
 #: Fixed tile shapes: changing them changes the rounding (identically for every batch).
@@ -31,16 +32,11 @@ MATMUL_TILE = (64, 64, 64)
 KEY_TILE = 64
 
 
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def check_available(device: torch.device | str) -> None:
     """A one-line error where the kernels cannot run."""
-    try:
-        import triton  # noqa: F401
-    except ImportError as exc:
-        raise RuntimeError("batch-invariant mode needs triton (it comes with torch on CUDA)") from exc
+    missing = triton_missing()
+    if missing:
+        raise RuntimeError(f"batch-invariant mode {missing}")
     if torch.device(device).type != "cuda" and not interpreting():
         raise RuntimeError(
             f"batch-invariant mode runs Triton kernels on CUDA, not on {device} "
@@ -52,10 +48,6 @@ def _kernels():
     from nerfleet.workers import invariant_kernels
 
     return invariant_kernels
-
-
-def _flags(dtype: torch.dtype) -> dict:
-    return {"FP32_DOT": interpreting(), "IEEE": dtype == torch.float32 and not interpreting()}
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -93,7 +85,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -
         BM=bm,
         BN=bn,
         BK=bk,
-        **_flags(a.dtype),
+        **kernel_flags(a.dtype),
     )
     return c
 
@@ -184,7 +176,7 @@ def attention(
         BM=bm,
         BN=KEY_TILE,
         BD=max(16, triton.next_power_of_2(d)),
-        **_flags(query.dtype),
+        **kernel_flags(query.dtype),
     )
     return out
 
