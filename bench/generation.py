@@ -173,6 +173,7 @@ def bench_arch(
     row["floor_ms_per_decode_step"] = 1000 * step_bytes / bw
     row["sdpa_backend"] = os.environ.get("NERFLEET_SDPA_BACKEND", "default")
     row["decode_attention"] = fast.decode_attention
+    row["fused_projections"] = type(fast.model).__name__ == "Phi3ForCausalLM"
     row["speedup_vs_plain"] = row["nerfleet_tokens_per_s"] / row["plain_tokens_per_s"]
     row["share_of_floor"] = row["nerfleet_tokens_per_s"] / row["floor_tokens_per_s"]
     del model, fast, plain

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     #: Simple and batched engines compute every row with batch-invariant kernels (CUDA, Triton):
     #: a document's tokens do not depend on its batch, in bf16 too (nerfleet.workers.invariant).
     batch_invariant: bool = False
+    #: The compiled engine runs Llama/Mistral models with Q/K/V and gate/up each as one product
+    #: (as Phi-3; nerfleet.workers.fusion).
+    fuse_projections: bool = False
     broker_use_ssl: bool = False
     redis_ssl_cert_reqs: str = "required"
 

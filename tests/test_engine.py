@@ -253,3 +253,33 @@ def test_decoding_kernels_are_refused_for_sliding_window_models(tiny):
     finally:
         model.config.sliding_window = None
         model.config._attn_implementation = "sdpa"
+
+
+def test_fused_projections_give_the_reference_tokens(tiny_models):
+    """Q/K/V and gate/up as one product each (the model becomes transformers' Phi-3): the same
+    weights, the same tokens as the reference in float32."""
+    from nerfleet.workers.engine import CompiledEngine
+
+    model, tok = load(resolve(str(tiny_models["tiny-a"])), device="cpu", dtype="float32")  # fusing takes it
+    params = sum(p.numel() for p in model.parameters())
+    reqs = requests(n=4, max_new_tokens=16)
+    simple = SimpleEngine(model, tok).generate(reqs)
+    engine = CompiledEngine(model, tok, batch_size=4, decode_attention="sdpa", fuse_projections=True)
+    assert type(engine.model).__name__ == "Phi3ForCausalLM"
+    assert sum(p.numel() for p in engine.model.parameters()) == params
+    assert engine.model.model.layers[0].self_attn.qkv_proj.weight.shape[0] == (
+        model.config.num_attention_heads + 2 * model.config.num_key_value_heads
+    ) * (model.config.hidden_size // model.config.num_attention_heads)
+    assert [r.output for r in engine.generate(reqs)] == [r.output for r in simple]
+
+
+def test_models_that_cannot_be_fused_are_refused_in_one_line():
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    from nerfleet.workers.fusion import fuse
+
+    small = dict(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4)
+    with pytest.raises(ValueError, match="^cannot fuse the projections of LlamaForCausalLM with biased projections$"):
+        fuse(LlamaForCausalLM(LlamaConfig(**small, attention_bias=True)))
+    with pytest.raises(ValueError, match="MistralForCausalLM with a sliding window"):
+        fuse(MistralForCausalLM(MistralConfig(**small, sliding_window=16)))

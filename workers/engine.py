@@ -272,14 +272,22 @@ class CompiledEngine(BatchedEngine):
     #: Compile the prefill too (no CUDA graphs: its shapes vary): fuses the norms, rotary and
     #: activations that run eagerly at full prompt width.
     compile_prefill = True
+    #: Batch shapes compiled before dynamo gives up (it then runs the step eagerly).
+    shape_limit = 64
 
-    def __init__(self, *args, decode_attention: str | None = None, **kwargs):
+    def __init__(self, *args, decode_attention: str | None = None, fuse_projections: bool | None = None, **kwargs):
         """The decoding step's attention (``triton``, ``flex`` or ``sdpa``) from the argument, else
-        the settings (NERFLEET_DECODE_ATTENTION), else :func:`default_decode_attention`."""
+        the settings (NERFLEET_DECODE_ATTENTION), else :func:`default_decode_attention`.
+        ``fuse_projections`` (default NERFLEET_FUSE_PROJECTIONS) replaces the model by its fused
+        form (:func:`nerfleet.workers.fusion.fuse`): the model passed in gives its weights up."""
         from nerfleet.settings import get_settings
         from nerfleet.workers.attention import install
 
         super().__init__(*args, **kwargs)
+        if get_settings().fuse_projections if fuse_projections is None else fuse_projections:
+            from nerfleet.workers.fusion import fuse
+
+            self.model = fuse(self.model)
 
         self.decode_attention = (
             decode_attention or get_settings().decode_attention or default_decode_attention(self.model)
@@ -295,6 +303,11 @@ class CompiledEngine(BatchedEngine):
         self._step = None
         self._prefill = None
         self._cache = None
+        import torch._dynamo.config
+
+        # Each batch shape (rows, bucketed width) is compiled once; a worker meets many over a run.
+        # Past dynamo's limit (8 by default) it would silently run the step uncompiled.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, self.shape_limit)
 
     def _width(self, longest: int) -> int:
         return round_up(longest, self.bucket)
