@@ -44,10 +44,48 @@ def make_model(folder: Path, corpus: Path, arch: str) -> None:
     cls, kwargs, _ = ARCHS[arch]
     config = cls(**{**kwargs, "vocab_size": 32000})
     config.eos_token_id = fast.eos_token_id
-    with torch.device("cuda"):
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
+
+
+def timeline(db_path: Path, run_id: str) -> dict:
+    """Where the run's time went, from the database's own timestamps: from the run's creation to
+    its stored aggregation, the batches' generation (each batch's rows are stored together, each
+    row holding its share of the batch's engine time) and what lies between them."""
+    import sqlite3
+    from datetime import datetime
+
+    db = sqlite3.connect(db_path)
+    t = datetime.fromisoformat
+    created, aggregated = db.execute("SELECT created_at, aggregated_at FROM run WHERE id = ?", (run_id,)).fetchone()
+    rows = db.execute("SELECT created_at, latency_s, output_tokens FROM generation ORDER BY created_at").fetchall()
+    batches: list[list] = []  # [stored at, engine seconds, tokens, jobs]
+    for at, latency, tokens in rows:
+        at = t(at)
+        if batches and (at - batches[-1][0]).total_seconds() < 0.5:
+            batches[-1][1:] = [batches[-1][1] + latency, batches[-1][2] + tokens, batches[-1][3] + 1]
+        else:
+            batches.append([at, latency, tokens, 1])
+    start, end = t(created), t(aggregated)
+    wall = (end - start).total_seconds()
+    generating = sum(b[1] for b in batches)
+    before = (batches[0][0] - start).total_seconds() - batches[0][1]
+    between = sum((b[0] - a[0]).total_seconds() - b[1] for a, b in zip(batches, batches[1:]))
+    after = (end - batches[-1][0]).total_seconds()
+    return {
+        "jobs": len(rows),
+        "batches": len(batches),
+        "wall_seconds": wall,
+        "generation_seconds": generating,
+        "generated_tokens": sum(b[2] for b in batches),
+        "fleet_tokens_per_s": sum(b[2] for b in batches) / wall,
+        "share_not_generating": 1 - generating / wall,
+        "seconds_before_first_batch": before,
+        "seconds_between_batches": between,
+        "seconds_last_batch_to_aggregated": after,
+    }
 
 
 def main() -> None:
@@ -99,12 +137,13 @@ def main() -> None:
     import torch
 
     torch.cuda.empty_cache()
+    gpu = ["--gpu", "0"] if torch.cuda.is_available() else []
     cli = [sys.executable, "-m", "nerfleet.cli"]
     subprocess.run([*cli, "corpus", "build", str(args.corpus)], env=env, check=True)
     print("corpus built; starting the worker", flush=True)
     log = open(work / "worker.log", "w")
     worker = subprocess.Popen(
-        [*cli, "worker", "--model", str(model_dir), "--gpu", "0", "--engine", args.engine, "--loglevel", "WARNING"],
+        [*cli, "worker", "--model", str(model_dir), *gpu, "--engine", args.engine, "--loglevel", "WARNING"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -155,24 +194,15 @@ def main() -> None:
         worker.terminate()
         worker.wait(timeout=60)
         redis.terminate()
-    import sqlite3
-
-    db = sqlite3.connect(work / "nerfleet.db")
-    busy, tokens, n, first, last = db.execute(
-        "SELECT SUM(latency_s), SUM(output_tokens), COUNT(*), MIN(created_at), MAX(created_at) FROM generation"
-    ).fetchone()
     result = {
-        "device": torch.cuda.get_device_name(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "model": str(args.model) if args.model else f"random {args.arch}",
         "engine": args.engine,
-        "jobs": n,
         "batch": args.batch,
         "new_tokens": args.new,
-        "wall_seconds_enqueue_to_aggregated": wall,
-        "generation_seconds": busy,
-        "generated_tokens": tokens,
-        "fleet_tokens_per_s": tokens / wall,
-        "share_not_generating": 1 - busy / wall,
+        # from `nerfleet run` starting to the aggregation seen by polling the CLI (1 s apart)
+        "wall_seconds_observed": wall,
+        **timeline(work / "nerfleet.db", run_id),
         "status": st,
     }
     print(json.dumps(result, indent=1))

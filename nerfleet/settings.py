@@ -37,8 +37,8 @@ class Settings(BaseSettings):
     #: a document's tokens do not depend on its batch, in bf16 too (nerfleet.workers.invariant).
     batch_invariant: bool = False
     #: The compiled engine runs Llama/Mistral models with Q/K/V and gate/up each as one product
-    #: (as Phi-3; nerfleet.workers.fusion).
-    fuse_projections: bool = False
+    #: (as Phi-3; nerfleet.workers.fusion); None: on CUDA wherever the model allows it.
+    fuse_projections: bool | None = None
     broker_use_ssl: bool = False
     redis_ssl_cert_reqs: str = "required"
 

@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, update
+from sqlalchemy import String, and_, cast, func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel, select
 
 from nerfleet.storage.tables import Generation, Job, Run, RunJob, utcnow
 
 FINAL = ("done", "failed")
+
+#: The error of a job failed for its attempts: SQL, so that one statement writes each row's count.
+_gave_up = "gave up after " + cast(Job.attempts, String) + " attempts (worker lost or crashed)"
 
 
 def job_hash(model_fingerprint: str, chat: bool | None, prompt_hash: str, text: str, params: dict[str, Any]) -> str:
@@ -66,41 +69,33 @@ def claim(
     Each UPDATE is conditional, so two workers never both claim one job.
     """
     now = utcnow()
-    claimed, failed = [], []
     free = or_(Job.state == "queued", and_(Job.state == "running", Job.lease_until < now))
-    hashes = list(hashes)
-    jobs = {j.hash: j for j in session.exec(select(Job).where(Job.hash.in_(hashes)))}  # one read for the batch
-    for h in hashes:
-        job = jobs.get(h)
-        if job is None or job.model != model:
-            continue
-        if job.attempts >= max_attempts:
-            res = session.exec(
-                update(Job)
-                .where(Job.hash == h, free)
-                .values(
-                    state="failed",
-                    error=f"gave up after {job.attempts} attempts (worker lost or crashed)",
-                    updated_at=now,
-                )
-            )
-            if res.rowcount:
-                failed.append(h)
-            continue
-        res = session.exec(
-            update(Job)
-            .where(Job.hash == h, free)
-            .values(
-                state="running",
-                attempts=Job.attempts + 1,
-                lease_until=now + timedelta(seconds=lease_s),
-                worker=worker,
-                updated_at=now,
-            )
+    mine = and_(Job.hash.in_(list(hashes)), Job.model == model, free)
+    # Two statements for the whole batch; each row's update is conditional, so a job another
+    # worker holds (or has finished) is left alone.
+    failed = session.exec(
+        update(Job)
+        .where(mine, Job.attempts >= max_attempts)
+        .values(state="failed", error=_gave_up, updated_at=now)
+        .returning(Job.hash)
+    ).all()
+    rows = session.exec(
+        update(Job)
+        .where(mine, Job.attempts < max_attempts)
+        .values(
+            state="running",
+            attempts=Job.attempts + 1,
+            lease_until=now + timedelta(seconds=lease_s),
+            worker=worker,
+            updated_at=now,
         )
-        if res.rowcount:
-            claimed.append(Claimed(h, job.prompt_hash, job.corpus_id, job.doc_id, json.loads(job.params_json)))
-    return claimed, failed
+        .returning(Job.hash, Job.prompt_hash, Job.corpus_id, Job.doc_id, Job.params_json)
+    ).all()
+    order = {h: i for i, h in enumerate(hashes)}
+    claimed = sorted(
+        (Claimed(h, p, c, d, json.loads(params)) for h, p, c, d, params in rows), key=lambda j: order[j.hash]
+    )
+    return claimed, sorted((row[0] for row in failed), key=order.__getitem__)
 
 
 def renew(session: Session, hashes: Sequence[str], worker: str, lease_s: int) -> int:

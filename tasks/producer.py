@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import update
+from sqlalchemy import and_, func, update
 from sqlmodel import select
 
 from nerfleet.evaluation.prompts import Prompt, load_prompt
@@ -15,7 +15,7 @@ from nerfleet.settings import get_settings
 from nerfleet.storage.corpus_store import get_corpus, load_documents
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.jobs import claim_aggregation, insert_ignore, job_hash
-from nerfleet.storage.tables import Job, PromptText, Run, RunJob, utcnow
+from nerfleet.storage.tables import Document, Job, PromptText, Run, RunJob, utcnow
 from nerfleet.workers.models import ModelSpec, resolve
 
 
@@ -127,8 +127,10 @@ def create_run(
         stmt = (
             select(Job.model, Job.hash, Job.state, Job.lease_until)
             .join(RunJob, RunJob.job_hash == Job.hash)
+            .join(Document, and_(Document.corpus_id == Job.corpus_id, Document.doc_id == Job.doc_id))
             .where(RunJob.run_id == run_id)
-            .order_by(Job.model, Job.prompt, Job.doc_id)
+            # Documents of similar length share a message, hence a batch: little padding.
+            .order_by(Job.model, Job.prompt, func.length(Document.text), Job.doc_id)
         )
         todo = []
         for model, h, state, lease in session.exec(stmt.execution_options(yield_per=s.enqueue_chunk)):

@@ -50,6 +50,28 @@ def test_chat_template_is_used_when_present(tiny):
     assert not tok.decode(raw).startswith("<s>user:")
 
 
+def test_a_batch_is_tokenized_at_once_as_each_prompt_alone(tiny):
+    """One tokenizer call for the batch gives each prompt's own ids (chat template or not), and a
+    document too long for the context is still cut and marked."""
+    from nerfleet.evaluation.prompts import SLOT
+
+    model, tok = tiny
+    reqs = [*requests(6), GenerationRequest("long", load_prompt("v1").template, "fever and cough. " * 400, 8)]
+    for chat in (True, False):
+        engine = SimpleEngine(model, tok, chat=chat, context=1024)
+        together = engine.encode_all(reqs)
+        for req, (ids, truncated) in zip(reqs, together):
+            prompt = req.template.replace(SLOT, req.text)
+            alone = (
+                tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+                if chat
+                else tok(prompt)
+            )["input_ids"]
+            assert truncated == (req.key == "long")
+            assert ids == (list(alone) if not truncated else ids) and len(ids) <= 1024 - req.max_new_tokens
+        assert together[-1][0] == engine.encode(reqs[-1])[0]
+
+
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(LookupError, match="unknown model 'no-such-model'"):
         resolve("no-such-model")
@@ -260,7 +282,7 @@ def test_fused_projections_give_the_reference_tokens(tiny_models):
     weights, the same tokens as the reference in float32."""
     from nerfleet.workers.engine import CompiledEngine
 
-    model, tok = load(resolve(str(tiny_models["tiny-a"])), device="cpu", dtype="float32")  # fusing takes it
+    model, tok = load(resolve(str(tiny_models["tiny-a"])), device="cpu", dtype="float32")
     params = sum(p.numel() for p in model.parameters())
     reqs = requests(n=4, max_new_tokens=16)
     simple = SimpleEngine(model, tok).generate(reqs)
@@ -271,6 +293,12 @@ def test_fused_projections_give_the_reference_tokens(tiny_models):
         model.config.num_attention_heads + 2 * model.config.num_key_value_heads
     ) * (model.config.hidden_size // model.config.num_attention_heads)
     assert [r.output for r in engine.generate(reqs)] == [r.output for r in simple]
+    # the weights are held once: the model passed in works on, its projections views of the fused ones
+    attn = model.model.layers[0].self_attn
+    assert attn.k_proj.weight.untyped_storage().data_ptr() == (
+        engine.model.model.layers[0].self_attn.qkv_proj.weight.untyped_storage().data_ptr()
+    )
+    assert [r.output for r in SimpleEngine(model, tok).generate(reqs)] == [r.output for r in simple]
 
 
 def test_models_that_cannot_be_fused_are_refused_in_one_line():

@@ -172,3 +172,29 @@ def test_exactly_once_with_two_workers_and_forced_redelivery(fleet, tiny_models)
         assert len(s.exec(select(Generation)).all()) == 15
         assert s.get(Run, plan.run_id).aggregation_count == 1
     assert all(j.attempts == 1 for j in _jobs(plan.run_id))
+
+
+def test_messages_hold_documents_of_similar_length(fleet, tiny_models, monkeypatch):
+    """The producer sends each prompt's jobs shortest document first, so a message (one batch on
+    the GPU) pads little; no worker is needed to see the messages it sends."""
+    from nerfleet.storage.tables import Document
+    from nerfleet.tasks import dispatch
+
+    sent: list[list[str]] = []
+    real = dispatch.enqueue_jobs
+
+    def spy(app, run_id, jobs, *args, **kwargs):
+        jobs = list(jobs)
+        sent.append([h for _, h in jobs])
+        return real(app, run_id, jobs, *args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "enqueue_jobs", spy)
+    plan = fleet.run([tiny_models["tiny-a"]], prompts=("v1", "v2"), limit=8)
+    with session_scope() as s:
+        jobs = {j.hash: j for j in s.exec(select(Job))}
+        length = {(d.corpus_id, d.doc_id): len(d.text) for d in s.exec(select(Document))}
+    order = [jobs[h] for chunk in sent for h in chunk]
+    assert len(order) == plan.total == 16
+    for prompt in ("v1", "v2"):
+        lengths = [length[(j.corpus_id, j.doc_id)] for j in order if j.prompt == prompt]
+        assert len(lengths) == 8 and lengths == sorted(lengths) and lengths[0] < lengths[-1]

@@ -96,3 +96,4 @@ def test_expired_lease_can_be_reclaimed_and_attempts_counted(db):
         got, failed = claim(s, ["j0"], "m", "w3", lease_s=60, max_attempts=2)
         assert got == [] and failed == ["j0"]
         assert s.get(Job, "j0").state == "failed"
+        assert s.get(Job, "j0").error == "gave up after 2 attempts (worker lost or crashed)"

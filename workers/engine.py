@@ -77,24 +77,35 @@ class SimpleEngine:
 
     def encode(self, req: GenerationRequest) -> tuple[list[int], bool]:
         """Prompt ids; the document is cut (and ``truncated`` set) to fit the context."""
-        ids = self._ids(req.template.replace(SLOT, req.text))
+        return self.encode_all([req])[0]
+
+    def encode_all(self, reqs: Sequence[GenerationRequest]) -> list[tuple[list[int], bool]]:
+        """:meth:`encode` for many requests with one tokenizer call (batched, in parallel in a
+        fast tokenizer): the GPU waits while a batch is tokenized."""
+        prompts = self._ids([req.template.replace(SLOT, req.text) for req in reqs])
+        return [
+            (ids, False) if len(ids) <= self.context - req.max_new_tokens else self._cut(req, len(ids))
+            for req, ids in zip(reqs, prompts)
+        ]
+
+    def _cut(self, req: GenerationRequest, length: int) -> tuple[list[int], bool]:
         limit = self.context - req.max_new_tokens
-        if len(ids) <= limit:
-            return ids, False
         doc_ids = self.tokenizer(req.text, add_special_tokens=False)["input_ids"]
-        keep = len(doc_ids) - (len(ids) - limit) - 8
+        keep = len(doc_ids) - (length - limit) - 8
         if keep <= 0:
             raise ValueError(f"prompt template alone exceeds the model's context of {self.context} tokens")
         text = self.tokenizer.decode(doc_ids[:keep])
-        return self._ids(req.template.replace(SLOT, text))[:limit], True
+        return self._ids([req.template.replace(SLOT, text)])[0][:limit], True
 
-    def _ids(self, prompt: str) -> list[int]:
+    def _ids(self, prompts: list[str]) -> list[list[int]]:
+        if not prompts:
+            return []
         if self.chat:
             out = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+                [[{"role": "user", "content": p}] for p in prompts], add_generation_prompt=True, tokenize=True
             )
-            return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
-        return self.tokenizer(prompt)["input_ids"]
+            return [list(x) for x in (out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)]
+        return [list(x) for x in self.tokenizer(prompts)["input_ids"]]
 
     #: Extra arguments for ``model.generate`` (the compiled engine sets a static cache).
     generate_kwargs: dict = {}
@@ -171,7 +182,7 @@ class BatchedEngine(SimpleEngine):
         self.batch_size = batch_size
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        encoded = [(req, *self.encode(req)) for req in requests]
+        encoded = [(req, *enc) for req, enc in zip(requests, self.encode_all(requests))]
         # Longest first: an out-of-memory shows in the first batch; similar lengths pad little.
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][1]))
         results: list[GenerationResult | None] = [None] * len(encoded)
@@ -278,15 +289,19 @@ class CompiledEngine(BatchedEngine):
     def __init__(self, *args, decode_attention: str | None = None, fuse_projections: bool | None = None, **kwargs):
         """The decoding step's attention (``triton``, ``flex`` or ``sdpa``) from the argument, else
         the settings (NERFLEET_DECODE_ATTENTION), else :func:`default_decode_attention`.
-        ``fuse_projections`` (default NERFLEET_FUSE_PROJECTIONS) replaces the model by its fused
-        form (:func:`nerfleet.workers.fusion.fuse`): the model passed in gives its weights up."""
+        ``fuse_projections`` (default NERFLEET_FUSE_PROJECTIONS, else on CUDA where the model
+        allows it) runs the model as its fused form (:func:`nerfleet.workers.fusion.fuse`), which
+        shares the weights of the model passed in."""
         from nerfleet.settings import get_settings
         from nerfleet.workers.attention import install
+        from nerfleet.workers.fusion import fuse, fusion_refusal
 
         super().__init__(*args, **kwargs)
-        if get_settings().fuse_projections if fuse_projections is None else fuse_projections:
-            from nerfleet.workers.fusion import fuse
-
+        if fuse_projections is None:
+            fuse_projections = get_settings().fuse_projections
+        if fuse_projections is None:
+            fuse_projections = str(self.model.device).startswith("cuda") and fusion_refusal(self.model) is None
+        if fuse_projections:
             self.model = fuse(self.model)
 
         self.decode_attention = (

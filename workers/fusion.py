@@ -63,8 +63,9 @@ def phi3_config(config):
 
 
 def fuse(model):
-    """A Phi-3 model with ``model``'s weights, Q/K/V and gate/up concatenated; ``model`` is left
-    without parameters (they move, so the peak is one layer's fused copy above the model)."""
+    """A Phi-3 model sharing ``model``'s weights: each layer's Q/K/V (and gate/up) weights are
+    concatenated into one tensor, and ``model``'s own projections become views of it, so both
+    models work and the weights are held once (the peak is one layer's copy above the model)."""
     import torch
     from transformers import Phi3ForCausalLM
 
@@ -75,17 +76,13 @@ def fuse(model):
         fused = Phi3ForCausalLM(phi3_config(model.config))
     state = dict(model.state_dict())
     for i in range(model.config.num_hidden_layers):
-        p = f"model.layers.{i}."
-        attn, mlp = p + "self_attn.", p + "mlp."
-        state[attn + "qkv_proj.weight"] = torch.cat(
-            [state.pop(attn + f"{x}_proj.weight") for x in ("q", "k", "v")], dim=0
-        )
-        state[mlp + "gate_up_proj.weight"] = torch.cat(
-            [state.pop(mlp + f"{x}_proj.weight") for x in ("gate", "up")], dim=0
-        )
-        for name in (attn + "q_proj", attn + "k_proj", attn + "v_proj", mlp + "gate_proj", mlp + "up_proj"):
-            module = model.get_submodule(name)
-            module.weight = None  # the separate copy is freed once its fused one exists
+        attn, mlp = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
+        state[attn + "qkv_proj.weight"] = _concatenate(model, [attn + "q_proj", attn + "k_proj", attn + "v_proj"])
+        state[mlp + "gate_up_proj.weight"] = _concatenate(model, [mlp + "gate_proj", mlp + "up_proj"])
+        for name in ("q", "k", "v"):
+            del state[attn + f"{name}_proj.weight"]
+        for name in ("gate", "up"):
+            del state[mlp + f"{name}_proj.weight"]
     if fused.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     missing, unexpected = fused.load_state_dict(state, strict=False, assign=True)
@@ -99,3 +96,18 @@ def fuse(model):
         fused.model.rotary_emb = type(fused.model.rotary_emb)(fused.config)
     fused.generation_config = model.generation_config
     return fused.eval()
+
+
+def _concatenate(model, names: list[str]):
+    """One tensor of the named linear layers' weights (stacked by output); each layer's weight
+    becomes a view of its rows, so the separate tensors are freed."""
+    import torch
+
+    modules = [model.get_submodule(n) for n in names]
+    whole = torch.cat([m.weight.detach() for m in modules], dim=0)
+    start = 0
+    for m in modules:
+        rows = m.weight.shape[0]
+        m.weight = torch.nn.Parameter(whole[start : start + rows], requires_grad=m.weight.requires_grad)
+        start += rows
+    return whole
