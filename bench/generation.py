@@ -142,7 +142,7 @@ def bench_arch(
         "floor_tokens_per_s": batch * new / floor_s,
     }
 
-    plain = SimpleEngine(model, tok)
+    plain = SimpleEngine(model, tok, invariant=False)  # plain transformers: torch's own kernels
     # Best of several: plain generate's speed varies between runs (1,393 and 1,537 tok/s for
     # Mistral-7B on one machine), and nerfleet's row is a best of two as well.
     plain_times = [timed(plain, ids, new)[:2] for _ in range(plain_runs)]

@@ -2,8 +2,9 @@
 
 Counts the documents whose outputs are identical to the simple engine's, and compares the metrics
 that the three sets of outputs get (bf16 batching may flip near-ties; ``--dtype float32`` shows
-whether any difference is more than rounding). ``--invariant`` runs the simple and batched engines
-with the batch-invariant kernels (NERFLEET_BATCH_INVARIANT; the compiled engine has none).
+whether any difference is more than rounding). ``--invariant`` / ``--no-invariant`` turns the
+batch-invariant kernels of the simple and batched engines on or off; by default they are as in a
+worker (NERFLEET_BATCH_INVARIANT, else on wherever they run; the compiled engine has none).
 
     python bench/same_answers.py --model PATH/SmolLM2-135M-Instruct.Q4_1.gguf --corpus PATH --docs 50
 """
@@ -86,7 +87,12 @@ def main() -> None:
     ap.add_argument("--prompt", default="v2")
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    ap.add_argument("--invariant", action="store_true", help="batch-invariant kernels (simple, batched)")
+    ap.add_argument(
+        "--invariant",
+        action=argparse.BooleanOptionalAction,
+        help="batch-invariant kernels for the simple and batched engines (default: as a worker, on where they run)",
+    )
+    ap.add_argument("--only", choices=["batched", "compiled"], help="compare the simple engine with this one only")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     build = build_corpus(args.corpus)
@@ -101,10 +107,14 @@ def main() -> None:
         ("simple", lambda: SimpleEngine(model, tok, invariant=args.invariant)),
         ("batched", lambda: BatchedEngine(model, tok, batch_size=len(reqs), invariant=args.invariant)),
     ]
-    if not args.invariant:
+    if args.invariant is not True:
         engines.append(("compiled", lambda: CompiledEngine(model, tok, batch_size=len(reqs))))
+    if args.only:
+        engines = [e for e in engines if e[0] in ("simple", args.only)]
+    invariant_used = {}
     for name, make in engines:
         engine = make()
+        invariant_used[name] = engine.invariant
         if name == "compiled":
             engine.generate(reqs[:2])  # compile outside the timing
         tokens[name] = record_tokens(engine)
@@ -123,7 +133,7 @@ def main() -> None:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "dtype": args.dtype,
-        "batch_invariant": args.invariant,
+        "batch_invariant": invariant_used,
         "documents": len(docs),
         "prompt": args.prompt,
         "new_tokens": args.new,

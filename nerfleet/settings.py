@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     decode_attention: Literal["triton", "flex", "sdpa"] | None = None
     #: Simple and batched engines compute every row with batch-invariant kernels (CUDA, Triton):
     #: a document's tokens do not depend on its batch, in bf16 too (nerfleet.workers.invariant).
-    batch_invariant: bool = False
+    #: None: on wherever it can run (CUDA with Triton, no sliding window); off for the compiled engine.
+    batch_invariant: bool | None = None
     #: The compiled engine runs Llama/Mistral models with Q/K/V and gate/up each as one product
     #: (as Phi-3; nerfleet.workers.fusion); None: on CUDA wherever the model allows it.
     fuse_projections: bool | None = None

@@ -147,3 +147,26 @@ def test_batched_equals_simple_in_bfloat16_in_invariant_mode(tiny_models, monkey
     model32, tok32 = load(resolve(str(tiny_models["tiny-b"])), device="cpu", dtype="float32")
     usual = SimpleEngine(model32, tok32, invariant=False).generate(reqs)
     assert [r.output for r in SimpleEngine(model32, tok32, invariant=True).generate(reqs)] == [r.output for r in usual]
+
+
+def test_the_mode_is_on_by_default_wherever_it_can_run(tiny_models):
+    """On by default on CUDA with Triton for models without a sliding window; never for the
+    compiled engine; off on the CPU (where the interpreter would run every kernel in Python)."""
+    from types import SimpleNamespace
+
+    from transformers import MistralConfig
+
+    from nerfleet.workers.engine import CompiledEngine, SimpleEngine
+    from nerfleet.workers.invariant import by_default
+    from nerfleet.workers.models import load, resolve
+    from nerfleet.workers.triton_support import triton_missing
+
+    model, tok = load(resolve(str(tiny_models["tiny-a"])), device="cpu", dtype="float32")
+    assert not by_default(model) and not SimpleEngine(model, tok).invariant
+    # No GPU here: the rule alone is checked on a stand-in that says it lives on CUDA.
+    on_gpu = SimpleNamespace(device=torch.device("cuda", 0), config=model.config)
+    assert by_default(on_gpu) == (triton_missing() is None)
+    on_gpu.config = MistralConfig(sliding_window=4096)
+    assert not by_default(on_gpu)
+    assert not CompiledEngine(model, tok, decode_attention="sdpa").invariant
+    model.config._attn_implementation = "sdpa"

@@ -49,9 +49,10 @@ class SimpleEngine:
     def __init__(
         self, model, tokenizer, chat: bool | None = None, context: int | None = None, invariant: bool | None = None
     ):
-        """``invariant`` (default: NERFLEET_BATCH_INVARIANT) computes each document with the
+        """``invariant`` (default: NERFLEET_BATCH_INVARIANT, else wherever the mode can run:
+        :func:`nerfleet.workers.invariant.by_default`) computes each document with the
         batch-invariant kernels of :mod:`nerfleet.workers.invariant`: the same tokens alone or in
-        any batch, in bf16 too, for a loss of speed."""
+        any batch, in bf16 too."""
         self.model = model
         self.tokenizer = tokenizer
         self.chat = bool(tokenizer.chat_template) if chat is None else chat
@@ -62,6 +63,10 @@ class SimpleEngine:
             from nerfleet.settings import get_settings
 
             invariant = get_settings().batch_invariant
+        if invariant is None:
+            from nerfleet.workers.invariant import by_default
+
+            invariant = self.can_be_invariant and by_default(model)
         if invariant and not self.can_be_invariant:
             raise ValueError(
                 f"the {self.name} engine is not batch-invariant (the compiler chooses its kernels): "

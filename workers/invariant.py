@@ -207,6 +207,14 @@ def _mask(*args, **kwargs):
     return None if padding is None else first_live(padding, padding.shape[0], padding.device)
 
 
+def by_default(model) -> bool:
+    """Whether the mode is on when nothing asks for it: wherever it can run (CUDA with Triton, a
+    model without a sliding window), since a document's tokens should not depend on its batch."""
+    from nerfleet.workers.engine import has_sliding_window
+
+    return str(model.device).startswith("cuda") and triton_missing() is None and not has_sliding_window(model.config)
+
+
 def install(model) -> None:
     """Switch ``model`` to the batch-invariant attention (registered under ``NAME``)."""
     from nerfleet.workers.attention import use
