@@ -30,29 +30,45 @@ def seconds(fn) -> float:
     return time.perf_counter() - t
 
 
-def kernels(fn, title: str, rows: int) -> dict[str, tuple[int, float]]:
-    """Print the CUDA kernels of ``fn``; return name -> (calls, total µs)."""
+def kernels(fn, title: str, rows: int) -> None:
+    """Print the CUDA kernels of ``fn``."""
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
     averages = prof.key_averages()
     print(f"\n== {title}")
     print(averages.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=90))
-    return {e.key: (e.count, e.self_device_time_total) for e in averages if e.self_device_time_total > 0}
 
 
-def per_step(short: dict, long: dict, steps: int, rows: int) -> None:
-    """The decoding steps' own kernels: a run of ``steps`` more tokens minus the shorter run,
-    per step (calls and µs), so the prefill's kernels drop out."""
-    diff = {
-        k: ((n - short.get(k, (0, 0))[0]) / steps, (us - short.get(k, (0, 0))[1]) / steps)
-        for k, (n, us) in long.items()
-    }
-    diff = {k: v for k, v in diff.items() if v[0] > 0}
-    total_n, total_us = sum(v[0] for v in diff.values()), sum(v[1] for v in diff.values())
-    print(f"\n== per decoding step: {total_n:.0f} kernels, {total_us / 1000:.2f} ms of kernel time (profiled)")
-    for k, (n, us) in sorted(diff.items(), key=lambda kv: -kv[1][1])[:rows]:
-        print(f"{us:9.1f} µs {n:7.1f} calls  {us / max(n, 1e-9):7.2f} µs each  {k[:110]}")
+def step_kernels(eng: CompiledEngine, ids: list[list[int]], steps: int, rows: int) -> None:
+    """The kernels of the decoding steps alone, per step: the profiler starts at the first
+    decoding step of a run, after its prefill, and stops when the run ends, so each step's small
+    eager operations (argmax, EOS bookkeeping) count too. A run of more tokens minus a shorter
+    one does not isolate them: the cache length differs, so the prefills compile differently."""
+    step = eng._compiled_step()
+    prof = profile(activities=[ProfilerActivity.CUDA])
+
+    def profiled(**kwargs):
+        if not prof.profiler or not prof.profiler.enabled:
+            torch.cuda.synchronize()
+            prof.start()
+        return step(**kwargs)
+
+    eng._step = profiled
+    try:
+        eng._run(ids, steps + 1)
+        torch.cuda.synchronize()
+        prof.stop()
+    finally:
+        eng._step = step
+    found = [(e.key, e.count / steps, e.self_device_time_total / steps) for e in prof.key_averages()]
+    found = [f for f in found if f[2] > 0]
+    print(
+        f"\n== per decoding step ({steps} steps): {sum(f[1] for f in found):.0f} kernels, "
+        f"{sum(f[2] for f in found) / 1000:.2f} ms of kernel time (under the profiler)"
+    )
+    for key, calls, us in sorted(found, key=lambda f: -f[2])[:rows]:
+        print(f"{us:9.1f} µs {calls:7.1f} calls  {us / calls:7.2f} µs each  {key[:110]}")
 
 
 def main() -> None:
@@ -86,9 +102,8 @@ def main() -> None:
         f"{args.batch * args.new / full:,.0f} tok/s, {decode_ms:.2f} ms per decoding step",
         flush=True,
     )
-    short = kernels(lambda: eng._run(ids, 1), "prefill (compiled)", args.rows)
-    long = kernels(lambda: eng._run(ids, args.steps + 1), f"prefill + {args.steps} decoding steps", args.rows)
-    per_step(short, long, args.steps, 3 * args.rows)
+    kernels(lambda: eng._run(ids, 1), "prefill (compiled)", args.rows)
+    step_kernels(eng, ids, args.steps, 3 * args.rows)
 
 
 if __name__ == "__main__":
