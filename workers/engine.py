@@ -290,6 +290,9 @@ class CompiledEngine(BatchedEngine):
     compile_prefill = True
     #: Batch shapes compiled before dynamo gives up (it then runs the step eagerly).
     shape_limit = 64
+    #: torch.compile's ``dynamic``: False compiles each batch shape apart (the measured setting);
+    #: None and True share compiled code between shapes (``bench/compile_shapes.py``).
+    compile_dynamic: bool | None = False
 
     def __init__(self, *args, decode_attention: str | None = None, fuse_projections: bool | None = None, **kwargs):
         """The decoding step's attention (``triton``, ``flex`` or ``sdpa``) from the argument, else
@@ -337,7 +340,9 @@ class CompiledEngine(BatchedEngine):
             if str(self.model.device).startswith("cuda"):
                 from transformers import CompileConfig
 
-                self._step = self.model.get_compiled_call(CompileConfig(fullgraph=False, mode="reduce-overhead"))
+                self._step = self.model.get_compiled_call(
+                    CompileConfig(fullgraph=False, mode="reduce-overhead", dynamic=self.compile_dynamic)
+                )
             else:
                 self._step = self.model.__call__
         return self._step
@@ -381,7 +386,8 @@ class CompiledEngine(BatchedEngine):
         if self._prefill is None:
             import torch
 
-            self._prefill = torch.compile(self.model.forward, dynamic=False)  # a frame apart from the step's
+            # a frame apart from the step's
+            self._prefill = torch.compile(self.model.forward, dynamic=self.compile_dynamic)
         return self._prefill
 
     def _run(self, batch: list[list[int]], max_new_tokens: int) -> list[list[int]]:
