@@ -68,6 +68,8 @@ def timeline(db_path: Path, run_id: str) -> dict:
             batches[-1][1:] = [batches[-1][1] + latency, batches[-1][2] + tokens, batches[-1][3] + 1]
         else:
             batches.append([at, latency, tokens, 1])
+    if not batches or aggregated is None:
+        raise SystemExit(f"run {run_id}: {len(rows)} generations stored, aggregated at {aggregated}: nothing to time")
     start, end = t(created), t(aggregated)
     wall = (end - start).total_seconds()
     generating = sum(b[1] for b in batches)
