@@ -301,6 +301,30 @@ def test_fused_projections_give_the_reference_tokens(tiny_models):
     assert [r.output for r in SimpleEngine(model, tok).generate(reqs)] == [r.output for r in simple]
 
 
+@pytest.mark.parametrize("arch", ["llama-tied", "mistral-gqa"])
+def test_fused_model_computes_the_same_logits(arch):
+    """Both fusable architectures, with tied embeddings and with grouped-query attention."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    from nerfleet.workers.fusion import fuse
+
+    small = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8)
+    torch.manual_seed(0)
+    if arch == "llama-tied":
+        model = LlamaForCausalLM(LlamaConfig(**small, tie_word_embeddings=True, rope_theta=500000.0)).eval()
+    else:
+        model = MistralForCausalLM(MistralConfig(**small, num_key_value_heads=2, sliding_window=None)).eval()
+    ids = torch.randint(0, 300, (3, 20))
+    with torch.no_grad():
+        before = model(ids).logits
+        fused = fuse(model)
+        # the same products, only wider: equal up to float32 rounding (exactly equal on this machine)
+        torch.testing.assert_close(fused(ids).logits, before, rtol=0, atol=1e-5)
+        assert torch.equal(model(ids).logits, before)  # the original still works on the shared weights
+    assert fused.config.rope_parameters["rope_theta"] == model.config.rope_parameters["rope_theta"]
+
+
 def test_models_that_cannot_be_fused_are_refused_in_one_line():
     from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
