@@ -149,7 +149,7 @@ def test_batched_equals_simple_in_bfloat16_in_invariant_mode(tiny_models, monkey
     assert [r.output for r in SimpleEngine(model32, tok32, invariant=True).generate(reqs)] == [r.output for r in usual]
 
 
-def test_the_mode_is_on_by_default_wherever_it_can_run(tiny_models):
+def test_the_mode_is_on_by_default_wherever_it_can_run(tiny_models, monkeypatch):
     """On by default on CUDA with Triton for models without a sliding window; never for the
     compiled engine; off on the CPU (where the interpreter would run every kernel in Python)."""
     from types import SimpleNamespace
@@ -170,3 +170,20 @@ def test_the_mode_is_on_by_default_wherever_it_can_run(tiny_models):
     assert not by_default(on_gpu)
     assert not CompiledEngine(model, tok, decode_attention="sdpa").invariant
     model.config._attn_implementation = "sdpa"
+    # The engines follow the rule: where it says yes (here, through the interpreter), the simple
+    # and batched engines are invariant unless the settings say no, and the compiled one never is.
+    from nerfleet.settings import get_settings
+    from nerfleet.workers import invariant
+    from nerfleet.workers.engine import BatchedEngine
+
+    monkeypatch.setattr(invariant, "by_default", lambda m: True)
+    try:
+        assert SimpleEngine(model, tok).name == "simple+invariant"
+        assert BatchedEngine(model, tok).invariant
+        assert not CompiledEngine(model, tok, decode_attention="sdpa").invariant
+        monkeypatch.setenv("NERFLEET_BATCH_INVARIANT", "false")
+        get_settings.cache_clear()
+        assert not SimpleEngine(model, tok).invariant
+    finally:
+        get_settings.cache_clear()
+        model.config._attn_implementation = "sdpa"

@@ -13,6 +13,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from nerfleet.workers.triton_dot import dot
+
 
 @triton.jit
 def partial_kernel(
@@ -89,20 +91,14 @@ def partial_kernel(
         if FP32_DOT:
             kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)
-        if IEEE:  # float32 models: full-precision products (tl.dot's default on float32 is TF32)
-            s = tl.dot(qt, tl.trans(kt), input_precision="ieee") * scale
-        else:
-            s = tl.dot(qt, tl.trans(kt)) * scale
+        s = dot(qt, tl.trans(kt), tl.zeros((BM, BN), dtype=tl.float32), FP32_DOT, IEEE) * scale
         s = tl.where((in_range & is_key)[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(s - m_use[:, None])
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+        acc = acc * alpha[:, None] + dot(p.to(vt.dtype), vt, tl.zeros((BM, BD), dtype=tl.float32), FP32_DOT, IEEE)
         m_i = m_new
     out_mask = row_ok[:, None] & (dims[None, :] < D)
     if FINAL:

@@ -3,8 +3,7 @@
 Imported only when the batch-invariant mode is on (:mod:`nerfleet.workers.invariant`), because it
 needs ``triton``. Under ``TRITON_INTERPRET=1`` they run on the CPU (slowly; for tests); the
 interpreter cannot multiply bf16 tiles, so ``FP32_DOT`` widens them to float32 first there, and
-multiplies tiles as a sum of products (:func:`dot`): its ``tl.dot`` is numpy's matmul, whose
-OpenBLAS rounds a row differently by its position in the tile.
+tiles are multiplied by :func:`nerfleet.workers.triton_dot.dot`, in one order for every row.
 """
 
 from __future__ import annotations
@@ -12,16 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def dot(x, y, acc, FP32_DOT: tl.constexpr, IEEE: tl.constexpr):
-    """``acc + x @ y`` in an order that is the same for every row of ``x``."""
-    if FP32_DOT:  # the interpreter: one fixed summation order per output, whatever the row
-        return acc + tl.sum(x.to(tl.float32)[:, :, None] * y.to(tl.float32)[None, :, :], axis=1)
-    elif IEEE:
-        return tl.dot(x, y, acc, input_precision="ieee")
-    else:
-        return tl.dot(x, y, acc)
+from nerfleet.workers.triton_dot import dot
 
 
 @triton.jit
@@ -154,25 +144,14 @@ def attention_kernel(
         if FP32_DOT:
             kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)
-            s = dot(qt, tl.trans(kt), tl.zeros((BM, BN), dtype=tl.float32), FP32_DOT, IEEE)
-        elif IEEE:
-            s = tl.dot(qt, tl.trans(kt), input_precision="ieee")
-        else:
-            s = tl.dot(qt, tl.trans(kt))
-        s = s * scale
+        s = dot(qt, tl.trans(kt), tl.zeros((BM, BN), dtype=tl.float32), FP32_DOT, IEEE) * scale
         s = tl.where((offs_n[None, :] <= last[:, None]) & (offs_n[None, :] < Lk), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp(s - m_use[:, None])
         alpha = tl.exp(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        if FP32_DOT:
-            pv = dot(p, vt, tl.zeros((BM, BD), dtype=tl.float32), FP32_DOT, IEEE)
-        elif IEEE:
-            pv = tl.dot(p.to(vt.dtype), vt, input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(vt.dtype), vt)
-        acc = acc * alpha[:, None] + pv
+        acc = acc * alpha[:, None] + dot(p.to(vt.dtype), vt, tl.zeros((BM, BD), dtype=tl.float32), FP32_DOT, IEEE)
         m_i = m_new
     acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # a padding query sees no key: zeros
     tl.store(
