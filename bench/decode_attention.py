@@ -21,6 +21,9 @@ from timing import seconds_per_call as timed  # bench/, the script's folder
 from nerfleet.workers import decoding
 from nerfleet.workers.attention import _flex, block_mask, gqa_attention
 
+#: Key splits per row swept (None: as the op plans them for this GPU).
+SPLITS = (None, 2, 3, 4)
+
 SHAPES = {  # name: batch, query heads, key/value heads, head width
     "mistral-7b b128": (128, 32, 8, 128),
     "llama-2-7b b64": (64, 32, 32, 128),
@@ -79,15 +82,15 @@ def sweep(name: str, total: int, filled: int) -> list[dict]:
     rows = []
     saved = decoding.KEY_TILE, decoding.NUM_WARPS, decoding.NUM_STAGES
     try:
-        for tile, warps, stages in itertools.product((32, 64, 128), (4, 8), (2, 3, 4)):
+        for tile, warps, stages, splits in itertools.product((32, 64, 128), (4, 8), (2, 3, 4), SPLITS):
             decoding.KEY_TILE, decoding.NUM_WARPS, decoding.NUM_STAGES = tile, warps, stages
+            config = {"tile": tile, "warps": warps, "stages": stages, "splits": splits or "planned"}
             try:
-                seconds = timed(lambda: decoding.attend(q, k, v, live, bounds, shape[3] ** -0.5))
+                seconds = timed(lambda n=splits: decoding.attend(q, k, v, live, bounds, shape[3] ** -0.5, splits=n))
             except Exception as exc:  # out of shared memory is a result here
-                rows.append({"tile": tile, "warps": warps, "stages": stages, "error": type(exc).__name__})
+                rows.append(config | {"error": type(exc).__name__})
                 continue
-            speed = {"us": seconds * 1e6, "tb_per_s": nbytes / seconds / 1e12}
-            rows.append({"tile": tile, "warps": warps, "stages": stages} | speed)
+            rows.append(config | {"us": seconds * 1e6, "tb_per_s": nbytes / seconds / 1e12})
     finally:
         decoding.KEY_TILE, decoding.NUM_WARPS, decoding.NUM_STAGES = saved
     return rows
@@ -109,10 +112,10 @@ def main() -> None:
         print(f"{r['shape']:<20}{'yes' if r['left_padding'] else 'no':>5}  " + "".join(f"{c:>30}" for c in cells))
     tuning = {name: sweep(name, 896, 768) for name in ("mistral-7b b128", "smollm2-135m b128")}
     for name, results in tuning.items():
-        print(f"\ntriton sweep, {name}: tile warps stages -> us")
+        print(f"\ntriton sweep, {name}: tile warps stages splits -> us")
         for t in sorted(results, key=lambda t: t.get("us", 1e9)):
             speed = f"{t['us']:.1f}" if "us" in t else t["error"]
-            print(f"  {t['tile']:>4} {t['warps']:>2} {t['stages']:>2}  {speed}")
+            print(f"  {t['tile']:>4} {t['warps']:>2} {t['stages']:>2} {t['splits']:>7}  {speed}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}

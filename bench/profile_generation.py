@@ -40,11 +40,14 @@ def kernels(fn, title: str, rows: int) -> None:
     print(averages.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=90))
 
 
-def step_kernels(eng: CompiledEngine, ids: list[list[int]], steps: int, rows: int) -> None:
+def step_kernels(eng: CompiledEngine, ids: list[list[int]], new: int, rows: int) -> None:
     """The kernels of the decoding steps alone, per step: the profiler starts at the first
     decoding step of a run, after its prefill, and stops when the run ends, so each step's small
     eager operations (argmax, EOS bookkeeping) count too. A run of more tokens minus a shorter
-    one does not isolate them: the cache length differs, so the prefills compile differently."""
+    one does not isolate them: the cache length differs, so the prefills compile differently.
+    The run must be of an already compiled shape (``new`` as timed), else the window holds the
+    new shape's compilation, CUDA-graph warm-up and recording."""
+    steps = new - 1
     step = eng._compiled_step()
     prof = profile(activities=[ProfilerActivity.CUDA])
 
@@ -56,8 +59,10 @@ def step_kernels(eng: CompiledEngine, ids: list[list[int]], steps: int, rows: in
 
     eng._step = profiled
     try:
-        eng._run(ids, steps + 1)
+        t = time.perf_counter()
+        eng._run(ids, new)
         torch.cuda.synchronize()
+        wall = time.perf_counter() - t
         prof.stop()
     finally:
         eng._step = step
@@ -65,7 +70,8 @@ def step_kernels(eng: CompiledEngine, ids: list[list[int]], steps: int, rows: in
     found = [f for f in found if f[2] > 0]
     print(
         f"\n== per decoding step ({steps} steps): {sum(f[1] for f in found):.0f} kernels, "
-        f"{sum(f[2] for f in found) / 1000:.2f} ms of kernel time (under the profiler)"
+        f"{sum(f[2] for f in found) / 1000:.2f} ms of kernel time (under the profiler; the whole run "
+        f"{wall:.2f} s with its prefill)"
     )
     for key, calls, us in sorted(found, key=lambda f: -f[2])[:rows]:
         print(f"{us:9.1f} µs {calls:7.1f} calls  {us / calls:7.2f} µs each  {key[:110]}")
@@ -77,7 +83,6 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--prompt", type=int, default=640)
     ap.add_argument("--new", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--rows", type=int, default=25)
     args = ap.parse_args()
     cls, kwargs, _ = ARCHS[args.arch]
@@ -103,7 +108,7 @@ def main() -> None:
         flush=True,
     )
     kernels(lambda: eng._run(ids, 1), "prefill (compiled)", args.rows)
-    step_kernels(eng, ids, args.steps, 3 * args.rows)
+    step_kernels(eng, ids, args.new, 3 * args.rows)
 
 
 if __name__ == "__main__":
