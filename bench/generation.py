@@ -199,6 +199,15 @@ def main() -> None:
         return
     bw, flops = measure_copy_bandwidth(), measure_matmul_rate()
     rows = []
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "copy_bandwidth_bytes_per_s": bw,
+        "bf16_matmul_flops": flops,
+        "rows": rows,
+    }
     for name in args.arch or ["mistral-7b", "llama-2-7b", "smollm2-135m"]:
         # One process per architecture: compiled graphs keep private memory pools until exit.
         with tempfile.TemporaryDirectory() as tmp:
@@ -225,18 +234,9 @@ def main() -> None:
             subprocess.run(cmd, check=True)
             rows.append(json.loads(Path(f"{tmp}/row.json").read_text()))
         print(json.dumps(rows[-1]), flush=True)
-    result = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "copy_bandwidth_bytes_per_s": bw,
-        "bf16_matmul_flops": flops,
-        "rows": rows,
-    }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+        if args.out:  # after each architecture: a run cut short keeps the rows it finished
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2))
     print(
         f"\n{result['device']}, torch {result['torch']}, transformers {result['transformers']}; "
         f"copy {bw / 1e12:.2f} TB/s, bf16 matmul {flops / 1e12:.0f} TFLOP/s"
