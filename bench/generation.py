@@ -174,6 +174,7 @@ def bench_arch(
     row["sdpa_backend"] = os.environ.get("NERFLEET_SDPA_BACKEND", "default")
     row["decode_attention"] = fast.decode_attention
     row["fused_projections"] = type(fast.model).__name__ == "Phi3ForCausalLM"
+    row["last_position_prefill"] = fast._last_position
     row["speedup_vs_plain"] = row["nerfleet_tokens_per_s"] / row["plain_tokens_per_s"]
     row["share_of_floor"] = row["nerfleet_tokens_per_s"] / row["floor_tokens_per_s"]
     del model, fast, plain

@@ -2,6 +2,8 @@
 of the prefill and of the decoding steps (random-weight model of a study architecture).
 
     python bench/profile_generation.py --arch mistral-7b --batch 128
+    python bench/profile_generation.py --arch mistral-7b --no-last-position      # A/B of the prefill shortcut
+    python bench/profile_generation.py --arch mistral-7b --prefill-mode max-autotune-no-cudagraphs
 """
 
 from __future__ import annotations
@@ -84,7 +86,16 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=640)
     ap.add_argument("--new", type=int, default=256)
     ap.add_argument("--rows", type=int, default=25)
+    ap.add_argument(
+        "--last-position",
+        action=argparse.BooleanOptionalAction,
+        default=CompiledEngine.last_position_prefill,
+        help="the prefill's last layer after attention at the last position only",
+    )
+    ap.add_argument("--prefill-mode", help="torch.compile mode of the prefill (e.g. max-autotune-no-cudagraphs)")
     args = ap.parse_args()
+    CompiledEngine.last_position_prefill = args.last_position
+    CompiledEngine.prefill_compile_mode = args.prefill_mode
     cls, kwargs, _ = ARCHS[args.arch]
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -93,7 +104,11 @@ def main() -> None:
     tok = SimpleNamespace(pad_token_id=0, chat_template=None)
     ids = torch.randint(1, kwargs["vocab_size"], (args.batch, args.prompt)).tolist()
     eng = CompiledEngine(model, tok, batch_size=args.batch)
-    print(f"model {type(eng.model).__name__}, decoding attention {eng.decode_attention}", flush=True)
+    print(
+        f"model {type(eng.model).__name__}, decoding attention {eng.decode_attention}, last layer at the last "
+        f"position only: {eng._last_position}, prefill compile mode {eng.prefill_compile_mode}",
+        flush=True,
+    )
     eng.compile_prefill = False
     print(f"warm-up (decode step compile) {seconds(lambda: eng._run(ids, 8)):.1f} s", flush=True)
     eager = min(seconds(lambda: eng._run(ids, 1)) for _ in range(2))

@@ -335,3 +335,73 @@ def test_models_that_cannot_be_fused_are_refused_in_one_line():
         fuse(LlamaForCausalLM(LlamaConfig(**small, attention_bias=True)))
     with pytest.raises(ValueError, match="MistralForCausalLM with a sliding window"):
         fuse(MistralForCausalLM(MistralConfig(**small, sliding_window=16)))
+
+
+def _small(arch: str):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    from nerfleet.workers.fusion import fuse
+
+    small = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8)
+    torch.manual_seed(0)
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(**small)).eval()
+    mistral = MistralForCausalLM(MistralConfig(**small, num_key_value_heads=2, sliding_window=None)).eval()
+    return fuse(mistral) if arch == "phi3-fused" else mistral
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "phi3-fused"])
+def test_prefill_last_layer_at_the_last_position_gives_the_same_logits_and_cache(arch):
+    """The shortcut changes what is computed, not what comes out: the last position's logits and
+    every layer's cached keys and values equal a full prefill's; outside it, every position."""
+    import torch
+    from transformers import DynamicCache
+
+    from nerfleet.workers.prefill import last_position_only
+
+    model = _small(arch)
+    ids = torch.randint(1, 300, (3, 20))
+    mask = torch.ones_like(ids)
+    mask[1, :7] = 0  # a left-padded row
+    seen = []
+    model.model.layers[-1].mlp.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    with torch.no_grad():
+        full_cache, short_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
+        full = model(ids, attention_mask=mask, past_key_values=full_cache, logits_to_keep=1).logits
+        with last_position_only(model):
+            short = model(ids, attention_mask=mask, past_key_values=short_cache, logits_to_keep=1).logits
+        assert model(ids).logits.shape[1] == 20
+    assert seen == [20, 1, 20]
+    torch.testing.assert_close(short, full, rtol=0, atol=1e-5)
+    for a, b in zip(full_cache.layers, short_cache.layers, strict=True):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_compiled_engine_prefills_the_last_layer_at_the_last_position_only(tiny):
+    from nerfleet.workers.engine import CompiledEngine
+
+    model, tok = tiny
+    reqs = requests(n=3, max_new_tokens=6)
+    widths = {}
+    for shortcut in (True, False):
+        cls = type("Engine", (CompiledEngine,), {"last_position_prefill": shortcut})
+        engine = cls(model, tok, batch_size=3, decode_attention="sdpa")
+        seen = []
+        mlp = engine.model.model.layers[-1].mlp
+        hook = mlp.register_forward_hook(lambda m, a, o, seen=seen: seen.append(a[0].shape[1]))
+        outputs = [r.output for r in engine.generate(reqs)]
+        hook.remove()
+        widths[shortcut] = seen[0]
+        assert set(seen[1:]) == {1}  # the decoding steps
+    assert widths[True] == 1 and widths[False] > 1
+    assert outputs == [r.output for r in SimpleEngine(model, tok).generate(reqs)]
+
+
+def test_the_last_position_shortcut_is_refused_in_one_line():
+    from nerfleet.workers.prefill import last_position_only, last_position_refusal
+
+    assert last_position_refusal(_small("llama")) is None
+    with pytest.raises(ValueError, match="^cannot run the last layer at the last position only: object has no"):
+        with last_position_only(object()):
+            pass

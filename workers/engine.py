@@ -293,6 +293,13 @@ class CompiledEngine(BatchedEngine):
     #: torch.compile's ``dynamic``: False compiles each batch shape apart (the measured setting);
     #: None and True share compiled code between shapes (``bench/compile_shapes.py``).
     compile_dynamic: bool | None = False
+    #: Run the prefill's last layer after its attention at the last position only
+    #: (:mod:`nerfleet.workers.prefill`), where the model's layers allow it.
+    last_position_prefill = True
+    #: torch.compile's ``mode`` for the prefill (None: inductor's default; no CUDA graphs either
+    #: way, its shapes vary). ``max-autotune-no-cudagraphs`` times Triton templates against cuBLAS
+    #: for each product, at minutes of compilation.
+    prefill_compile_mode: str | None = None
 
     def __init__(self, *args, decode_attention: str | None = None, fuse_projections: bool | None = None, **kwargs):
         """The decoding step's attention (``triton``, ``flex`` or ``sdpa``) from the argument, else
@@ -303,6 +310,7 @@ class CompiledEngine(BatchedEngine):
         from nerfleet.settings import get_settings
         from nerfleet.workers.attention import install
         from nerfleet.workers.fusion import fuse, fusion_refusal
+        from nerfleet.workers.prefill import last_position_refusal
 
         super().__init__(*args, **kwargs)
         if fuse_projections is None:
@@ -326,6 +334,7 @@ class CompiledEngine(BatchedEngine):
         self._step = None
         self._prefill = None
         self._cache = None
+        self._last_position = self.last_position_prefill and last_position_refusal(self.model) is None
         import torch._dynamo.config
 
         # Each batch shape (rows, bucketed width) is compiled once; a worker meets many over a run.
@@ -387,11 +396,17 @@ class CompiledEngine(BatchedEngine):
             import torch
 
             # a frame apart from the step's
-            self._prefill = torch.compile(self.model.forward, dynamic=self.compile_dynamic)
+            self._prefill = torch.compile(
+                self.model.forward, dynamic=self.compile_dynamic, mode=self.prefill_compile_mode
+            )
         return self._prefill
 
     def _run(self, batch: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        import contextlib
+
         import torch
+
+        from nerfleet.workers.prefill import last_position_only
 
         model, pad = self.model, self.tokenizer.pad_token_id
         dev = model.device
@@ -411,16 +426,17 @@ class CompiledEngine(BatchedEngine):
         finished = torch.zeros(n, dtype=torch.bool, device=dev)
         with torch.inference_mode():
             cache = self._cache_for(n, total)  # its tensors are inference tensors, reset in this mode
-            logits = self._compiled_prefill()(
-                input_ids=ids,
-                # no padding: no mask, and the prefill's attention is causal over the prompt only
-                attention_mask=None if all(len(x) == width for x in batch) else mask,
-                position_ids=positions,
-                past_key_values=cache,
-                cache_position=torch.arange(width, device=dev),
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits
+            with last_position_only(model) if self._last_position else contextlib.nullcontext():
+                logits = self._compiled_prefill()(
+                    input_ids=ids,
+                    # no padding: no mask, and the prefill's attention is causal over the prompt only
+                    attention_mask=None if all(len(x) == width for x in batch) else mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    cache_position=torch.arange(width, device=dev),
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).logits
             token = logits[:, -1].argmax(-1)
             pos = positions[:, -1:] + 1
             step = self._compiled_step()
