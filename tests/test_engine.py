@@ -405,3 +405,25 @@ def test_the_last_position_shortcut_is_refused_in_one_line():
     with pytest.raises(ValueError, match="^cannot run the last layer at the last position only: object has no"):
         with last_position_only(object()):
             pass
+
+
+def test_compiled_prefill_takes_the_shortcut_in_one_graph(tiny):
+    """The prefill as the engine compiles it on a GPU, here by inductor on the CPU: the wrapped
+    last layer traces without a graph break and gives the reference tokens."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from nerfleet.workers.engine import CompiledEngine
+
+    class CpuPrefillEngine(CompiledEngine):
+        def _prefill_compilable(self) -> bool:
+            return True
+
+    model, tok = tiny
+    reqs = requests(n=3, max_new_tokens=6)
+    torch._dynamo.reset()
+    counters.clear()
+    engine = CpuPrefillEngine(model, tok, batch_size=3, decode_attention="sdpa")
+    assert engine._last_position
+    assert [r.output for r in engine.generate(reqs)] == [r.output for r in SimpleEngine(model, tok).generate(reqs)]
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
