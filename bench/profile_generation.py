@@ -33,13 +33,24 @@ def seconds(fn) -> float:
 
 
 def kernels(fn, title: str, rows: int) -> None:
-    """Print the CUDA kernels of ``fn``."""
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    """Print the CUDA kernels of ``fn``, then its matrix products by shape with their rate."""
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         fn()
         torch.cuda.synchronize()
     averages = prof.key_averages()
     print(f"\n== {title}")
     print(averages.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=90))
+    print(f"\n== {title}: matrix products by shape")
+    for e in sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.device_time_total):
+        shapes = [s for s in e.input_shapes if s]
+        if e.key != "aten::mm" or len(shapes) < 2 or not e.device_time_total:
+            continue
+        (m, k), (_, n) = shapes[0], shapes[1]
+        seconds = e.device_time_total / 1e6
+        print(
+            f"{m:>7} x {k:>6} @ {n:>6}: {e.count:>3} calls, {1000 * seconds / e.count:8.3f} ms each, "
+            f"{2 * m * k * n * e.count / seconds / 1e12:6.0f} TFLOP/s"
+        )
 
 
 def step_kernels(eng: CompiledEngine, ids: list[list[int]], new: int, rows: int) -> None:
