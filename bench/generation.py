@@ -104,6 +104,11 @@ def measure_matmul_rate() -> float:
     return 10 * 2 * 8192**3 / (time.perf_counter() - t)
 
 
+def progress(arch: str, what: str, value) -> None:
+    """A line as each phase ends: a run cut short by a time limit still says how far it got."""
+    print(f"[{arch}] {what}: {value}", flush=True)
+
+
 def timed(engine, batch, new_tokens) -> tuple[float, int, list[list[int]]]:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -146,6 +151,7 @@ def bench_arch(
     # Best of several: plain generate's speed varies between runs (1,393 and 1,537 tok/s for
     # Mistral-7B on one machine), and nerfleet's row is a best of two as well.
     plain_times = [timed(plain, ids, new)[:2] for _ in range(plain_runs)]
+    progress(name, "plain generate runs (s)", [round(t, 2) for t, _ in plain_times])
     plain_s = min(t for t, _ in plain_times)
     row |= {
         "plain_tokens_per_s": batch * new / plain_s,
@@ -159,7 +165,9 @@ def bench_arch(
     t = time.perf_counter()
     timed(fast, ids, new)  # compiles and captures the graphs
     row["compiled_warmup_seconds"] = time.perf_counter() - t
+    progress(name, "compiled engine's first run, with compilation (s)", round(row["compiled_warmup_seconds"], 1))
     runs = [timed(fast, ids, new) for _ in range(2)]
+    progress(name, "compiled engine runs (s)", [round(r[0], 3) for r in runs])
     prefill_s = min(timed(fast, ids, 1)[0] for _ in range(2))  # prompt + first token only
     row["nerfleet_prefill_seconds"] = prefill_s
     fast_s = min(r[0] for r in runs)
