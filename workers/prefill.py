@@ -40,14 +40,14 @@ def last_position_refusal(model) -> str | None:
 def _forward(self, hidden_states, *args, **kwargs):
     if args or not getattr(self, _FLAG, False) or hidden_states.shape[1] == 1:
         return type(self).forward(self, hidden_states, *args, **kwargs)
-    residual = hidden_states[:, -1:]
     attended, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **kwargs)
-    dropout = getattr(self, "resid_attn_dropout", None)  # Phi-3's (identity in eval)
-    attended = attended[:, -1:]
-    hidden = residual + (dropout(attended) if dropout is not None else attended)
-    out = self.mlp(self.post_attention_layernorm(hidden))
-    dropout = getattr(self, "resid_mlp_dropout", None)
-    return hidden + (dropout(out) if dropout is not None else out)
+    # Phi-3's residual dropouts (identity in eval); Llama and Mistral have none
+    hidden = hidden_states[:, -1:] + getattr(self, "resid_attn_dropout", _same)(attended[:, -1:])
+    return hidden + getattr(self, "resid_mlp_dropout", _same)(self.mlp(self.post_attention_layernorm(hidden)))
+
+
+def _same(x):
+    return x
 
 
 @contextmanager
