@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from nerfleet.workers.triton_dot import dot
+from nerfleet.workers.triton_tiles import attend_tile
 
 
 @triton.jit
@@ -88,18 +88,8 @@ def partial_kernel(
         load_mask = in_range[:, None] & (dims[None, :] < D)
         kt = tl.load(k_base + keys[:, None] * stride_kn + dims[None, :], mask=load_mask, other=0.0)
         vt = tl.load(v_base + keys[:, None] * stride_vn + dims[None, :], mask=load_mask, other=0.0)
-        if FP32_DOT:
-            kt = kt.to(tl.float32)
-            vt = vt.to(tl.float32)
-        s = dot(qt, tl.trans(kt), tl.zeros((BM, BN), dtype=tl.float32), FP32_DOT, IEEE) * scale
-        s = tl.where((in_range & is_key)[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_use[:, None])
-        alpha = tl.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + dot(p.to(vt.dtype), vt, tl.zeros((BM, BD), dtype=tl.float32), FP32_DOT, IEEE)
-        m_i = m_new
+        valid = (in_range & is_key)[None, :]
+        m_i, l_i, acc = attend_tile(qt, kt, vt, valid, m_i, l_i, acc, scale, FP32_DOT, IEEE, True, BM, BN, BD)
     out_mask = row_ok[:, None] & (dims[None, :] < D)
     if FINAL:
         acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # a row with no key: zeros

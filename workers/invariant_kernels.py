@@ -3,7 +3,7 @@
 Imported only when the batch-invariant mode is on (:mod:`nerfleet.workers.invariant`), because it
 needs ``triton``. Under ``TRITON_INTERPRET=1`` they run on the CPU (slowly; for tests); the
 interpreter cannot multiply bf16 tiles, so ``FP32_DOT`` widens them to float32 first there, and
-tiles are multiplied by :func:`nerfleet.workers.triton_dot.dot`, in one order for every row.
+tiles are multiplied by :func:`nerfleet.workers.triton_tiles.dot`, in one order for every row.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from nerfleet.workers.triton_dot import dot
+from nerfleet.workers.triton_tiles import attend_tile, dot
 
 
 @triton.jit
@@ -141,18 +141,8 @@ def attention_kernel(
             mask=kvmask,
             other=0.0,
         )
-        if FP32_DOT:
-            kt = kt.to(tl.float32)
-            vt = vt.to(tl.float32)
-        s = dot(qt, tl.trans(kt), tl.zeros((BM, BN), dtype=tl.float32), FP32_DOT, IEEE) * scale
-        s = tl.where((offs_n[None, :] <= last[:, None]) & (offs_n[None, :] < Lk), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp(s - m_use[:, None])
-        alpha = tl.exp(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + dot(p.to(vt.dtype), vt, tl.zeros((BM, BD), dtype=tl.float32), FP32_DOT, IEEE)
-        m_i = m_new
+        valid = (offs_n[None, :] <= last[:, None]) & (offs_n[None, :] < Lk)
+        m_i, l_i, acc = attend_tile(qt, kt, vt, valid, m_i, l_i, acc, scale, FP32_DOT, IEEE, False, BM, BN, BD)
     acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # a padding query sees no key: zeros
     tl.store(
         o + batch * stride_ob + head * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
