@@ -4,7 +4,7 @@ of the prefill and of the decoding steps (random-weight model of a study archite
     python bench/profile_generation.py --arch mistral-7b --batch 128
     python bench/profile_generation.py --arch mistral-7b --no-last-position      # A/B of the prefill shortcut
     python bench/profile_generation.py --arch mistral-7b --prefill-mode max-autotune-no-cudagraphs
-    python bench/profile_generation.py --arch mistral-7b --column-major          # weights stored transposed
+    python bench/profile_generation.py --arch mistral-7b --column-major          # fused weights stored transposed
 """
 
 from __future__ import annotations
@@ -91,20 +91,6 @@ def step_kernels(eng: CompiledEngine, ids: list[list[int]], new: int, rows: int)
         print(f"{us:9.1f} µs {calls:7.1f} calls  {us / calls:7.2f} µs each  {key[:110]}")
 
 
-def column_major(model) -> int:
-    """Each linear layer's weight stored as its transpose (same shape and values, strides (1, in)),
-    so ``F.linear`` hands cuBLAS a non-transposed operand: another kernel family for the thin
-    decoding products. Returns the bytes of weights re-laid out. The originals are freed only
-    where nothing else (the unfused model's views) holds them."""
-    moved = 0
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module.weight.is_contiguous():
-            w = module.weight
-            module.weight = torch.nn.Parameter(w.detach().t().contiguous().t(), requires_grad=w.requires_grad)
-            moved += w.numel() * w.element_size()
-    return moved
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="mistral-7b", choices=sorted(ARCHS))
@@ -119,10 +105,11 @@ def main() -> None:
         help="the prefill's last layer after attention at the last position only",
     )
     ap.add_argument("--prefill-mode", help="torch.compile mode of the prefill (e.g. max-autotune-no-cudagraphs)")
-    ap.add_argument("--column-major", action="store_true", help="linear weights stored transposed (experiment)")
+    ap.add_argument("--column-major", action="store_true", help="fused weights stored transposed (experiment)")
     args = ap.parse_args()
     CompiledEngine.last_position_prefill = args.last_position
     CompiledEngine.prefill_compile_mode = args.prefill_mode
+    CompiledEngine.column_major_weights = args.column_major
     cls, kwargs, _ = ARCHS[args.arch]
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -131,11 +118,10 @@ def main() -> None:
     tok = SimpleNamespace(pad_token_id=0, chat_template=None)
     ids = torch.randint(1, kwargs["vocab_size"], (args.batch, args.prompt)).tolist()
     eng = CompiledEngine(model, tok, batch_size=args.batch)
-    if args.column_major:
-        print(f"column-major weights: {column_major(eng.model) / 2**30:.1f} GiB re-laid out", flush=True)
     print(
         f"model {type(eng.model).__name__}, decoding attention {eng.decode_attention}, last layer at the last "
-        f"position only: {eng._last_position}, prefill compile mode {eng.prefill_compile_mode}",
+        f"position only: {eng._last_position}, prefill compile mode {eng.prefill_compile_mode}, "
+        f"column-major weights: {eng.column_major_weights}",
         flush=True,
     )
     eng.compile_prefill = False

@@ -325,6 +325,38 @@ def test_fused_model_computes_the_same_logits(arch):
     assert fused.config.rope_parameters["rope_theta"] == model.config.rope_parameters["rope_theta"]
 
 
+@pytest.mark.parametrize("arch", ["llama-tied", "mistral-gqa"])
+def test_column_major_fused_weights_compute_the_same_logits_and_are_held_once(arch):
+    """Weights stored transposed: the same logits; every product's weight has strides (1, in);
+    the original model shares them (its logits unchanged), so nothing is held twice."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    from nerfleet.workers.fusion import fuse
+
+    small = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8)
+    torch.manual_seed(0)
+    if arch == "llama-tied":
+        model = LlamaForCausalLM(LlamaConfig(**small, tie_word_embeddings=True)).eval()
+    else:
+        model = MistralForCausalLM(MistralConfig(**small, num_key_value_heads=2, sliding_window=None)).eval()
+    ids = torch.randint(0, 300, (3, 20))
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    with torch.no_grad():
+        before = model(ids).logits
+        fused = fuse(model, column_major=True)
+        torch.testing.assert_close(fused(ids).logits, before, rtol=0, atol=1e-5)
+        torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=1e-5)
+    tied = fused.get_input_embeddings().weight
+    linears = [m for m in fused.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(m.weight.stride(0) == 1 for m in linears if m.weight is not tied)
+    assert (fused.lm_head.weight is tied) == (arch == "llama-tied")
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in [*model.parameters(), *fused.parameters()]
+    }
+    assert sum(storages.values()) == weight_bytes
+
+
 def test_models_that_cannot_be_fused_are_refused_in_one_line():
     from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 

@@ -300,6 +300,9 @@ class CompiledEngine(BatchedEngine):
     #: way, its shapes vary). ``max-autotune-no-cudagraphs`` times Triton templates against cuBLAS
     #: for each product, at minutes of compilation.
     prefill_compile_mode: str | None = None
+    #: With fused projections, weights stored transposed in memory (:func:`nerfleet.workers.fusion.fuse`):
+    #: an experiment (``bench/profile_generation.py --column-major``), off until measured faster.
+    column_major_weights = False
 
     def __init__(self, *args, decode_attention: str | None = None, fuse_projections: bool | None = None, **kwargs):
         """The decoding step's attention (``triton``, ``flex`` or ``sdpa``) from the argument, else
@@ -318,7 +321,7 @@ class CompiledEngine(BatchedEngine):
         if fuse_projections is None:
             fuse_projections = str(self.model.device).startswith("cuda") and fusion_refusal(self.model) is None
         if fuse_projections:
-            self.model = fuse(self.model)
+            self.model = fuse(self.model, column_major=self.column_major_weights)
 
         self.decode_attention = (
             decode_attention or get_settings().decode_attention or default_decode_attention(self.model)

@@ -62,10 +62,14 @@ def phi3_config(config):
     return fused
 
 
-def fuse(model):
+def fuse(model, column_major: bool = False):
     """A Phi-3 model sharing ``model``'s weights: each layer's Q/K/V (and gate/up) weights are
     concatenated into one tensor, and ``model``'s own projections become views of it, so both
-    models work and the weights are held once (the peak is one layer's copy above the model)."""
+    models work and the weights are held once (the peak is one layer's copy above the model).
+
+    ``column_major`` stores every projection's weight transposed in memory (same shape and
+    values), so ``F.linear`` hands cuBLAS a non-transposed operand, another family of kernels
+    for the thin products of a decoding step; ``model`` shares the re-laid-out weights too."""
     import torch
     from transformers import Phi3ForCausalLM
 
@@ -77,8 +81,9 @@ def fuse(model):
     state = dict(model.state_dict())
     for i in range(model.config.num_hidden_layers):
         attn, mlp = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
-        state[attn + "qkv_proj.weight"] = _concatenate(model, [attn + "q_proj", attn + "k_proj", attn + "v_proj"])
-        state[mlp + "gate_up_proj.weight"] = _concatenate(model, [mlp + "gate_proj", mlp + "up_proj"])
+        qkv = [attn + "q_proj", attn + "k_proj", attn + "v_proj"]
+        state[attn + "qkv_proj.weight"] = _concatenate(model, qkv, column_major)
+        state[mlp + "gate_up_proj.weight"] = _concatenate(model, [mlp + "gate_proj", mlp + "up_proj"], column_major)
         for name in ("q", "k", "v"):
             del state[attn + f"{name}_proj.weight"]
         for name in ("gate", "up"):
@@ -95,16 +100,44 @@ def fuse(model):
     with torch.device(model.device):
         fused.model.rotary_emb = type(fused.model.rotary_emb)(fused.config)
     fused.generation_config = model.generation_config
+    if column_major:
+        _transpose_storage(fused, model)
     return fused.eval()
 
 
-def _concatenate(model, names: list[str]):
-    """One tensor of the named linear layers' weights (stacked by output); each layer's weight
-    becomes a view of its rows, so the separate tensors are freed."""
+def _column_major(weight):
+    import torch
+
+    return torch.nn.Parameter(weight.detach().t().contiguous().t(), requires_grad=weight.requires_grad)
+
+
+def _transpose_storage(fused, model) -> None:
+    """The products the fusion did not concatenate (output, down, lm_head), re-laid out one at a
+    time, ``model``'s modules given the same new weight so the old one is freed. A weight tied
+    to the embeddings stays as it is (gathering rows of a transposed table is slow)."""
+    import torch
+
+    tied = fused.get_input_embeddings().weight
+    for name, module in fused.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module.weight is tied or not module.weight.is_contiguous():
+            continue
+        weight = _column_major(module.weight)
+        module.weight = weight
+        original = model.get_submodule(name)
+        if isinstance(original, torch.nn.Linear) and original.weight.shape == weight.shape:
+            original.weight = weight
+
+
+def _concatenate(model, names: list[str], column_major: bool = False):
+    """One tensor of the named linear layers' weights (stacked by output, transposed in memory if
+    ``column_major``); each layer's weight becomes a view of its rows, so the separate tensors
+    are freed."""
     import torch
 
     modules = [model.get_submodule(n) for n in names]
     whole = torch.cat([m.weight.detach() for m in modules], dim=0)
+    if column_major:
+        whole = whole.t().contiguous().t()
     start = 0
     for m in modules:
         rows = m.weight.shape[0]
