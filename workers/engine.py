@@ -7,12 +7,14 @@ Tasks only see the interface, so a faster engine replaces these without touching
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from nerfleet.evaluation.prompts import SLOT
+from nerfleet.workers.prefill import last_position_only, last_position_refusal
 
 
 @dataclass(frozen=True)
@@ -313,7 +315,6 @@ class CompiledEngine(BatchedEngine):
         from nerfleet.settings import get_settings
         from nerfleet.workers.attention import install
         from nerfleet.workers.fusion import fuse, fusion_refusal
-        from nerfleet.workers.prefill import last_position_refusal
 
         super().__init__(*args, **kwargs)
         if fuse_projections is None:
@@ -405,11 +406,7 @@ class CompiledEngine(BatchedEngine):
         return self._prefill
 
     def _run(self, batch: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-        import contextlib
-
         import torch
-
-        from nerfleet.workers.prefill import last_position_only
 
         model, pad = self.model, self.tokenizer.pad_token_id
         dev = model.device

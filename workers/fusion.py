@@ -105,10 +105,9 @@ def fuse(model, column_major: bool = False):
     return fused.eval()
 
 
-def _column_major(weight):
-    import torch
-
-    return torch.nn.Parameter(weight.detach().t().contiguous().t(), requires_grad=weight.requires_grad)
+def _transposed_in_memory(t):
+    """The same shape and values, stored column by column (strides (1, rows))."""
+    return t.t().contiguous().t()
 
 
 def _transpose_storage(fused, model) -> None:
@@ -121,7 +120,7 @@ def _transpose_storage(fused, model) -> None:
     for name, module in fused.named_modules():
         if not isinstance(module, torch.nn.Linear) or module.weight is tied or not module.weight.is_contiguous():
             continue
-        weight = _column_major(module.weight)
+        weight = torch.nn.Parameter(_transposed_in_memory(module.weight.detach()), module.weight.requires_grad)
         module.weight = weight
         original = model.get_submodule(name)
         if isinstance(original, torch.nn.Linear) and original.weight.shape == weight.shape:
@@ -137,7 +136,7 @@ def _concatenate(model, names: list[str], column_major: bool = False):
     modules = [model.get_submodule(n) for n in names]
     whole = torch.cat([m.weight.detach() for m in modules], dim=0)
     if column_major:
-        whole = whole.t().contiguous().t()
+        whole = _transposed_in_memory(whole)
     start = 0
     for m in modules:
         rows = m.weight.shape[0]
