@@ -88,12 +88,13 @@ def case(name: str, total: int, filled: int, padded: bool) -> dict:
         flex = torch.compile(lambda q, k, v, live: _flex(q, k, v, block_mask(live.bool()), scale), dynamic=False)
         runs["flex decoding"] = lambda: flex(q, k, v, live)
     bounds = decoding.bounds_of(live)
-    runs["triton split-KV"] = lambda: decoding.attend(q, k, v, live, bounds, scale)
+    flags = live.to(torch.int8)  # as the engine's step passes it (workers/attention.py)
+    runs["triton split-KV"] = lambda: decoding.attend(q, k, v, flags, bounds, scale)
     # As the compiled step runs it: through inductor's code for the op, and replayed from a CUDA graph
     # (inside the Mistral step it took 156 µs a layer against 144 here, session 7).
     compiled = torch.compile(lambda q, k, v, live, bounds: decoding.attend(q, k, v, live, bounds, scale), dynamic=False)
-    runs["triton, compiled"] = lambda: compiled(q, k, v, live, bounds)
-    runs["triton, CUDA graph"] = graphed(lambda: decoding.attend(q, k, v, live, bounds, scale))
+    runs["triton, compiled"] = lambda: compiled(q, k, v, flags, bounds)
+    runs["triton, CUDA graph"] = graphed(lambda: decoding.attend(q, k, v, flags, bounds, scale))
     row = {"shape": name, "keys": total, "live": filled, "left_padding": padded, "live_bytes": nbytes}
     for label, fn in runs.items():
         out = fn()
@@ -111,6 +112,7 @@ def sweep(name: str, total: int, filled: int) -> list[dict]:
     q, k, v, live = inputs(shape, total, filled, False)
     bounds = decoding.bounds_of(live)
     nbytes = int(live.sum()) * shape[2] * shape[3] * 4
+    live = live.to(torch.int8)
     rows = []
     saved = decoding.KEY_TILE, decoding.NUM_WARPS, decoding.NUM_STAGES
     try:

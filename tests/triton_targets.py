@@ -46,7 +46,7 @@ def launches():
         t, flags = f"*{TYPES[dtype]}", kernel_flags(dtype)
         for final in (True, False):
             constants = {"FINAL": final, **flags, "BM": 16, "BN": decoding.KEY_TILE, "BD": 128}
-            pointers = dict(q=t, k=t, v=t, live="*i64", bounds="*i32", out=t, part_acc="*fp32", part_ml="*fp32")
+            pointers = dict(q=t, k=t, v=t, live="*i8", bounds="*i32", out=t, part_acc="*fp32", part_ml="*fp32")
             sig = signature(decoding_kernels.partial_kernel, pointers, ("scale_log2",), constants)
             yield (
                 f"partial_kernel {TYPES[dtype]} FINAL={final}",

@@ -189,7 +189,8 @@ def _mask_function(decode: str, windowed: bool):
             if decode == "triton":
                 from nerfleet.workers.decoding import bounds_of
 
-                return LiveKeys(padding, bounds_of(padding))
+                # one byte a key: the kernel loads a tile's flags beside its keys and values
+                return LiveKeys(padding.to(torch.int8), bounds_of(padding))
             return block_mask(padding.bool())
         return _sdpa_mask(*args, **kwargs)
 
