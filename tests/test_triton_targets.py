@@ -19,7 +19,9 @@ def test_every_triton_kernel_compiles_for_the_h100():
     )
     lines = run.stdout.splitlines()
     assert run.returncode == 0, "\n".join(line for line in lines if line.startswith("FAILED")) or run.stderr[-2000:]
-    assert len([line for line in lines if line.startswith("ok ")]) == 18, run.stdout
+    from tests.triton_targets import launches
+
+    assert len([line for line in lines if line.startswith("ok ")]) == len(launches()) == 16, run.stdout
 
 
 def test_every_kernel_of_nerfleet_is_in_the_compiled_list():
