@@ -97,7 +97,16 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--out", type=Path)
     ap.add_argument("--small", action="store_true", help="small shapes: a quick dry run on the CPU")
+    ap.add_argument(
+        "--matmul",
+        help="the invariant product's BM,BN,BK,warps,stages to try instead of "
+        f"{','.join(map(str, (*inv.MATMUL_TILE, inv.MATMUL_WARPS, inv.MATMUL_STAGES)))}",
+    )
     args = ap.parse_args()
+    if args.matmul:
+        *tile, inv.MATMUL_WARPS, inv.MATMUL_STAGES = (int(x) for x in args.matmul.split(","))
+        inv.MATMUL_TILE = tuple(tile)
+        print(f"invariant product: tile {inv.MATMUL_TILE}, {inv.MATMUL_WARPS} warps, {inv.MATMUL_STAGES} stages")
     global DEVICE
     DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, args.dtype)

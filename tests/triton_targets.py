@@ -123,6 +123,8 @@ def launches() -> list[Launch]:
                     dict(a=t, b=t, c=t, bias=t),
                     ints,
                     {"HAS_BIAS": bias, **flags, "BM": bm, "BN": bn, "BK": bk},
+                    num_warps=invariant.MATMUL_WARPS,
+                    num_stages=invariant.MATMUL_STAGES,
                 )
             )
         out.append(
