@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU benchmarks behind the README's numbers, by name, each under its own time limit, its output
+# written line by line to $OUT/<name>.txt (and its JSON beside it), so a step cut short keeps what it
+# printed. On a GPU machine, from the repository root:
+#
+#   OUT=/tmp/bench bash bench/run-gpu.sh profile profile-no-last-position profile-column-major
+#   OUT=/tmp/bench MODEL=SmolLM2-135M-Instruct.Q4_1.gguf CORPUS=.../clinical-cases-es \
+#       bash bench/run-gpu.sh same-answers fleet shapes
+#
+# Steps: profile, profile-no-last-position, profile-column-major, profile-max-autotune, generation,
+# decode-attention, invariance, same-answers, fleet, shapes. MODEL and CORPUS (the real SmolLM2 and the
+# shared Spanish corpus) are needed by the last three only.
+set -u
+OUT=$(realpath -m "${OUT:-bench/results/run-$(date +%Y%m%d-%H%M%S)}")
+LIMIT=${LIMIT:-540}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+export NERFLEET_HOME=${NERFLEET_HOME:-$OUT/home}  # same-answers and fleet keep their model cache there
+
+need() {
+  [ -n "${!1:-}" ] || { echo "$2 needs $1 (see the top of bench/run-gpu.sh)"; return 1; }
+}
+
+run() {  # run NAME COMMAND...: under LIMIT seconds, warnings left out, line by line
+  local name=$1
+  shift
+  echo "== $name: $*"
+  local start=$SECONDS
+  timeout "$LIMIT" "$@" 2>&1 | grep --line-buffered -v -i "warn" | tee "$OUT/$name.txt"
+  echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
+}
+
+for step in "$@"; do
+  case $step in
+    profile) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 ;;
+    profile-no-last-position) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --no-last-position ;;
+    profile-column-major) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --column-major ;;
+    profile-max-autotune)
+      run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --prefill-mode max-autotune-no-cudagraphs ;;
+    generation) run "$step" "$PY" bench/generation.py --out "$OUT/generation.json" ;;
+    decode-attention) run "$step" "$PY" bench/decode_attention.py --out "$OUT/decode-attention.json" ;;
+    invariance) run "$step" "$PY" bench/invariance.py --out "$OUT/invariance.json" ;;
+    same-answers)
+      need MODEL "$step" && need CORPUS "$step" &&
+        run "$step" "$PY" bench/same_answers.py --model "$MODEL" --corpus "$CORPUS" --docs 50 --out "$OUT/same-answers.json" ;;
+    fleet)
+      need MODEL "$step" && need CORPUS "$step" &&
+        run "$step" "$PY" bench/fleet.py --corpus "$CORPUS" --model "$MODEL" --jobs 510 --batch 64 --new 128 \
+          --engine batched --out "$OUT/fleet.json" ;;
+    shapes) need MODEL "$step" && run "$step" "$PY" bench/compile_shapes.py --model "$MODEL" --dynamic none ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
