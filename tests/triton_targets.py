@@ -81,13 +81,17 @@ def launches() -> list[Launch]:
     from nerfleet.workers.triton_support import kernel_flags
 
     h, kvh, d, n, prompt = 32, 8, 128, 896, 640
+
+    def kv_strides(keys: int) -> dict[str, int]:
+        """Strides of contiguous keys and values (batch, kv heads, keys, d)."""
+        return {f"stride_{x}{dim}": s for x in "kv" for dim, s in zip("bhn", (kvh * keys * d, keys * d, d))}
+
     out = []
     for dtype in (torch.bfloat16, torch.float32):
         t, flags, ty = f"*{TYPES[dtype]}", kernel_flags(dtype), TYPES[dtype]
-        cache = dict(stride_kb=kvh * n * d, stride_kh=n * d, stride_kn=d, stride_vb=kvh * n * d, stride_vh=n * d)
         for splits in (1, 2):
             ints = dict(H=h, KVH=kvh, GROUPS=h // kvh, D=d, CHUNK=n // splits, SPLITS=splits, stride_qb=h * d)
-            ints |= cache | dict(stride_qh=d, stride_vn=d, stride_lb=n, stride_ob=h * d, stride_oh=d)
+            ints |= kv_strides(n) | dict(stride_qh=d, stride_lb=n, stride_ob=h * d, stride_oh=d)
             pointers = dict(q=t, k=t, v=t, live="*i8", bounds="*i32", out=t, part_acc="*fp32", part_ml="*fp32")
             constants = {"FINAL": splits == 1, **flags, "BM": 16, "BN": decoding.KEY_TILE, "BD": d}
             out.append(
@@ -138,8 +142,7 @@ def launches() -> list[Launch]:
         )
         for lq, lk, bm in ((1, n, 16), (prompt, prompt, 64)):  # a decoding step and a prefill
             ints = dict(Lq=lq, Lk=lk, H=h, GROUPS=h // kvh, D=d, stride_qb=h * lq * d, stride_qh=lq * d, stride_qm=d)
-            ints |= dict(stride_kb=kvh * lk * d, stride_kh=lk * d, stride_kn=d, stride_vb=kvh * lk * d)
-            ints |= dict(stride_vh=lk * d, stride_vn=d, stride_ob=lq * h * d, stride_om=h * d, stride_oh=d)
+            ints |= kv_strides(lk) | dict(stride_ob=lq * h * d, stride_om=h * d, stride_oh=d)
             out.append(
                 Launch(
                     f"attention_kernel {ty} Lq={lq}",

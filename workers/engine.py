@@ -204,7 +204,7 @@ class BatchedEngine(SimpleEngine):
         """The configured batch, lowered to what the free GPU memory holds for the KV cache."""
         import torch
 
-        if not str(self.model.device).startswith("cuda"):
+        if not on_cuda(self.model):
             return self.batch_size
         free, _ = torch.cuda.mem_get_info(self.model.device)
         free += self._reusable_bytes()
@@ -246,6 +246,13 @@ def kv_heads_and_dim(config) -> tuple[int, int]:
     return heads, getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
+def on_cuda(model) -> bool:
+    """Whether ``model``'s weights are on a CUDA device: the GPU-only paths (graphs, kernels) key on it."""
+    import torch
+
+    return torch.device(model.device).type == "cuda"
+
+
 def has_sliding_window(config) -> bool:
     """Whether any layer attends through a sliding window (Mistral v0.1, Gemma, Qwen2 with it on)."""
     layer_types = getattr(config, "layer_types", None) or ()
@@ -267,7 +274,7 @@ def default_decode_attention(model) -> str:
     kernels: Triton's interpreter and FlexAttention without compilation are far slower there)."""
     from nerfleet.workers.attention import DECODE_KERNELS, decoding_refusal
 
-    if not str(model.device).startswith("cuda"):
+    if not on_cuda(model):
         return "sdpa"
     return next(k for k in DECODE_KERNELS if decoding_refusal(model.config, k) is None)
 
@@ -320,7 +327,7 @@ class CompiledEngine(BatchedEngine):
         if fuse_projections is None:
             fuse_projections = get_settings().fuse_projections
         if fuse_projections is None:
-            fuse_projections = str(self.model.device).startswith("cuda") and fusion_refusal(self.model) is None
+            fuse_projections = on_cuda(self.model) and fusion_refusal(self.model) is None
         if fuse_projections:
             self.model = fuse(self.model, column_major=self.column_major_weights)
 
@@ -350,7 +357,7 @@ class CompiledEngine(BatchedEngine):
 
     def _compiled_step(self):
         if self._step is None:
-            if str(self.model.device).startswith("cuda"):
+            if on_cuda(self.model):
                 from transformers import CompileConfig
 
                 self._step = self.model.get_compiled_call(
@@ -387,11 +394,7 @@ class CompiledEngine(BatchedEngine):
         """Compiling the prefill needs a cache initialised beforehand (transformers ≥ 4.56)."""
         from transformers import StaticCache
 
-        return (
-            self.compile_prefill
-            and str(self.model.device).startswith("cuda")
-            and hasattr(StaticCache, "early_initialization")
-        )
+        return self.compile_prefill and on_cuda(self.model) and hasattr(StaticCache, "early_initialization")
 
     def _compiled_prefill(self):
         if not self._prefill_compilable():

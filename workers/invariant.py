@@ -215,9 +215,9 @@ def _mask(*args, **kwargs):
 def by_default(model) -> bool:
     """Whether the mode is on when nothing asks for it: wherever it can run (CUDA with Triton, a
     model without a sliding window), since a document's tokens should not depend on its batch."""
-    from nerfleet.workers.engine import has_sliding_window
+    from nerfleet.workers.engine import has_sliding_window, on_cuda
 
-    return str(model.device).startswith("cuda") and triton_missing() is None and not has_sliding_window(model.config)
+    return on_cuda(model) and triton_missing() is None and not has_sliding_window(model.config)
 
 
 def install(model) -> None:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from nerfleet.settings import get_settings
-from nerfleet.workers.engine import BatchedEngine, CompiledEngine, Engine, SimpleEngine
+from nerfleet.workers.engine import BatchedEngine, CompiledEngine, Engine, SimpleEngine, on_cuda
 from nerfleet.workers.models import ModelSpec, load
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def install(
     global _current
     model, tokenizer = load(spec, device=device)
     engine = make_engine(engine_kind, model, tokenizer, spec, get_settings().batch_size)
-    gpu = os.environ.get("CUDA_VISIBLE_DEVICES") if str(model.device).startswith("cuda") else None
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES") if on_cuda(model) else None
     host = socket.gethostname()
     _current = Runtime(spec, engine, worker or f"{spec.name}@{host}", host, gpu)
     return _current
