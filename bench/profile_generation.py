@@ -5,6 +5,7 @@ of the prefill and of the decoding steps (random-weight model of a study archite
     python bench/profile_generation.py --arch mistral-7b --no-last-position      # A/B of the prefill shortcut
     python bench/profile_generation.py --arch mistral-7b --prefill-mode max-autotune-no-cudagraphs
     python bench/profile_generation.py --arch mistral-7b --column-major          # fused weights stored transposed
+    python bench/profile_generation.py --arch mistral-7b --step-autotune         # decoding products autotuned
 """
 
 from __future__ import annotations
@@ -106,10 +107,12 @@ def main() -> None:
     )
     ap.add_argument("--prefill-mode", help="torch.compile mode of the prefill (e.g. max-autotune-no-cudagraphs)")
     ap.add_argument("--column-major", action="store_true", help="fused weights stored transposed (experiment)")
+    ap.add_argument("--step-autotune", action="store_true", help="decoding step's products autotuned (experiment)")
     args = ap.parse_args()
     CompiledEngine.last_position_prefill = args.last_position
     CompiledEngine.prefill_compile_mode = args.prefill_mode
     CompiledEngine.column_major_weights = args.column_major
+    CompiledEngine.step_autotune_products = args.step_autotune
     cls, kwargs, _ = ARCHS[args.arch]
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -121,7 +124,7 @@ def main() -> None:
     print(
         f"model {type(eng.model).__name__}, decoding attention {eng.decode_attention}, last layer at the last "
         f"position only: {eng._last_position}, prefill compile mode {eng.prefill_compile_mode}, "
-        f"column-major weights: {eng.column_major_weights}",
+        f"column-major weights: {eng.column_major_weights}, decoding products autotuned: {eng.step_autotune_products}",
         flush=True,
     )
     eng.compile_prefill = False

@@ -312,6 +312,11 @@ class CompiledEngine(BatchedEngine):
     #: With fused projections, weights stored transposed in memory (:func:`nerfleet.workers.fusion.fuse`):
     #: an experiment (``bench/profile_generation.py --column-major``), off until measured faster.
     column_major_weights = False
+    #: Let inductor time Triton templates against cuBLAS for the decoding step's products
+    #: (``max_autotune_gemm``: the gemm half of ``mode="max-autotune"``, without the coordinate-descent
+    #: tuning that did not finish compiling in 7 minutes): an experiment (``bench/decode_products.py``,
+    #: ``bench/profile_generation.py --step-autotune``), off until measured faster.
+    step_autotune_products = False
 
     def __init__(self, *args, decode_attention: str | None = None, fuse_projections: bool | None = None, **kwargs):
         """The decoding step's attention (``triton``, ``flex`` or ``sdpa``) from the argument, else
@@ -360,9 +365,10 @@ class CompiledEngine(BatchedEngine):
             if on_cuda(self.model):
                 from transformers import CompileConfig
 
-                self._step = self.model.get_compiled_call(
-                    CompileConfig(fullgraph=False, mode="reduce-overhead", dynamic=self.compile_dynamic)
-                )
+                config = CompileConfig(fullgraph=False, mode="reduce-overhead", dynamic=self.compile_dynamic)
+                if self.step_autotune_products:  # torch.compile takes a mode or options; this mode is one option
+                    config.mode, config.options = None, {"triton.cudagraphs": True, "max_autotune_gemm": True}
+                self._step = self.model.get_compiled_call(config)
             else:
                 self._step = self.model.__call__
         return self._step

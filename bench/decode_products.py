@@ -1,0 +1,125 @@
+"""The decoding step's matrix products alone, at the batch the compiled engine decodes, each way
+torch can run them: cuBLAS on the weight as ``nn.Linear`` stores it (what the step runs now), on
+the weight stored transposed, both through cuBLASLt, and inductor's autotuned choice (Triton
+templates timed against cuBLAS, ``max_autotune_gemm``, the gemm half of ``mode="max-autotune"``
+without its coordinate-descent tuning). Each product cycles over one weight per layer, as a step
+does, so the 50 MB L2 never holds them. Prints µs and TB/s per product and what a step would save.
+
+    python bench/decode_products.py --arch mistral-7b --batch 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from generation import ARCHS  # noqa: E402
+
+
+def products(kwargs: dict) -> dict[str, tuple[int, int, int]]:
+    """(in, out, calls per step) of the fused model's products (:mod:`nerfleet.workers.fusion`)."""
+    hidden, inter, layers = kwargs["hidden_size"], kwargs["intermediate_size"], kwargs["num_hidden_layers"]
+    heads, kv = kwargs["num_attention_heads"], kwargs["num_key_value_heads"]
+    head_dim = hidden // heads
+    return {
+        "qkv": (hidden, (heads + 2 * kv) * head_dim, layers),
+        "o": (heads * head_dim, hidden, layers),
+        "gate_up": (hidden, 2 * inter, layers),
+        "down": (inter, hidden, layers),
+        "lm_head": (hidden, kwargs["vocab_size"], 1),
+    }
+
+
+def per_call_us(fn: Callable, x: torch.Tensor, weights: list[torch.Tensor], reps: int) -> float:
+    for w in weights[:3]:
+        fn(x, w)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        for w in weights:
+            fn(x, w)
+    end.record()
+    torch.cuda.synchronize()
+    return 1000 * start.elapsed_time(end) / (reps * len(weights))
+
+
+def linear(x, w):
+    return F.linear(x, w)
+
+
+def product(x, wt):
+    return x @ wt
+
+
+def autotuned(options: dict) -> Callable:
+    """A fresh compiled product per options (dynamo's cache is per code object and guards)."""
+    torch._dynamo.reset()
+    return torch.compile(lambda x, w: F.linear(x, w), dynamic=False, options=options)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="mistral-7b", choices=sorted(ARCHS))
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--tma", action="store_true", help="also inductor with persistent TMA templates")
+    args = ap.parse_args()
+    _, kwargs, _ = ARCHS[args.arch]
+    dt = torch.bfloat16
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.arch}, batch {args.batch}", flush=True)
+    variants: dict[str, tuple[str, Callable]] = {
+        "cuBLAS, W (nn.Linear)": ("W", linear),
+        "cuBLAS, W stored transposed": ("WT", product),
+        "cuBLASLt, W": ("W", linear),
+        "cuBLASLt, W stored transposed": ("WT", product),
+        "inductor max_autotune_gemm, W": ("W", None),
+    }
+    if args.tma:
+        variants["inductor max_autotune_gemm + persistent TMA, W"] = ("W", None)
+    table: dict[str, dict[str, float]] = {}
+    for name, (k, n, calls) in products(kwargs).items():
+        copies = min(calls, 16)
+        x = torch.randn(args.batch, k, dtype=dt, device="cuda")
+        weights = [torch.randn(n, k, dtype=dt, device="cuda") / k**0.5 for _ in range(copies)]
+        nbytes = weights[0].numel() * 2 + x.numel() * 2 + args.batch * n * 2
+        row = table.setdefault(name, {})
+        for label, (layout, fn) in variants.items():
+            ws = weights if layout == "W" else [w.t().contiguous() for w in weights]
+            lib = "cublaslt" if "cuBLASLt" in label else "cublas"
+            torch.backends.cuda.preferred_blas_library(lib)
+            if fn is None:
+                options = {"max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN,TRITON"}
+                if "TMA" in label:
+                    options["triton.enable_persistent_tma_matmul"] = True
+                fn = autotuned(options)
+            us = per_call_us(fn, x, ws, args.reps)
+            row[label] = us
+            print(
+                f"{name:>8} {args.batch}x{k}@{n} x{calls}: {label:<48} {us:8.1f} µs  {nbytes / us / 1e6:5.2f} TB/s",
+                flush=True,
+            )
+            del ws
+        torch.backends.cuda.preferred_blas_library("cublas")
+        del weights
+        torch.cuda.empty_cache()
+    print("\nper decoding step (ms), summed over the layers:")
+    now = "cuBLAS, W (nn.Linear)"
+    for label in variants:
+        total = sum(table[p][label] * products(kwargs)[p][2] for p in table) / 1000
+        best = sum(min(table[p].values()) * products(kwargs)[p][2] for p in table) / 1000
+        print(f"  {label:<48} {total:6.2f} ms")
+    base = sum(table[p][now] * products(kwargs)[p][2] for p in table) / 1000
+    print(f"  {'best per product':<48} {best:6.2f} ms (saves {base - best:.2f} ms a step against now)")
+    for p, row in table.items():
+        print(f"  {p}: fastest {min(row, key=row.get)}")
+
+
+if __name__ == "__main__":
+    main()
