@@ -108,10 +108,12 @@ def main() -> None:
     ap.add_argument("--prefill-mode", help="torch.compile mode of the prefill (e.g. max-autotune-no-cudagraphs)")
     ap.add_argument("--column-major", action="store_true", help="fused weights stored transposed (experiment)")
     ap.add_argument("--step-autotune", action="store_true", help="decoding step's products autotuned (experiment)")
-    ap.add_argument("--blas", choices=["cublas", "cublaslt"], help="torch's preferred BLAS library (experiment)")
+    ap.add_argument("--prefill-blas", choices=["cublas", "cublaslt"], help="BLAS library of the prefill")
+    ap.add_argument("--step-blas", choices=["cublas", "cublaslt"], help="BLAS library of the decoding step")
+    ap.add_argument("--prefill-autotune", action="store_true", help="prefill's products autotuned (experiment)")
     args = ap.parse_args()
-    if args.blas:
-        torch.backends.cuda.preferred_blas_library(args.blas)
+    CompiledEngine.prefill_blas, CompiledEngine.step_blas = args.prefill_blas, args.step_blas
+    CompiledEngine.prefill_autotune_products = args.prefill_autotune
     CompiledEngine.last_position_prefill = args.last_position
     CompiledEngine.prefill_compile_mode = args.prefill_mode
     CompiledEngine.column_major_weights = args.column_major
@@ -128,7 +130,7 @@ def main() -> None:
         f"model {type(eng.model).__name__}, decoding attention {eng.decode_attention}, last layer at the last "
         f"position only: {eng._last_position}, prefill compile mode {eng.prefill_compile_mode}, "
         f"column-major weights: {eng.column_major_weights}, decoding products autotuned: {eng.step_autotune_products}, "
-        f"BLAS {torch.backends.cuda.preferred_blas_library()}",
+        f"BLAS prefill {eng.prefill_blas}, step {eng.step_blas}, prefill autotuned {eng.prefill_autotune_products}",
         flush=True,
     )
     eng.compile_prefill = False

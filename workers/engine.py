@@ -246,6 +246,22 @@ def kv_heads_and_dim(config) -> tuple[int, int]:
     return heads, getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
+@contextlib.contextmanager
+def preferred_blas(library: str | None):
+    """torch's BLAS library for the products run inside (None: unchanged), restored after."""
+    import torch
+
+    if library is None or not torch.cuda.is_available():
+        yield
+        return
+    before = torch.backends.cuda.preferred_blas_library()
+    torch.backends.cuda.preferred_blas_library(library)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.preferred_blas_library(before)
+
+
 def on_cuda(model) -> bool:
     """Whether ``model``'s weights are on a CUDA device: the GPU-only paths (graphs, kernels) key on it."""
     import torch
@@ -317,6 +333,13 @@ class CompiledEngine(BatchedEngine):
     #: tuning that did not finish compiling in 7 minutes): an experiment (``bench/decode_products.py``,
     #: ``bench/profile_generation.py --step-autotune``), off until measured faster.
     step_autotune_products = False
+    #: torch's BLAS library (``cublas``, ``cublaslt``; None: torch's setting) for the prefill's and the
+    #: decoding step's products, set around each: the step's CUDA graph keeps the kernels it captured.
+    prefill_blas: str | None = None
+    step_blas: str | None = None
+    #: Let inductor time Triton templates (which can fuse SiLU·up into the product) against cuBLAS for
+    #: the prefill's products: an experiment (``bench/profile_generation.py --prefill-autotune``).
+    prefill_autotune_products = False
 
     def __init__(self, *args, decode_attention: str | None = None, fuse_projections: bool | None = None, **kwargs):
         """The decoding step's attention (``triton``, ``flex`` or ``sdpa``) from the argument, else
@@ -409,9 +432,10 @@ class CompiledEngine(BatchedEngine):
             import torch
 
             # a frame apart from the step's
-            self._prefill = torch.compile(
-                self.model.forward, dynamic=self.compile_dynamic, mode=self.prefill_compile_mode
-            )
+            how = {"mode": self.prefill_compile_mode}
+            if self.prefill_autotune_products:  # torch.compile takes a mode or options
+                how = {"options": {"max_autotune_gemm": True}}
+            self._prefill = torch.compile(self.model.forward, dynamic=self.compile_dynamic, **how)
         return self._prefill
 
     def _run(self, batch: list[list[int]], max_new_tokens: int) -> list[list[int]]:
@@ -435,7 +459,10 @@ class CompiledEngine(BatchedEngine):
         finished = torch.zeros(n, dtype=torch.bool, device=dev)
         with torch.inference_mode():
             cache = self._cache_for(n, total)  # its tensors are inference tensors, reset in this mode
-            with last_position_only(model) if self._last_position else contextlib.nullcontext():
+            with (
+                last_position_only(model) if self._last_position else contextlib.nullcontext(),
+                preferred_blas(self.prefill_blas),
+            ):
                 logits = self._compiled_prefill()(
                     input_ids=ids,
                     # no padding: no mask, and the prefill's attention is causal over the prompt only
@@ -450,20 +477,21 @@ class CompiledEngine(BatchedEngine):
             pos = positions[:, -1:] + 1
             step = self._compiled_step()
             steps = torch.arange(width, total, device=dev)  # cache positions, sliced without a host copy
-            for i in range(max_new_tokens):
-                token = torch.where(finished, pad, token)
-                out[:, i] = token
-                finished |= torch.isin(token, eos_ids)
-                if i + 1 == max_new_tokens or ((i + 1) % self.check_every == 0 and bool(finished.all())):
-                    break
-                mask[:, width + i] = 1
-                logits = step(
-                    input_ids=token[:, None],
-                    attention_mask=mask,
-                    position_ids=pos + i,
-                    past_key_values=cache,
-                    cache_position=steps[i : i + 1],
-                    use_cache=True,
-                ).logits
-                token = logits[:, -1].argmax(-1)
+            with preferred_blas(self.step_blas):  # the step's graph keeps the kernels it captured
+                for i in range(max_new_tokens):
+                    token = torch.where(finished, pad, token)
+                    out[:, i] = token
+                    finished |= torch.isin(token, eos_ids)
+                    if i + 1 == max_new_tokens or ((i + 1) % self.check_every == 0 and bool(finished.all())):
+                        break
+                    mask[:, width + i] = 1
+                    logits = step(
+                        input_ids=token[:, None],
+                        attention_mask=mask,
+                        position_ids=pos + i,
+                        past_key_values=cache,
+                        cache_position=steps[i : i + 1],
+                        use_cache=True,
+                    ).logits
+                    token = logits[:, -1].argmax(-1)
         return self._trim(out.tolist())
