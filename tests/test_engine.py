@@ -1,9 +1,10 @@
 """Engines on the tiny random model: batched equals simple in float32; long documents are cut and recorded."""
 
 import pytest
+import torch
 
 from nerfleet.evaluation.prompts import load_prompt
-from nerfleet.workers.engine import BatchedEngine, GenerationRequest, SimpleEngine
+from nerfleet.workers.engine import BatchedEngine, GenerationRequest, SimpleEngine, left_padded, prompt_mask
 from nerfleet.workers.models import load, resolve
 from tests.conftest import DEMO_CORPUS
 
@@ -459,3 +460,13 @@ def test_compiled_prefill_takes_the_shortcut_in_one_graph(tiny):
     assert engine._last_position
     assert [r.output for r in engine.generate(reqs)] == [r.output for r in SimpleEngine(model, tok).generate(reqs)]
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+
+
+def test_a_batch_is_left_padded_with_its_mask_over_the_whole_cache():
+    batch = [[5, 6, 7], [8], []]
+    ids = left_padded(batch, 4, pad=0)
+    assert ids.dtype == torch.long and ids.tolist() == [[0, 5, 6, 7], [0, 0, 0, 8], [0, 0, 0, 0]]
+    mask = prompt_mask(batch, 4, 6, "cpu")
+    assert mask.dtype == torch.long
+    assert mask.tolist() == [[0, 1, 1, 1, 0, 0], [0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0]]
+    assert left_padded([[]], 0, pad=0).shape == (1, 0)

@@ -350,19 +350,22 @@ class CompiledEngine(BatchedEngine):
     #: for each product, at minutes of compilation.
     prefill_compile_mode: str | None = None
     #: With fused projections, weights stored transposed in memory (:func:`nerfleet.workers.fusion.fuse`):
-    #: an experiment (``bench/profile_generation.py --column-major``), off until measured faster.
+    #: cuBLAS then picks faster kernels for the decoding step's thin products (``bench/decode_products.py``;
+    #: with ``step_blas`` below, Mistral-7B's step 11.80 → 11.33 ms on an H100, ``bench/NOTES.md``).
     column_major_weights = True
     #: Let inductor time Triton templates against cuBLAS for the decoding step's products
-    #: (``max_autotune_gemm``: the gemm half of ``mode="max-autotune"``, without the coordinate-descent
-    #: tuning that did not finish compiling in 7 minutes): an experiment (``bench/decode_products.py``,
-    #: ``bench/profile_generation.py --step-autotune``), off until measured faster.
+    #: (``max_autotune_gemm``: the gemm half of ``mode="max-autotune"``, without its coordinate-descent
+    #: tuning): off, its choices ran the thin products 1.03–3.0× slower than cuBLAS on an H100
+    #: (``bench/decode_products.py``).
     step_autotune_products = False
     #: torch's BLAS library (``cublas``, ``cublaslt``; None: torch's setting) for the prefill's and the
     #: decoding step's products, set around each: the step's CUDA graph keeps the kernels it captured.
+    #: cuBLASLt runs the step's down product without cuBLAS's separate split-K reduction (46 vs 54 µs).
     prefill_blas: str | None = None
     step_blas: str | None = "cublaslt"
     #: Let inductor time Triton templates (which can fuse SiLU·up into the product) against cuBLAS for
-    #: the prefill's products: an experiment (``bench/profile_generation.py --prefill-autotune``).
+    #: the prefill's products: off, on an H100 it kept cuBLAS for all of them
+    #: (``bench/profile_generation.py --prefill-autotune``: 1.807 s against 1.80).
     prefill_autotune_products = False
 
     def __init__(self, *args, decode_attention: str | None = None, fuse_projections: bool | None = None, **kwargs):
