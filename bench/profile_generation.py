@@ -4,7 +4,8 @@ of the prefill and of the decoding steps (random-weight model of a study archite
     python bench/profile_generation.py --arch mistral-7b --batch 128
     python bench/profile_generation.py --arch mistral-7b --no-last-position      # A/B of the prefill shortcut
     python bench/profile_generation.py --arch mistral-7b --prefill-mode max-autotune-no-cudagraphs
-    python bench/profile_generation.py --arch mistral-7b --column-major          # fused weights stored transposed
+    python bench/profile_generation.py --arch mistral-7b --no-column-major       # fused weights as nn.Linear's
+    python bench/profile_generation.py --arch mistral-7b --step-blas cublas      # the step's products on cuBLAS
     python bench/profile_generation.py --arch mistral-7b --step-autotune         # decoding products autotuned
 """
 
@@ -106,18 +107,21 @@ def main() -> None:
         help="the prefill's last layer after attention at the last position only",
     )
     ap.add_argument("--prefill-mode", help="torch.compile mode of the prefill (e.g. max-autotune-no-cudagraphs)")
-    ap.add_argument("--column-major", action="store_true", help="fused weights stored transposed (experiment)")
-    ap.add_argument("--step-autotune", action="store_true", help="decoding step's products autotuned (experiment)")
-    ap.add_argument("--prefill-blas", choices=["cublas", "cublaslt"], help="BLAS library of the prefill")
-    ap.add_argument("--step-blas", choices=["cublas", "cublaslt"], help="BLAS library of the decoding step")
-    ap.add_argument("--prefill-autotune", action="store_true", help="prefill's products autotuned (experiment)")
+    # every other flag defaults to the engine's own setting, so a plain run profiles the worker's engine
+    engine = CompiledEngine
+    flag = argparse.BooleanOptionalAction
+    ap.add_argument("--column-major", action=flag, default=engine.column_major_weights, help="fused weights transposed")
+    ap.add_argument("--step-autotune", action=flag, default=engine.step_autotune_products, help="step's products autotuned")
+    ap.add_argument("--prefill-autotune", action=flag, default=engine.prefill_autotune_products, help="prefill's, autotuned")
+    ap.add_argument("--prefill-blas", choices=["cublas", "cublaslt"], default=engine.prefill_blas, help="prefill's BLAS")
+    ap.add_argument("--step-blas", choices=["cublas", "cublaslt"], default=engine.step_blas, help="decoding step's BLAS")
     args = ap.parse_args()
-    CompiledEngine.prefill_blas, CompiledEngine.step_blas = args.prefill_blas, args.step_blas
-    CompiledEngine.prefill_autotune_products = args.prefill_autotune
-    CompiledEngine.last_position_prefill = args.last_position
-    CompiledEngine.prefill_compile_mode = args.prefill_mode
-    CompiledEngine.column_major_weights = args.column_major
-    CompiledEngine.step_autotune_products = args.step_autotune
+    engine.prefill_blas, engine.step_blas = args.prefill_blas, args.step_blas
+    engine.prefill_autotune_products = args.prefill_autotune
+    engine.last_position_prefill = args.last_position
+    engine.prefill_compile_mode = args.prefill_mode
+    engine.column_major_weights = args.column_major
+    engine.step_autotune_products = args.step_autotune
     cls, kwargs, _ = ARCHS[args.arch]
     torch.manual_seed(0)
     with torch.device("cuda"):

@@ -3,11 +3,11 @@
 # written line by line to $OUT/<name>.txt (and its JSON beside it), so a step cut short keeps what it
 # printed. On a GPU machine, from the repository root:
 #
-#   OUT=/tmp/bench bash bench/run-gpu.sh profile profile-no-last-position profile-column-major
+#   OUT=/tmp/bench bash bench/run-gpu.sh profile profile-no-last-position profile-row-major
 #   OUT=/tmp/bench MODEL=SmolLM2-135M-Instruct.Q4_1.gguf CORPUS=.../clinical-cases-es \
 #       bash bench/run-gpu.sh same-answers fleet shapes
 #
-# Steps: products, profile, profile-no-last-position, profile-column-major, profile-step-autotune,
+# Steps: products, profile, profile-no-last-position, profile-row-major, profile-step-cublas, profile-step-autotune,
 # profile-max-autotune, generation, decode-attention, invariance, same-answers, fleet, shapes. MODEL and
 # CORPUS (the real SmolLM2 and the shared Spanish corpus) are needed by the last three only.
 set -u
@@ -35,7 +35,8 @@ for step in "$@"; do
   case $step in
     profile) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 ;;
     profile-no-last-position) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --no-last-position ;;
-    profile-column-major) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --column-major ;;
+    profile-row-major) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --no-column-major ;;
+    profile-step-cublas) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --step-blas cublas ;;
     profile-step-autotune) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --step-autotune ;;
     products) run "$step" "$PY" bench/decode_products.py --arch mistral-7b --tma ;;
     profile-max-autotune)
