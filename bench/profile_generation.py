@@ -110,11 +110,11 @@ def main() -> None:
     # every other flag defaults to the engine's own setting, so a plain run profiles the worker's engine
     engine = CompiledEngine
     flag = argparse.BooleanOptionalAction
-    ap.add_argument("--column-major", action=flag, default=engine.column_major_weights, help="fused weights transposed")
-    ap.add_argument("--step-autotune", action=flag, default=engine.step_autotune_products, help="step's products autotuned")
-    ap.add_argument("--prefill-autotune", action=flag, default=engine.prefill_autotune_products, help="prefill's, autotuned")
-    ap.add_argument("--prefill-blas", choices=["cublas", "cublaslt"], default=engine.prefill_blas, help="prefill's BLAS")
-    ap.add_argument("--step-blas", choices=["cublas", "cublaslt"], default=engine.step_blas, help="decoding step's BLAS")
+    ap.add_argument("--column-major", action=flag, default=engine.column_major_weights, help="weights transposed")
+    ap.add_argument("--step-autotune", action=flag, default=engine.step_autotune_products, help="step autotuned")
+    ap.add_argument("--prefill-autotune", action=flag, default=engine.prefill_autotune_products, help="autotuned")
+    ap.add_argument("--prefill-blas", choices=["cublas", "cublaslt"], default=engine.prefill_blas, help="prefill BLAS")
+    ap.add_argument("--step-blas", choices=["cublas", "cublaslt"], default=engine.step_blas, help="step BLAS")
     args = ap.parse_args()
     engine.prefill_blas, engine.step_blas = args.prefill_blas, args.step_blas
     engine.prefill_autotune_products = args.prefill_autotune
