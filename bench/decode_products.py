@@ -109,14 +109,17 @@ def main() -> None:
         torch.backends.cuda.preferred_blas_library("cublas")
         del weights
         torch.cuda.empty_cache()
+    calls = {p: c for p, (_, _, c) in products(kwargs).items()}
+
+    def per_step_ms(us: dict[str, float]) -> float:
+        return sum(us[p] * calls[p] for p in us) / 1000
+
     print("\nper decoding step (ms), summed over the layers:")
-    now = "cuBLAS, W (nn.Linear)"
     for label in variants:
-        total = sum(table[p][label] * products(kwargs)[p][2] for p in table) / 1000
-        best = sum(min(table[p].values()) * products(kwargs)[p][2] for p in table) / 1000
-        print(f"  {label:<48} {total:6.2f} ms")
-    base = sum(table[p][now] * products(kwargs)[p][2] for p in table) / 1000
-    print(f"  {'best per product':<48} {best:6.2f} ms (saves {base - best:.2f} ms a step against now)")
+        print(f"  {label:<48} {per_step_ms({p: row[label] for p, row in table.items()}):6.2f} ms")
+    best = per_step_ms({p: min(row.values()) for p, row in table.items()})
+    now = per_step_ms({p: row["cuBLAS, W (nn.Linear)"] for p, row in table.items()})
+    print(f"  {'best per product':<48} {best:6.2f} ms (saves {now - best:.2f} ms a step against nn.Linear's layout)")
     for p, row in table.items():
         print(f"  {p}: fastest {min(row, key=row.get)}")
 
