@@ -7,9 +7,9 @@
 #   OUT=/tmp/bench MODEL=SmolLM2-135M-Instruct.Q4_1.gguf CORPUS=.../clinical-cases-es \
 #       bash bench/run-gpu.sh same-answers fleet shapes
 #
-# Steps: products, profile, profile-no-last-position, profile-row-major, profile-step-cublas, profile-step-autotune,
-# profile-max-autotune, generation, decode-attention, invariance, same-answers, fleet, shapes. MODEL and
-# CORPUS (the real SmolLM2 and the shared Spanish corpus) are needed by the last three only.
+# Steps: products, profile, profile-no-last-position, profile-row-major, profile-step-cublas, profile-static-mask,
+# profile-step-autotune, profile-max-autotune, generation, decode-attention, invariance, same-answers, fleet,
+# shapes. MODEL and CORPUS (the real SmolLM2 and the shared Spanish corpus) are needed by the last three only.
 set -u
 OUT=$(realpath -m "${OUT:-bench/results/run-$(date +%Y%m%d-%H%M%S)}")
 LIMIT=${LIMIT:-540}
@@ -37,6 +37,7 @@ for step in "$@"; do
     profile-no-last-position) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --no-last-position ;;
     profile-row-major) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --no-column-major ;;
     profile-step-cublas) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --step-blas cublas ;;
+    profile-static-mask) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --static-mask ;;
     profile-step-autotune) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --step-autotune ;;
     products) run "$step" "$PY" bench/decode_products.py --arch mistral-7b --tma ;;
     profile-max-autotune)

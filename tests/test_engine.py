@@ -470,3 +470,23 @@ def test_a_batch_is_left_padded_with_its_mask_over_the_whole_cache():
     assert mask.dtype == torch.long
     assert mask.tolist() == [[0, 1, 1, 1, 0, 0], [0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0]]
     assert left_padded([[]], 0, pad=0).shape == (1, 0)
+
+
+def test_a_static_step_mask_is_kept_per_batch_shape_and_gives_the_reference_tokens(tiny, monkeypatch):
+    from nerfleet.workers.engine import CompiledEngine
+
+    monkeypatch.setattr(CompiledEngine, "static_step_mask", True)
+    model, tok = tiny
+    reqs = requests(n=6, max_new_tokens=12)
+    simple = [r.output for r in SimpleEngine(model, tok).generate(reqs)]
+    engine = CompiledEngine(model, tok, batch_size=4, decode_attention="sdpa")
+    try:
+        assert [r.output for r in engine.generate(reqs[:4])] == simple[:4]
+        kept = engine._mask
+        assert kept is not None and kept.shape[0] == 4
+        assert [r.output for r in engine.generate(reqs[2:6])] == simple[2:6]  # same shape: refilled in place
+        assert engine._mask is kept
+        assert [r.output for r in engine.generate(reqs[:2])] == simple[:2]  # another shape: a new tensor
+        assert engine._mask is not kept and engine._mask.shape[0] == 2
+    finally:
+        model.config._attn_implementation = "sdpa"  # leave the shared fixture as it was

@@ -367,6 +367,11 @@ class CompiledEngine(BatchedEngine):
     #: the prefill's products: off, on an H100 it kept cuBLAS for all of them
     #: (``bench/profile_generation.py --prefill-autotune``: 1.807 s against 1.80).
     prefill_autotune_products = False
+    #: Keep the attention mask in one tensor per batch shape at a fixed address, so the step's CUDA
+    #: graph reads it in place instead of copying a new one in at every step (the ~17 µs
+    #: ``multi_tensor_apply`` copy a step of the session 8 profile): an experiment, off until measured
+    #: (``bench/profile_generation.py --static-mask``).
+    static_step_mask = False
 
     def __init__(self, *args, decode_attention: str | None = None, fuse_projections: bool | None = None, **kwargs):
         """The decoding step's attention (``triton``, ``flex`` or ``sdpa``) from the argument, else
@@ -400,6 +405,7 @@ class CompiledEngine(BatchedEngine):
         self._step = None
         self._prefill = None
         self._cache = None
+        self._mask = None
         self._last_position = self.last_position_prefill and last_position_refusal(self.model) is None
         import torch._dynamo.config
 
@@ -440,10 +446,22 @@ class CompiledEngine(BatchedEngine):
         self._cache = (key, cache)
         return cache
 
+    def _static_mask(self, mask):
+        """``mask`` copied into the tensor kept for its shape (a new one when the shape changes)."""
+        import torch
+
+        if self._mask is None or self._mask.shape != mask.shape:
+            self._mask = None  # free the old one before allocating
+            self._mask = mask.clone()
+            torch._dynamo.mark_static_address(self._mask)
+            return self._mask
+        return self._mask.copy_(mask)
+
     def _reusable_bytes(self) -> int:
         if self._cache is None:
             return 0
         tensors = [t for layer in getattr(self._cache[1], "layers", []) for t in (layer.keys, layer.values)]
+        tensors.append(self._mask)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def _prefill_compilable(self) -> bool:
@@ -478,6 +496,8 @@ class CompiledEngine(BatchedEngine):
             total = round_up(total, KV_BLOCK)
         ids = left_padded(batch, width, pad).to(dev)
         mask = prompt_mask(batch, width, total, dev)
+        if self.static_step_mask:
+            mask = self._static_mask(mask)
         positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
         eos_ids = torch.tensor(sorted(self._stop_ids()) or [-1], device=dev)
         out = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=dev)
