@@ -6,7 +6,6 @@ of the prefill and of the decoding steps (random-weight model of a study archite
     python bench/profile_generation.py --arch mistral-7b --prefill-mode max-autotune-no-cudagraphs
     python bench/profile_generation.py --arch mistral-7b --no-column-major       # fused weights as nn.Linear's
     python bench/profile_generation.py --arch mistral-7b --step-blas cublas      # the step's products on cuBLAS
-    python bench/profile_generation.py --arch mistral-7b --step-autotune         # decoding products autotuned
     python bench/profile_generation.py --arch mistral-7b --static-mask           # the step's mask not copied in
 """
 
@@ -112,19 +111,15 @@ def main() -> None:
     engine = CompiledEngine
     flag = argparse.BooleanOptionalAction
     ap.add_argument("--column-major", action=flag, default=engine.column_major_weights, help="weights transposed")
-    ap.add_argument("--step-autotune", action=flag, default=engine.step_autotune_products, help="step autotuned")
-    ap.add_argument("--prefill-autotune", action=flag, default=engine.prefill_autotune_products, help="autotuned")
     ap.add_argument("--prefill-blas", choices=["cublas", "cublaslt"], default=engine.prefill_blas, help="prefill BLAS")
     ap.add_argument("--step-blas", choices=["cublas", "cublaslt"], default=engine.step_blas, help="step BLAS")
     ap.add_argument("--static-mask", action=flag, default=engine.static_step_mask, help="mask at a fixed address")
     args = ap.parse_args()
     engine.static_step_mask = args.static_mask
     engine.prefill_blas, engine.step_blas = args.prefill_blas, args.step_blas
-    engine.prefill_autotune_products = args.prefill_autotune
     engine.last_position_prefill = args.last_position
     engine.prefill_compile_mode = args.prefill_mode
     engine.column_major_weights = args.column_major
-    engine.step_autotune_products = args.step_autotune
     cls, kwargs, _ = ARCHS[args.arch]
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -136,9 +131,8 @@ def main() -> None:
     print(
         f"model {type(eng.model).__name__}, decoding attention {eng.decode_attention}, last layer at the last "
         f"position only: {eng._last_position}, prefill compile mode {eng.prefill_compile_mode}, "
-        f"column-major weights: {eng.column_major_weights}, decoding products autotuned: {eng.step_autotune_products}, "
-        f"static mask {eng.static_step_mask}, BLAS prefill {eng.prefill_blas}, step {eng.step_blas}, "
-        f"prefill autotuned {eng.prefill_autotune_products}",
+        f"column-major weights: {eng.column_major_weights}, static mask {eng.static_step_mask}, "
+        f"BLAS prefill {eng.prefill_blas}, step {eng.step_blas}",
         flush=True,
     )
     eng.compile_prefill = False

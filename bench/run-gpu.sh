@@ -8,8 +8,8 @@
 #       bash bench/run-gpu.sh same-answers fleet shapes
 #
 # Steps: products, profile, profile-no-last-position, profile-row-major, profile-step-cublas, profile-static-mask,
-# profile-step-autotune, profile-max-autotune, generation, decode-attention, invariance, same-answers, fleet,
-# shapes. MODEL and CORPUS (the real SmolLM2 and the shared Spanish corpus) are needed by the last three only.
+# profile-max-autotune, generation, decode-attention, invariance, same-answers, fleet, shapes. MODEL and
+# CORPUS (the real SmolLM2 and the shared Spanish corpus) are needed by the last three only.
 set -u
 OUT=$(realpath -m "${OUT:-bench/results/run-$(date +%Y%m%d-%H%M%S)}")
 LIMIT=${LIMIT:-540}
@@ -38,7 +38,6 @@ for step in "$@"; do
     profile-row-major) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --no-column-major ;;
     profile-step-cublas) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --step-blas cublas ;;
     profile-static-mask) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --static-mask ;;
-    profile-step-autotune) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --step-autotune ;;
     products) run "$step" "$PY" bench/decode_products.py --arch mistral-7b --tma ;;
     profile-max-autotune)
       run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --prefill-mode max-autotune-no-cudagraphs ;;

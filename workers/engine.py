@@ -353,20 +353,13 @@ class CompiledEngine(BatchedEngine):
     #: cuBLAS then picks faster kernels for the decoding step's thin products (``bench/decode_products.py``;
     #: with ``step_blas`` below, Mistral-7B's step 11.80 → 11.33 ms on an H100, ``bench/NOTES.md``).
     column_major_weights = True
-    #: Let inductor time Triton templates against cuBLAS for the decoding step's products
-    #: (``max_autotune_gemm``: the gemm half of ``mode="max-autotune"``, without its coordinate-descent
-    #: tuning): off, its choices ran the thin products 1.03–3.0× slower than cuBLAS on an H100
-    #: (``bench/decode_products.py``).
-    step_autotune_products = False
     #: torch's BLAS library (``cublas``, ``cublaslt``; None: torch's setting) for the prefill's and the
     #: decoding step's products, set around each: the step's CUDA graph keeps the kernels it captured.
     #: cuBLASLt runs the step's down product without cuBLAS's separate split-K reduction (46 vs 54 µs).
+    #: Inductor's autotuned Triton products were slower for the step (``bench/decode_products.py``) and
+    #: kept cuBLAS for every prefill product (``bench/NOTES.md``, session 8), so neither is offered.
     prefill_blas: str | None = None
     step_blas: str | None = "cublaslt"
-    #: Let inductor time Triton templates (which can fuse SiLU·up into the product) against cuBLAS for
-    #: the prefill's products: off, on an H100 it kept cuBLAS for all of them
-    #: (``bench/profile_generation.py --prefill-autotune``: 1.807 s against 1.80).
-    prefill_autotune_products = False
     #: Keep the attention mask in one tensor per batch shape at a fixed address, so the step's CUDA
     #: graph reads it in place instead of copying a new one in at every step (the ~17 µs
     #: ``multi_tensor_apply`` copy a step of the session 8 profile): an experiment, off until measured
@@ -421,10 +414,9 @@ class CompiledEngine(BatchedEngine):
             if on_cuda(self.model):
                 from transformers import CompileConfig
 
-                config = CompileConfig(fullgraph=False, mode="reduce-overhead", dynamic=self.compile_dynamic)
-                if self.step_autotune_products:  # torch.compile takes a mode or options; this mode is one option
-                    config.mode, config.options = None, {"triton.cudagraphs": True, "max_autotune_gemm": True}
-                self._step = self.model.get_compiled_call(config)
+                self._step = self.model.get_compiled_call(
+                    CompileConfig(fullgraph=False, mode="reduce-overhead", dynamic=self.compile_dynamic)
+                )
             else:
                 self._step = self.model.__call__
         return self._step
@@ -477,10 +469,9 @@ class CompiledEngine(BatchedEngine):
             import torch
 
             # a frame apart from the step's
-            how = {"mode": self.prefill_compile_mode}
-            if self.prefill_autotune_products:  # torch.compile takes a mode or options
-                how = {"options": {"max_autotune_gemm": True}}
-            self._prefill = torch.compile(self.model.forward, dynamic=self.compile_dynamic, **how)
+            self._prefill = torch.compile(
+                self.model.forward, dynamic=self.compile_dynamic, mode=self.prefill_compile_mode
+            )
         return self._prefill
 
     def _run(self, batch: list[list[int]], max_new_tokens: int) -> list[list[int]]:
