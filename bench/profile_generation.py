@@ -7,6 +7,7 @@ of the prefill and of the decoding steps (random-weight model of a study archite
     python bench/profile_generation.py --arch mistral-7b --no-column-major       # fused weights as nn.Linear's
     python bench/profile_generation.py --arch mistral-7b --step-blas cublas      # the step's products on cuBLAS
     python bench/profile_generation.py --arch mistral-7b --static-mask           # the step's mask not copied in
+    python bench/profile_generation.py --arch mistral-7b --decode-splits 3       # keys of a row split 3 ways
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM
 
+from nerfleet.workers import decoding
 from nerfleet.workers.engine import CompiledEngine
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -114,7 +116,10 @@ def main() -> None:
     ap.add_argument("--prefill-blas", choices=["cublas", "cublaslt"], default=engine.prefill_blas, help="prefill BLAS")
     ap.add_argument("--step-blas", choices=["cublas", "cublaslt"], default=engine.step_blas, help="step BLAS")
     ap.add_argument("--static-mask", action=flag, default=engine.static_step_mask, help="mask at a fixed address")
+    ap.add_argument("--decode-splits", type=int, help="key chunks per row of the decoding attention (default: planned)")
     args = ap.parse_args()
+    if args.decode_splits:
+        decoding.plan_splits = lambda programs, keys, sms: args.decode_splits
     engine.static_step_mask = args.static_mask
     engine.prefill_blas, engine.step_blas = args.prefill_blas, args.step_blas
     engine.last_position_prefill = args.last_position
@@ -132,7 +137,7 @@ def main() -> None:
         f"model {type(eng.model).__name__}, decoding attention {eng.decode_attention}, last layer at the last "
         f"position only: {eng._last_position}, prefill compile mode {eng.prefill_compile_mode}, "
         f"column-major weights: {eng.column_major_weights}, static mask {eng.static_step_mask}, "
-        f"BLAS prefill {eng.prefill_blas}, step {eng.step_blas}",
+        f"BLAS prefill {eng.prefill_blas}, step {eng.step_blas}, decoding splits {args.decode_splits or 'planned'}",
         flush=True,
     )
     eng.compile_prefill = False

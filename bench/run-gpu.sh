@@ -8,7 +8,7 @@
 #       bash bench/run-gpu.sh same-answers fleet shapes
 #
 # Steps: products, profile, profile-no-last-position, profile-row-major, profile-step-cublas, profile-static-mask,
-# profile-max-autotune, generation, decode-attention, invariance, same-answers, fleet, shapes. MODEL and
+# profile-splits-N (the decoding attention's keys split N ways), profile-max-autotune, generation, decode-attention, invariance, same-answers, fleet, shapes. MODEL and
 # CORPUS (the real SmolLM2 and the shared Spanish corpus) are needed by the last three only.
 set -u
 OUT=$(realpath -m "${OUT:-bench/results/run-$(date +%Y%m%d-%H%M%S)}")
@@ -38,6 +38,7 @@ for step in "$@"; do
     profile-row-major) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --no-column-major ;;
     profile-step-cublas) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --step-blas cublas ;;
     profile-static-mask) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --static-mask ;;
+    profile-splits-*) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --decode-splits "${step##*-}" ;;
     products) run "$step" "$PY" bench/decode_products.py --arch mistral-7b --tma ;;
     profile-max-autotune)
       run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --prefill-mode max-autotune-no-cudagraphs ;;
