@@ -6,6 +6,7 @@ without its coordinate-descent tuning). Each product cycles over one weight per 
 does, so the 50 MB L2 never holds them. Prints µs and TB/s per product and what a step would save.
 
     python bench/decode_products.py --arch mistral-7b --batch 128
+    python bench/decode_products.py --arch mistral-7b --batch 81920 --reps 2 --no-inductor   # the prefill's
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--tma", action="store_true", help="also inductor with persistent TMA templates")
+    ap.add_argument("--no-inductor", action="store_true", help="cuBLAS and cuBLASLt only (prefill-sized batches)")
     args = ap.parse_args()
     _, kwargs, _ = ARCHS[args.arch]
     dt = torch.bfloat16
@@ -81,7 +83,9 @@ def main() -> None:
         "cuBLASLt, W stored transposed": ("WT", product),
         "inductor max_autotune_gemm, W": ("W", None),
     }
-    if args.tma:
+    if args.no_inductor:
+        del variants["inductor max_autotune_gemm, W"]
+    elif args.tma:
         variants["inductor max_autotune_gemm + persistent TMA, W"] = ("W", None)
     table: dict[str, dict[str, float]] = {}
     for name, (k, n, calls) in products(kwargs).items():
@@ -102,7 +106,8 @@ def main() -> None:
             us = per_call_us(fn, x, ws, args.reps)
             row[label] = us
             print(
-                f"{name:>8} {args.batch}x{k}@{n} x{calls}: {label:<48} {us:8.1f} µs  {nbytes / us / 1e6:5.2f} TB/s",
+                f"{name:>8} {args.batch}x{k}@{n} x{calls}: {label:<48} {us:8.1f} µs  {nbytes / us / 1e6:5.2f} TB/s "
+                f"{2 * args.batch * k * n / us / 1e6:6.0f} TFLOP/s",
                 flush=True,
             )
             del ws

@@ -7,8 +7,9 @@
 #   OUT=/tmp/bench MODEL=SmolLM2-135M-Instruct.Q4_1.gguf CORPUS=.../clinical-cases-es \
 #       bash bench/run-gpu.sh same-answers fleet shapes
 #
-# Steps: products, profile, profile-no-last-position, profile-row-major, profile-step-cublas, profile-static-mask,
-# profile-splits-N (the decoding attention's keys split N ways), profile-max-autotune, generation, decode-attention, invariance, same-answers, fleet, shapes. MODEL and
+# Steps: products, prefill-products, profile, profile-no-last-position, profile-row-major, profile-step-cublas,
+# profile-static-mask, profile-splits-N (the decoding attention's keys split N ways), profile-max-autotune,
+# generation, decode-attention, decode-attention-cold, invariance, same-answers, fleet, shapes. MODEL and
 # CORPUS (the real SmolLM2 and the shared Spanish corpus) are needed by the last three only.
 set -u
 OUT=$(realpath -m "${OUT:-bench/results/run-$(date +%Y%m%d-%H%M%S)}")
@@ -43,6 +44,8 @@ for step in "$@"; do
     profile-max-autotune)
       run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --prefill-mode max-autotune-no-cudagraphs ;;
     generation) run "$step" "$PY" bench/generation.py --out "$OUT/generation.json" ;;
+    decode-attention-cold) run "$step" "$PY" bench/decode_attention.py --cold --out "$OUT/decode-attention-cold.json" ;;
+    prefill-products) run "$step" "$PY" bench/decode_products.py --arch mistral-7b --batch 81920 --reps 2 --no-inductor ;;
     decode-attention) run "$step" "$PY" bench/decode_attention.py --out "$OUT/decode-attention.json" ;;
     invariance) run "$step" "$PY" bench/invariance.py --out "$OUT/invariance.json" ;;
     same-answers)
