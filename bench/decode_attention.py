@@ -130,7 +130,7 @@ def sweep(name: str, total: int, filled: int) -> list[dict]:
     return rows
 
 
-def cold_sweep(name: str, total: int, filled: int, layers: int) -> list[dict]:
+def cold_sweep(name: str, total: int, filled: int, layers: int, sweep_configs: bool = True) -> list[dict]:
     """The sweep as a decoding step meets the op: one cache per layer, the layers' calls replayed
     from one CUDA graph, so no call finds the keys of the one before it in the 50 MB L2 (a single
     cache called back to back does: 139 µs graphed alone against 156 inside the Mistral step)."""
@@ -141,7 +141,18 @@ def cold_sweep(name: str, total: int, filled: int, layers: int) -> list[dict]:
     flags = live.to(torch.int8)
     nbytes = int(live.sum()) * shape[2] * shape[3] * 4
     scale = shape[3] ** -0.5
+    # the op as the engine's compiled step runs it: through inductor's launcher, graphed
+    compiled = torch.compile(lambda q, k, v, f, b: decoding.attend(q, k, v, f, b, scale), dynamic=False)
+    pairs = {
+        "eager": lambda: [decoding.attend(q, k, v, flags, bounds, scale) for q, k, v, _ in caches],
+        "compiled": lambda: [compiled(q, k, v, flags, bounds) for q, k, v, _ in caches],
+    }
+    for label, fn in pairs.items():
+        seconds = timed(graphed(fn), reps=3) / layers
+        print(f"planned config, {label}, graphed: {seconds * 1e6:.1f} us {nbytes / seconds / 1e12:.2f} TB/s")
     rows = []
+    if not sweep_configs:
+        return rows
     saved = decoding.KEY_TILE, decoding.NUM_WARPS, decoding.NUM_STAGES
     try:
         for tile, warps, stages, splits in itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4), (None, 2)):
@@ -166,10 +177,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path)
     ap.add_argument("--cold", action="store_true", help="only the sweep over one cache per layer (Mistral-7B)")
+    ap.add_argument("--no-sweep", action="store_true", help="with --cold: the planned config only")
     args = ap.parse_args()
     busy(3.0)
     if args.cold:
-        results = cold_sweep("mistral-7b b128", 896, 768, 32)
+        results = cold_sweep("mistral-7b b128", 896, 768, 32, not args.no_sweep)
         print("triton sweep, mistral-7b b128, one cache per layer, graphed: tile warps stages splits -> us, TB/s")
         for t in sorted(results, key=lambda t: t.get("us", 1e9)):
             speed = f"{t['us']:.1f}  {t['tb_per_s']:.2f}" if "us" in t else t["error"]

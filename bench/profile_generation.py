@@ -8,6 +8,7 @@ of the prefill and of the decoding steps (random-weight model of a study archite
     python bench/profile_generation.py --arch mistral-7b --step-blas cublas      # the step's products on cuBLAS
     python bench/profile_generation.py --arch mistral-7b --static-mask           # the step's mask not copied in
     python bench/profile_generation.py --arch mistral-7b --decode-splits 3       # keys of a row split 3 ways
+    python bench/profile_generation.py --arch mistral-7b --null-attention        # the step without attention
 """
 
 from __future__ import annotations
@@ -117,7 +118,17 @@ def main() -> None:
     ap.add_argument("--step-blas", choices=["cublas", "cublaslt"], default=engine.step_blas, help="step BLAS")
     ap.add_argument("--static-mask", action=flag, default=engine.static_step_mask, help="mask at a fixed address")
     ap.add_argument("--decode-splits", type=int, help="key chunks per row of the decoding attention (default: planned)")
+    ap.add_argument(
+        "--null-attention",
+        action="store_true",
+        help="the decoding step's attention returns its query (wrong tokens): the step's time without it, unprofiled",
+    )
+    ap.add_argument("--decode-tile", help="the decoding attention's keys per tile, warps, stages: e.g. 128,8,2")
     args = ap.parse_args()
+    if args.decode_tile:
+        decoding.KEY_TILE, decoding.NUM_WARPS, decoding.NUM_STAGES = (int(x) for x in args.decode_tile.split(","))
+    if args.null_attention:
+        decoding.attend = lambda query, key, value, live, bounds, scale, splits=None: query.transpose(1, 2)
     if args.decode_splits:
         decoding.plan_splits = lambda programs, keys, sms: args.decode_splits
     engine.static_step_mask = args.static_mask
@@ -137,7 +148,8 @@ def main() -> None:
         f"model {type(eng.model).__name__}, decoding attention {eng.decode_attention}, last layer at the last "
         f"position only: {eng._last_position}, prefill compile mode {eng.prefill_compile_mode}, "
         f"column-major weights: {eng.column_major_weights}, static mask {eng.static_step_mask}, "
-        f"BLAS prefill {eng.prefill_blas}, step {eng.step_blas}, decoding splits {args.decode_splits or 'planned'}",
+        f"BLAS prefill {eng.prefill_blas}, step {eng.step_blas}, decoding splits {args.decode_splits or 'planned'}, "
+        f"tile/warps/stages {decoding.KEY_TILE}/{decoding.NUM_WARPS}/{decoding.NUM_STAGES}",
         flush=True,
     )
     eng.compile_prefill = False

@@ -8,7 +8,7 @@
 #       bash bench/run-gpu.sh same-answers fleet shapes
 #
 # Steps: products, prefill-products, profile, profile-no-last-position, profile-row-major, profile-step-cublas,
-# profile-static-mask, profile-splits-N (the decoding attention's keys split N ways), profile-max-autotune,
+# profile-static-mask, profile-null-attention, profile-splits-N (the decoding attention's keys split N ways), profile-max-autotune,
 # generation, decode-attention, decode-attention-cold, invariance, same-answers, fleet, shapes. MODEL and
 # CORPUS (the real SmolLM2 and the shared Spanish corpus) are needed by the last three only.
 set -u
@@ -39,6 +39,7 @@ for step in "$@"; do
     profile-row-major) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --no-column-major ;;
     profile-step-cublas) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --step-blas cublas ;;
     profile-static-mask) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --static-mask ;;
+    profile-null-attention) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --null-attention ;;
     profile-splits-*) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --decode-splits "${step##*-}" ;;
     products) run "$step" "$PY" bench/decode_products.py --arch mistral-7b --tma ;;
     profile-max-autotune)

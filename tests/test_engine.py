@@ -105,9 +105,10 @@ def test_compiled_engine_equals_simple_in_float32(tiny, decode, monkeypatch):
     model.config._attn_implementation = "sdpa"  # leave the shared fixture as it was
     assert [r.output for r in again] == [r.output for r in simple]
     assert [r.output for r in other] == [r.output for r in simple[:2]]
-    # fit_batch counts the kept cache as memory the next batch may use
+    # fit_batch counts the kept cache and the kept step mask (int64) as memory the next batch may use
     (n, total), _ = engine._cache
-    assert engine._reusable_bytes() == kv_bytes_per_token(model.config, model.dtype) * n * total
+    mask_bytes = n * total * 8 if engine.static_step_mask else 0
+    assert engine._reusable_bytes() == kv_bytes_per_token(model.config, model.dtype) * n * total + mask_bytes
 
 
 def test_unpadded_prefill_runs_causal_without_a_mask(tiny, monkeypatch):

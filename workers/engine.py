@@ -361,10 +361,10 @@ class CompiledEngine(BatchedEngine):
     prefill_blas: str | None = None
     step_blas: str | None = "cublaslt"
     #: Keep the attention mask in one tensor per batch shape at a fixed address, so the step's CUDA
-    #: graph reads it in place instead of copying a new one in at every step (the ~17 µs
-    #: ``multi_tensor_apply`` copy a step of the session 8 profile): an experiment, off until measured
-    #: (``bench/profile_generation.py --static-mask``).
-    static_step_mask = False
+    #: graph reads it in place instead of copying a new one in at every step: the 17 µs
+    #: ``multi_tensor_apply`` copy a step of the session 8 profile is 1.3 µs with it (session 9,
+    #: ``bench/results/profile-h100-mistral-static-mask.txt``).
+    static_step_mask = True
 
     def __init__(self, *args, decode_attention: str | None = None, fuse_projections: bool | None = None, **kwargs):
         """The decoding step's attention (``triton``, ``flex`` or ``sdpa``) from the argument, else
