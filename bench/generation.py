@@ -4,7 +4,7 @@ Random-weight models with the study's architectures (cost per token does not dep
 values), bf16, prompts of 640 tokens, 256 new tokens, greedy, the same batch for both engines,
 measured in the same process. Prints one table and writes a JSON file with device and versions.
 
-    python bench/generation.py --out bench/results/generation-h100.json
+    python bench/generation.py --out bench/results/generation-h100-session9.json
 """
 
 from __future__ import annotations
