@@ -20,11 +20,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM
 
 from nerfleet.workers import decoding
-from nerfleet.workers.engine import CompiledEngine
+from nerfleet.workers.engine import CompiledEngine, preferred_blas
 
 sys.path.insert(0, str(Path(__file__).parent))
 from generation import ARCHS  # noqa: E402
@@ -96,6 +97,46 @@ def step_kernels(eng: CompiledEngine, ids: list[list[int]], new: int, rows: int)
         print(f"{us:9.1f} µs {calls:7.1f} calls  {us / calls:7.2f} µs each  {key[:110]}")
 
 
+def attention_alone(eng: CompiledEngine, heads: int, filled: int = 768) -> None:
+    """The decoding attention replayed from a CUDA graph over the engine's own cache after a run, 32
+    calls back to back, then with the step's gate/up product of each layer between them, then over
+    the same tensors refilled with random values, then over fresh ones: which of the step's
+    surroundings, its data or its memory makes the op slower in the step than alone."""
+    from decode_attention import graphed
+    from timing import seconds_per_call
+
+    layers = eng._cache[1].layers
+    keys = layers[0].keys
+    b, kvh, n, d = keys.shape
+    live = torch.zeros(b, n, dtype=torch.int8, device=keys.device)
+    live[:, :filled] = 1
+    bounds = decoding.bounds_of(live)
+    q = torch.randn(b, heads, 1, d, dtype=keys.dtype, device=keys.device)
+    x = torch.randn(b, eng.model.config.hidden_size, dtype=keys.dtype, device=keys.device)
+    weights = [layer.mlp.gate_up_proj.weight for layer in eng.model.model.layers]
+    scale = d**-0.5
+
+    def per_layer_us(fn) -> float:
+        return 1e6 * seconds_per_call(graphed(fn), reps=3) / len(layers)
+
+    def attend_all(caches) -> list:
+        return [decoding.attend(q, k, v, live, bounds, scale) for k, v in caches]
+
+    own = [(layer.keys, layer.values) for layer in layers]
+    with torch.inference_mode(), preferred_blas(eng.step_blas):
+        print("\n== the decoding attention alone, graphed, 32 calls (µs a layer)")
+        print(f"  the engine's cache, its values after the run: {per_layer_us(lambda: attend_all(own)):7.1f}")
+        products = per_layer_us(lambda: [F.linear(x, w) for w in weights])
+        both = per_layer_us(lambda: [(F.linear(x, w), attend_all([kv])) for w, kv in zip(weights, own)])
+        print(f"  gate/up products alone: {products:7.1f}; with the attention between them: {both:7.1f}")
+        print(f"  so the attention between products: {both - products:7.1f}")
+        for k, v in own:
+            k.normal_(), v.normal_()
+        print(f"  the engine's cache refilled with random values: {per_layer_us(lambda: attend_all(own)):7.1f}")
+        fresh = [(torch.randn_like(k), torch.randn_like(v)) for k, v in own[:8]] * 4
+        print(f"  8 fresh random caches, each called 4 times: {per_layer_us(lambda: attend_all(fresh)):7.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="mistral-7b", choices=sorted(ARCHS))
@@ -123,6 +164,7 @@ def main() -> None:
         action="store_true",
         help="the decoding step's attention returns its query (wrong tokens): the step's time without it, unprofiled",
     )
+    ap.add_argument("--attention-alone", action="store_true", help="then the decoding attention alone (see its doc)")
     ap.add_argument("--decode-tile", help="the decoding attention's keys per tile, warps, stages: e.g. 128,8,2")
     args = ap.parse_args()
     if args.decode_tile:
@@ -167,6 +209,8 @@ def main() -> None:
     )
     kernels(lambda: eng._run(ids, 1), "prefill (compiled)", args.rows)
     step_kernels(eng, ids, args.new, 3 * args.rows)
+    if args.attention_alone:
+        attention_alone(eng, ARCHS[args.arch][1]["num_attention_heads"])
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@
 # printed. On a GPU machine, from the repository root:
 #
 #   OUT=/tmp/bench bash bench/run-gpu.sh profile profile-no-last-position profile-row-major
+#   CLOCKS=1 OUT=/tmp/bench bash bench/run-gpu.sh profile-attention-alone   # with nvidia-smi's clocks beside it
 #   OUT=/tmp/bench MODEL=SmolLM2-135M-Instruct.Q4_1.gguf CORPUS=.../clinical-cases-es \
 #       bash bench/run-gpu.sh same-answers fleet shapes
 #
 # Steps: products, prefill-products, profile, profile-no-last-position, profile-row-major, profile-step-cublas,
-# profile-static-mask, profile-null-attention, profile-splits-N (the decoding attention's keys split N ways), profile-max-autotune,
-# generation, decode-attention, decode-attention-cold, invariance, same-answers, fleet, shapes. MODEL and
+# profile-static-mask, profile-null-attention, profile-attention-alone, profile-splits-N (the decoding
+# attention's keys split N ways), profile-max-autotune, generation, decode-attention, decode-attention-cold, invariance, same-answers, fleet, shapes. MODEL and
 # CORPUS (the real SmolLM2 and the shared Spanish corpus) are needed by the last three only.
 set -u
 OUT=$(realpath -m "${OUT:-bench/results/run-$(date +%Y%m%d-%H%M%S)}")
@@ -27,9 +28,15 @@ run() {  # run NAME COMMAND...: under LIMIT seconds, warnings left out, line by 
   local name=$1
   shift
   echo "== $name: $*"
-  local start=$SECONDS
+  local start=$SECONDS clocks=
+  if [ -n "${CLOCKS:-}" ]; then  # CLOCKS=1: the GPU's clocks, power and temperatures every 200 ms beside it
+    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,temperature.memory \
+      --format=csv -lms 200 >"$OUT/$name.clocks.csv" 2>&1 &
+    clocks=$!
+  fi
   timeout "$LIMIT" "$@" 2>&1 | grep --line-buffered -v -i "warn" | tee "$OUT/$name.txt"
   echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
+  [ -z "$clocks" ] || kill "$clocks"
 }
 
 for step in "$@"; do
@@ -39,6 +46,7 @@ for step in "$@"; do
     profile-row-major) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --no-column-major ;;
     profile-step-cublas) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --step-blas cublas ;;
     profile-static-mask) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --static-mask ;;
+    profile-attention-alone) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --attention-alone ;;
     profile-null-attention) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --null-attention ;;
     profile-splits-*) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --decode-splits "${step##*-}" ;;
     products) run "$step" "$PY" bench/decode_products.py --arch mistral-7b --tma ;;
