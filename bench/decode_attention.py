@@ -130,10 +130,56 @@ def sweep(name: str, total: int, filled: int) -> list[dict]:
     return rows
 
 
+def between_products(caches: list, flags: torch.Tensor, bounds: torch.Tensor, scale: float) -> None:
+    """The op between the step's largest weight streams, as in a step: Mistral-7B's gate/up product
+    of each layer (cuBLASLt, one weight per layer) then that layer's attention, graphed."""
+    b = caches[0][0].shape[0]
+    x = torch.randn(b, 4096, dtype=torch.bfloat16, device="cuda")
+    weights = [torch.randn(2 * 14336, 4096, dtype=torch.bfloat16, device="cuda") for _ in caches]
+    layers = list(zip(weights, caches, strict=True))
+
+    def products():
+        return [F.linear(x, w) for w in weights]
+
+    def interleaved():
+        return [(F.linear(x, w), decoding.attend(q, k, v, flags, bounds, scale)) for w, (q, k, v, _) in layers]
+
+    torch.backends.cuda.preferred_blas_library("cublaslt")
+    try:
+        alone, both = (timed(graphed(fn), reps=3) / len(caches) for fn in (products, interleaved))
+    finally:
+        torch.backends.cuda.preferred_blas_library("cublas")
+    print(f"gate/up products alone {alone * 1e6:.1f} us; with the attention between them {both * 1e6:.1f} us")
+    print(f"so the attention between products: {(both - alone) * 1e6:.1f} us")
+
+
+def sustained(fn, calls: int, seconds: float = 6.0, window: float = 0.5) -> None:
+    """``fn`` (a graph of ``calls`` attention calls) replayed without a pause for ``seconds``, the time
+    per call of each ``window``: a whole generation keeps the memory busy for seconds, the timings
+    above for tenths of one (if the memory's sustained rate is lower, the later windows show it)."""
+    replay = graphed(fn)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t, n = time.perf_counter(), 0
+        start.record()
+        while time.perf_counter() - t < window:
+            for _ in range(10):
+                replay()
+            n += 10
+            torch.cuda.synchronize()
+        stop.record()
+        torch.cuda.synchronize()
+        print(
+            f"  {time.perf_counter() - end + seconds:5.1f} s: {1000 * start.elapsed_time(stop) / (n * calls):6.1f} us"
+        )
+
+
 def cold_sweep(name: str, total: int, filled: int, layers: int, sweep_configs: bool = True) -> list[dict]:
     """The sweep as a decoding step meets the op: one cache per layer, the layers' calls replayed
-    from one CUDA graph, so no call finds the keys of the one before it in the 50 MB L2 (a single
-    cache called back to back does: 139 µs graphed alone against 156 inside the Mistral step)."""
+    from one CUDA graph, so no call finds the keys of the one before it in the 50 MB L2. Session 9:
+    137 µs this way, 139 over one cache, 156 inside the Mistral step; the rows after the first two
+    (between weight products, sustained for seconds) test what the step adds."""
     shape = SHAPES[name]
     caches = [inputs(shape, total, filled, False) for _ in range(layers)]
     live = caches[0][3]
@@ -150,6 +196,9 @@ def cold_sweep(name: str, total: int, filled: int, layers: int, sweep_configs: b
     for label, fn in pairs.items():
         seconds = timed(graphed(fn), reps=3) / layers
         print(f"planned config, {label}, graphed: {seconds * 1e6:.1f} us {nbytes / seconds / 1e12:.2f} TB/s")
+    between_products(caches, flags, bounds, scale)
+    print("the eager graph replayed for 6 s without a pause, µs a call per half second:")
+    sustained(pairs["eager"], layers)
     rows = []
     if not sweep_configs:
         return rows
