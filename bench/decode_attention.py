@@ -107,20 +107,17 @@ def case(name: str, total: int, filled: int, padded: bool) -> dict:
     return row
 
 
-def sweep(name: str, total: int, filled: int) -> list[dict]:
-    shape = SHAPES[name]
-    q, k, v, live = inputs(shape, total, filled, False)
-    bounds = decoding.bounds_of(live)
-    nbytes = int(live.sum()) * shape[2] * shape[3] * 4
-    live = live.to(torch.int8)
+def tile_sweep(configs, seconds_for, nbytes: int) -> list[dict]:
+    """Each (keys per tile, warps, stages, splits) timed by ``seconds_for(splits)`` with the op's
+    module settings set to it (restored after); a configuration that fails is a row with its error."""
     rows = []
     saved = decoding.KEY_TILE, decoding.NUM_WARPS, decoding.NUM_STAGES
     try:
-        for tile, warps, stages, splits in itertools.product((32, 64, 128), (4, 8), (2, 3, 4), SPLITS):
+        for tile, warps, stages, splits in configs:
             decoding.KEY_TILE, decoding.NUM_WARPS, decoding.NUM_STAGES = tile, warps, stages
             config = {"tile": tile, "warps": warps, "stages": stages, "splits": splits or "planned"}
             try:
-                seconds = timed(lambda n=splits: decoding.attend(q, k, v, live, bounds, shape[3] ** -0.5, splits=n))
+                seconds = seconds_for(splits)
             except Exception as exc:  # out of shared memory is a result here
                 rows.append(config | {"error": type(exc).__name__})
                 continue
@@ -128,6 +125,18 @@ def sweep(name: str, total: int, filled: int) -> list[dict]:
     finally:
         decoding.KEY_TILE, decoding.NUM_WARPS, decoding.NUM_STAGES = saved
     return rows
+
+
+def sweep(name: str, total: int, filled: int) -> list[dict]:
+    shape = SHAPES[name]
+    q, k, v, live = inputs(shape, total, filled, False)
+    bounds = decoding.bounds_of(live)
+    nbytes = int(live.sum()) * shape[2] * shape[3] * 4
+    live = live.to(torch.int8)
+    configs = itertools.product((32, 64, 128), (4, 8), (2, 3, 4), SPLITS)
+    return tile_sweep(
+        configs, lambda n: timed(lambda: decoding.attend(q, k, v, live, bounds, shape[3] ** -0.5, splits=n)), nbytes
+    )
 
 
 def between_products(caches: list, flags: torch.Tensor, bounds: torch.Tensor, scale: float) -> None:
@@ -175,7 +184,7 @@ def sustained(fn, calls: int, seconds: float = 6.0, window: float = 0.5) -> None
         )
 
 
-def cold_sweep(name: str, total: int, filled: int, layers: int, sweep_configs: bool = True) -> list[dict]:
+def cold_sweep(name: str, total: int, filled: int, layers: int, with_sweep: bool = True) -> list[dict]:
     """The sweep as a decoding step meets the op: one cache per layer, the layers' calls replayed
     from one CUDA graph, so no call finds the keys of the one before it in the 50 MB L2. Session 9:
     137 µs this way, 139 over one cache, 156 inside the Mistral step; the rows after the first two
@@ -199,27 +208,16 @@ def cold_sweep(name: str, total: int, filled: int, layers: int, sweep_configs: b
     between_products(caches, flags, bounds, scale)
     print("the eager graph replayed for 6 s without a pause, µs a call per half second:")
     sustained(pairs["eager"], layers)
-    rows = []
-    if not sweep_configs:
-        return rows
-    saved = decoding.KEY_TILE, decoding.NUM_WARPS, decoding.NUM_STAGES
-    try:
-        for tile, warps, stages, splits in itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4), (None, 2)):
-            decoding.KEY_TILE, decoding.NUM_WARPS, decoding.NUM_STAGES = tile, warps, stages
-            config = {"tile": tile, "warps": warps, "stages": stages, "splits": splits or "planned"}
+    if not with_sweep:
+        return []
 
-            def step(n=splits):
-                return [decoding.attend(q, k, v, flags, bounds, scale, splits=n) for q, k, v, _ in caches]
+    def seconds_for(splits):
+        def step():
+            return [decoding.attend(q, k, v, flags, bounds, scale, splits=splits) for q, k, v, _ in caches]
 
-            try:
-                seconds = timed(graphed(step), reps=3) / layers
-            except Exception as exc:  # out of shared memory is a result here
-                rows.append(config | {"error": type(exc).__name__})
-                continue
-            rows.append(config | {"us": seconds * 1e6, "tb_per_s": nbytes / seconds / 1e12})
-    finally:
-        decoding.KEY_TILE, decoding.NUM_WARPS, decoding.NUM_STAGES = saved
-    return rows
+        return timed(graphed(step), reps=3) / layers
+
+    return tile_sweep(itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4), (None, 2)), seconds_for, nbytes)
 
 
 def main() -> None:
