@@ -21,6 +21,7 @@ from timing import seconds_per_call as timed  # bench/, the script's folder
 
 from nerfleet.workers import decoding
 from nerfleet.workers.attention import _flex, block_mask, gqa_attention
+from nerfleet.workers.engine import preferred_blas
 
 #: Key splits per row swept (None: as the op plans them for this GPU).
 SPLITS = (None, 2, 3, 4)
@@ -139,27 +140,21 @@ def sweep(name: str, total: int, filled: int) -> list[dict]:
     )
 
 
-def between_products(caches: list, flags: torch.Tensor, bounds: torch.Tensor, scale: float) -> None:
-    """The op between the step's largest weight streams, as in a step: Mistral-7B's gate/up product
-    of each layer (cuBLASLt, one weight per layer) then that layer's attention, graphed."""
-    b = caches[0][0].shape[0]
-    x = torch.randn(b, 4096, dtype=torch.bfloat16, device="cuda")
-    weights = [torch.randn(2 * 14336, 4096, dtype=torch.bfloat16, device="cuda") for _ in caches]
+def between_products(x, weights: list, caches: list, live, bounds, scale: float) -> None:
+    """The op between weight streams, as in a step: each layer's product ``x @ weights[i].T`` then
+    that layer's attention over ``caches[i]`` (query, keys, values), graphed, against the products
+    alone (µs a layer). The BLAS library is the caller's setting."""
     layers = list(zip(weights, caches, strict=True))
 
     def products():
         return [F.linear(x, w) for w in weights]
 
     def interleaved():
-        return [(F.linear(x, w), decoding.attend(q, k, v, flags, bounds, scale)) for w, (q, k, v, _) in layers]
+        return [(F.linear(x, w), decoding.attend(q, k, v, live, bounds, scale)) for w, (q, k, v) in layers]
 
-    torch.backends.cuda.preferred_blas_library("cublaslt")
-    try:
-        alone, both = (timed(graphed(fn), reps=3) / len(caches) for fn in (products, interleaved))
-    finally:
-        torch.backends.cuda.preferred_blas_library("cublas")
-    print(f"gate/up products alone {alone * 1e6:.1f} us; with the attention between them {both * 1e6:.1f} us")
-    print(f"so the attention between products: {(both - alone) * 1e6:.1f} us")
+    alone, both = (1e6 * timed(graphed(fn), reps=3) / len(layers) for fn in (products, interleaved))
+    print(f"  products alone {alone:.1f} us; with the attention between them {both:.1f} us")
+    print(f"  so the attention between products: {both - alone:.1f} us")
 
 
 def sustained(fn, calls: int, seconds: float = 6.0, window: float = 0.5) -> None:
@@ -205,7 +200,12 @@ def cold_sweep(name: str, total: int, filled: int, layers: int, with_sweep: bool
     for label, fn in pairs.items():
         seconds = timed(graphed(fn), reps=3) / layers
         print(f"planned config, {label}, graphed: {seconds * 1e6:.1f} us {nbytes / seconds / 1e12:.2f} TB/s")
-    between_products(caches, flags, bounds, scale)
+    print("between Mistral-7B's gate/up products (cuBLASLt, one weight per layer):")
+    x = torch.randn(shape[0], 4096, dtype=torch.bfloat16, device="cuda")
+    weights = [torch.randn(2 * 14336, 4096, dtype=torch.bfloat16, device="cuda") for _ in caches]
+    with preferred_blas("cublaslt"):
+        between_products(x, weights, [(q, k, v) for q, k, v, _ in caches], flags, bounds, scale)
+    del weights
     print("the eager graph replayed for 6 s without a pause, µs a call per half second:")
     sustained(pairs["eager"], layers)
     if not with_sweep:

@@ -20,7 +20,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM
 
@@ -102,7 +101,7 @@ def attention_alone(eng: CompiledEngine, heads: int, filled: int = 768) -> None:
     calls back to back, then with the step's gate/up product of each layer between them, then over
     the same tensors refilled with random values, then over fresh ones: which of the step's
     surroundings, its data or its memory makes the op slower in the step than alone."""
-    from decode_attention import graphed
+    from decode_attention import between_products, graphed
     from timing import seconds_per_call
 
     layers = eng._cache[1].layers
@@ -126,10 +125,8 @@ def attention_alone(eng: CompiledEngine, heads: int, filled: int = 768) -> None:
     with torch.inference_mode(), preferred_blas(eng.step_blas):
         print("\n== the decoding attention alone, graphed, 32 calls (µs a layer)")
         print(f"  the engine's cache, its values after the run: {per_layer_us(lambda: attend_all(own)):7.1f}")
-        products = per_layer_us(lambda: [F.linear(x, w) for w in weights])
-        both = per_layer_us(lambda: [(F.linear(x, w), attend_all([kv])) for w, kv in zip(weights, own)])
-        print(f"  gate/up products alone: {products:7.1f}; with the attention between them: {both:7.1f}")
-        print(f"  so the attention between products: {both - products:7.1f}")
+        print("  between the model's gate/up products:")
+        between_products(x, weights, [(q, k, v) for k, v in own], live, bounds, scale)
         for k, v in own:
             k.normal_(), v.normal_()
         print(f"  the engine's cache refilled with random values: {per_layer_us(lambda: attend_all(own)):7.1f}")
