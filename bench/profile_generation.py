@@ -9,6 +9,7 @@ of the prefill and of the decoding steps (random-weight model of a study archite
     python bench/profile_generation.py --arch mistral-7b --static-mask           # the step's mask not copied in
     python bench/profile_generation.py --arch mistral-7b --decode-splits 3       # keys of a row split 3 ways
     python bench/profile_generation.py --arch mistral-7b --null-attention        # the step without attention
+    python bench/profile_generation.py --arch mistral-7b --no-rotary             # cos/sin inside every layer
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ def main() -> None:
     ap.add_argument("--prefill-blas", choices=["cublas", "cublaslt"], default=engine.prefill_blas, help="prefill BLAS")
     ap.add_argument("--step-blas", choices=["cublas", "cublaslt"], default=engine.step_blas, help="step BLAS")
     ap.add_argument("--static-mask", action=flag, default=engine.static_step_mask, help="mask at a fixed address")
+    ap.add_argument("--rotary", action=flag, default=engine.materialize_rotary, help="cos/sin once per pass")
     ap.add_argument("--decode-splits", type=int, help="key chunks per row of the decoding attention (default: planned)")
     ap.add_argument(
         "--null-attention",
@@ -171,6 +173,7 @@ def main() -> None:
     if args.decode_splits:
         decoding.plan_splits = lambda programs, keys, sms: args.decode_splits
     engine.static_step_mask = args.static_mask
+    engine.materialize_rotary = args.rotary
     engine.prefill_blas, engine.step_blas = args.prefill_blas, args.step_blas
     engine.last_position_prefill = args.last_position
     engine.prefill_compile_mode = args.prefill_mode
@@ -187,6 +190,7 @@ def main() -> None:
         f"model {type(eng.model).__name__}, decoding attention {eng.decode_attention}, last layer at the last "
         f"position only: {eng._last_position}, prefill compile mode {eng.prefill_compile_mode}, "
         f"column-major weights: {eng.column_major_weights}, static mask {eng.static_step_mask}, "
+        f"cos/sin once per pass {eng.materialize_rotary}, "
         f"BLAS prefill {eng.prefill_blas}, step {eng.step_blas}, decoding splits {args.decode_splits or 'planned'}, "
         f"tile/warps/stages {decoding.KEY_TILE}/{decoding.NUM_WARPS}/{decoding.NUM_STAGES}",
         flush=True,

@@ -491,3 +491,30 @@ def test_a_static_step_mask_is_kept_per_batch_shape_and_gives_the_reference_toke
         assert engine._mask is not kept and engine._mask.shape[0] == 2
     finally:
         model.config._attn_implementation = "sdpa"  # leave the shared fixture as it was
+
+
+def test_rotary_cos_and_sin_are_computed_once_per_forward_pass_in_compiled_code(tiny):
+    """Inductor otherwise recomputes cos/sin inside every layer's rotary kernels, for every head
+    and element (workers/rotary.py); the logits stay those of eager mode."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+    from transformers import LlamaForCausalLM
+
+    from nerfleet.workers.rotary import materialize_rotary
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny[0].config).eval()
+    assert model.config.num_hidden_layers >= 2
+    ids = torch.randint(4, model.config.vocab_size, (2, 24))
+    positions = torch.arange(24).expand(2, 24)
+    with torch.no_grad():
+        eager = model(input_ids=ids, position_ids=positions, use_cache=False).logits
+        assert materialize_rotary(model) == 1
+        assert materialize_rotary(model) == 0  # wrapped once
+        torch._dynamo.reset()
+        compiled = torch.compile(model.forward, dynamic=False)
+        logits, code = run_and_get_code(lambda: compiled(input_ids=ids, position_ids=positions, use_cache=False).logits)
+    torch._dynamo.reset()
+    assert len(re.findall(r"std::cos\(|\.cos\(\)", "\n".join(code))) == 1
+    torch.testing.assert_close(logits, eager, rtol=1e-5, atol=1e-5)

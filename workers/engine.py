@@ -365,6 +365,9 @@ class CompiledEngine(BatchedEngine):
     #: ``multi_tensor_apply`` copy a step of the session 8 profile is 1.3 µs with it (session 9,
     #: ``bench/results/profile-h100-mistral-static-mask.txt``).
     static_step_mask = True
+    #: The rotary embedding's cos and sin computed once per forward pass instead of inside every
+    #: layer's rotary kernels, for every head and element (:mod:`nerfleet.workers.rotary`).
+    materialize_rotary = True
 
     def __init__(self, *args, decode_attention: str | None = None, fuse_projections: bool | None = None, **kwargs):
         """The decoding step's attention (``triton``, ``flex`` or ``sdpa``) from the argument, else
@@ -388,6 +391,10 @@ class CompiledEngine(BatchedEngine):
             decode_attention or get_settings().decode_attention or default_decode_attention(self.model)
         )
         install(self.model, decode=self.decode_attention)  # refuses a kernel that cannot serve the model
+        if self.materialize_rotary:
+            from nerfleet.workers.rotary import materialize_rotary
+
+            materialize_rotary(self.model)
         if self.decode_attention == "flex":
             import torch._inductor.config
 
