@@ -8,9 +8,11 @@
 #   OUT=/tmp/bench MODEL=SmolLM2-135M-Instruct.Q4_1.gguf CORPUS=.../clinical-cases-es \
 #       bash bench/run-gpu.sh same-answers fleet shapes
 #
-# Steps: products, prefill-products, profile, profile-no-last-position, profile-row-major, profile-step-cublas,
-# profile-static-mask, profile-no-rotary, profile-null-attention, profile-attention-alone, profile-splits-N (the decoding
-# attention's keys split N ways), profile-max-autotune, generation, decode-attention, decode-attention-cold, invariance, same-answers, fleet, shapes. MODEL and
+# Steps: products, prefill-products, profile, profile-no-last-position, profile-row-major,
+# profile-step-cublas, profile-static-mask, profile-no-rotary, profile-null-attention,
+# profile-attention-alone, profile-splits-N (the decoding attention's keys split N ways),
+# profile-max-autotune, generation, decode-attention, decode-attention-cold, invariance,
+# same-answers, fleet, shapes. MODEL and
 # CORPUS (the real SmolLM2 and the shared Spanish corpus) are needed by the last three only.
 set -u
 OUT=$(realpath -m "${OUT:-bench/results/run-$(date +%Y%m%d-%H%M%S)}")
