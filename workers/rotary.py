@@ -30,8 +30,10 @@ def _(x: torch.Tensor) -> torch.Tensor:
 
 
 def _forward(self, *args, **kwargs):
-    cos, sin = type(self).forward(self, *args, **kwargs)
-    return materialized(cos), materialized(sin)
+    out = type(self).forward(self, *args, **kwargs)
+    if isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out):
+        return materialized(out[0]), materialized(out[1])
+    return out  # a rotary module of another shape: left as it is
 
 
 def materialize_rotary(model) -> int:
