@@ -73,6 +73,11 @@ def graphed(fn):
     return replay
 
 
+def per_graphed_call(fn, calls: int) -> float:
+    """Seconds per call of ``fn``, which makes ``calls`` calls, replayed from one CUDA graph."""
+    return timed(graphed(fn), reps=3) / calls
+
+
 def case(name: str, total: int, filled: int, padded: bool) -> dict:
     shape = SHAPES[name]
     b, h, kvh, d = shape
@@ -152,7 +157,7 @@ def between_products(x, weights: list, caches: list, live, bounds, scale: float)
     def interleaved():
         return [(F.linear(x, w), decoding.attend(q, k, v, live, bounds, scale)) for w, (q, k, v) in layers]
 
-    alone, both = (1e6 * timed(graphed(fn), reps=3) / len(layers) for fn in (products, interleaved))
+    alone, both = (1e6 * per_graphed_call(fn, len(layers)) for fn in (products, interleaved))
     print(f"  products alone {alone:.1f} us; with the attention between them {both:.1f} us")
     print(f"  so the attention between products: {both - alone:.1f} us")
 
@@ -198,7 +203,7 @@ def cold_sweep(name: str, total: int, filled: int, layers: int, with_sweep: bool
         "compiled": lambda: [compiled(q, k, v, flags, bounds) for q, k, v, _ in caches],
     }
     for label, fn in pairs.items():
-        seconds = timed(graphed(fn), reps=3) / layers
+        seconds = per_graphed_call(fn, layers)
         print(f"planned config, {label}, graphed: {seconds * 1e6:.1f} us {nbytes / seconds / 1e12:.2f} TB/s")
     print("between Mistral-7B's gate/up products (cuBLASLt, one weight per layer):")
     x = torch.randn(shape[0], 4096, dtype=torch.bfloat16, device="cuda")
@@ -215,7 +220,7 @@ def cold_sweep(name: str, total: int, filled: int, layers: int, with_sweep: bool
         def step():
             return [decoding.attend(q, k, v, flags, bounds, scale, splits=splits) for q, k, v, _ in caches]
 
-        return timed(graphed(step), reps=3) / layers
+        return per_graphed_call(step, layers)
 
     return tile_sweep(itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4), (None, 2)), seconds_for, nbytes)
 

@@ -102,8 +102,7 @@ def attention_alone(eng: CompiledEngine, heads: int, filled: int = 768) -> None:
     calls back to back, then with the step's gate/up product of each layer between them, then over
     the same tensors refilled with random values, then over fresh ones: which of the step's
     surroundings, its data or its memory makes the op slower in the step than alone."""
-    from decode_attention import between_products, graphed
-    from timing import seconds_per_call
+    from decode_attention import between_products, per_graphed_call
 
     layers = eng._cache[1].layers
     keys = layers[0].keys
@@ -117,7 +116,7 @@ def attention_alone(eng: CompiledEngine, heads: int, filled: int = 768) -> None:
     scale = d**-0.5
 
     def per_layer_us(fn) -> float:
-        return 1e6 * seconds_per_call(graphed(fn), reps=3) / len(layers)
+        return 1e6 * per_graphed_call(fn, len(layers))
 
     def attend_all(caches) -> list:
         return [decoding.attend(q, k, v, live, bounds, scale) for k, v in caches]

@@ -15,8 +15,6 @@ import types
 
 import torch
 
-_WRAPPED = "_nerfleet_materialized"
-
 
 @torch.library.custom_op("nerfleet::materialized", mutates_args=())
 def materialized(x: torch.Tensor) -> torch.Tensor:
@@ -41,8 +39,8 @@ def materialize_rotary(model) -> int:
     named ``…RotaryEmbedding``, returning ``(cos, sin)``); how many were wrapped."""
     count = 0
     for module in model.modules():
-        if type(module).__name__.endswith("RotaryEmbedding") and not getattr(module, _WRAPPED, False):
+        wrapped = getattr(module.forward, "__func__", None) is _forward
+        if type(module).__name__.endswith("RotaryEmbedding") and not wrapped:
             module.forward = types.MethodType(_forward, module)
-            setattr(module, _WRAPPED, True)
             count += 1
     return count
