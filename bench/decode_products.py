@@ -7,11 +7,13 @@ does, so the 50 MB L2 never holds them. Prints µs and TB/s per product and what
 
     python bench/decode_products.py --arch mistral-7b --batch 128
     python bench/decode_products.py --arch mistral-7b --batch 81920 --reps 2 --no-inductor   # the prefill's
+    python bench/decode_products.py --arch mistral-7b --split-k-only   # split-K (workers/splitk.py) against one product
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -59,6 +61,52 @@ def product(x, wt):
     return x @ wt
 
 
+def split_k_table(kwargs: dict, batch: int, splits=(2, 4, 8)) -> None:
+    """Each product as the step runs it (cuBLASLt, weight stored transposed) against split-K
+    (:func:`nerfleet.workers.splitk.split_k_linear`), all replayed from CUDA graphs over one weight
+    per layer. The split-K times include its float32 partials' sum and rounding as separate kernels,
+    which the compiled step fuses into the product's consumer: an upper bound."""
+    from decode_attention import per_graphed_call
+
+    from nerfleet.workers.splitk import split_k_linear
+
+    def graphed_us(fn, x, weights) -> float:
+        return 1e6 * per_graphed_call(lambda: [fn(x, w) for w in weights], len(weights))
+
+    best: dict[str, int] = {}
+    torch.backends.cuda.preferred_blas_library("cublaslt")
+    print("\nsplit-K, graphed, cuBLASLt, W stored transposed (ways: µs a call, TB/s of the weight)", flush=True)
+    for name, (k, n, calls) in products(kwargs).items():
+        if name in ("gate_up", "lm_head"):
+            continue
+        x = torch.randn(batch, k, dtype=torch.bfloat16, device="cuda")
+        weights = [
+            (torch.randn(n, k, dtype=torch.bfloat16, device="cuda") / k**0.5).t().contiguous().t()
+            for _ in range(min(calls, 16))
+        ]
+        ref = F.linear(x, weights[0]).float()
+        one = graphed_us(F.linear, x, weights)
+        cells, fastest = [f"1: {one:6.1f} µs {n * k * 2 / one / 1e6:4.2f}"], (one, 1)
+        for ways in splits:
+            fn = functools.partial(_split, split_k_linear, ways=ways)
+            err = (fn(x, weights[0]).float() - ref).abs().max().item()
+            us = graphed_us(fn, x, weights)
+            cells.append(f"{ways}: {us:6.1f} µs {n * k * 2 / us / 1e6:4.2f} (max diff {err:.2g})")
+            fastest = min(fastest, (us, ways))
+        if fastest[0] < 0.97 * one:  # a clear gain, even with the sum as a kernel of its own
+            best[f"{name}_proj"] = fastest[1]
+        print(f"  {name:>5} {batch}x{k}@{n}  " + "  |  ".join(cells), flush=True)
+        weights.clear()
+        torch.cuda.empty_cache()
+    torch.backends.cuda.preferred_blas_library("cublas")
+    # for CompiledEngine.split_k / profile_generation.py --split-k
+    print("best split-K: " + ",".join(f"{name}={ways}" for name, ways in best.items()), flush=True)
+
+
+def _split(split_k_linear, x, w, ways: int):
+    return split_k_linear(x, w, None, ways)
+
+
 def autotuned(options: dict) -> Callable:
     """A fresh compiled product per options (dynamo's cache is per code object and guards)."""
     torch._dynamo.reset()
@@ -72,10 +120,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--tma", action="store_true", help="also inductor with persistent TMA templates")
     ap.add_argument("--no-inductor", action="store_true", help="cuBLAS and cuBLASLt only (prefill-sized batches)")
+    ap.add_argument("--split-k-only", action="store_true", help="only the split-K table (workers/splitk.py)")
     args = ap.parse_args()
     _, kwargs, _ = ARCHS[args.arch]
     dt = torch.bfloat16
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.arch}, batch {args.batch}", flush=True)
+    if args.split_k_only:
+        return split_k_table(kwargs, args.batch)
     variants: dict[str, tuple[str, Callable]] = {
         "cuBLAS, W (nn.Linear)": ("W", linear),
         "cuBLAS, W stored transposed": ("WT", product),

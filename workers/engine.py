@@ -368,6 +368,9 @@ class CompiledEngine(BatchedEngine):
     #: The rotary embedding's cos and sin computed once per forward pass instead of inside every
     #: layer's rotary kernels, for every head and element (:mod:`nerfleet.workers.rotary`).
     materialize_rotary = True
+    #: Decoding-step products whose inner dimension is cut into slices, by module name suffix
+    #: (``{"o_proj": 2}``; :mod:`nerfleet.workers.splitk`). Empty: none (the measured default).
+    split_k: dict[str, int] = {}
 
     def __init__(self, *args, decode_attention: str | None = None, fuse_projections: bool | None = None, **kwargs):
         """The decoding step's attention (``triton``, ``flex`` or ``sdpa``) from the argument, else
@@ -395,6 +398,10 @@ class CompiledEngine(BatchedEngine):
             from nerfleet.workers.rotary import materialize_rotary
 
             materialize_rotary(self.model)
+        if self.split_k:
+            from nerfleet.workers.splitk import split_k
+
+            split_k(self.model, self.split_k)
         if self.decode_attention == "flex":
             import torch._inductor.config
 
