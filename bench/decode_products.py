@@ -7,7 +7,7 @@ does, so the 50 MB L2 never holds them. Prints µs and TB/s per product and what
 
     python bench/decode_products.py --arch mistral-7b --batch 128
     python bench/decode_products.py --arch mistral-7b --batch 81920 --reps 2 --no-inductor   # the prefill's
-    python bench/decode_products.py --arch mistral-7b --split-k-only   # split-K (workers/splitk.py) against one product
+    python bench/decode_products.py --arch mistral-7b --split-k-only   # split-K against one product, graphed
 """
 
 from __future__ import annotations
@@ -61,14 +61,22 @@ def product(x, wt):
     return x @ wt
 
 
-def split_k_table(kwargs: dict, batch: int, splits=(2, 4, 8)) -> None:
-    """Each product as the step runs it (cuBLASLt, weight stored transposed) against split-K
-    (:func:`nerfleet.workers.splitk.split_k_linear`), all replayed from CUDA graphs over one weight
-    per layer. The split-K times include its float32 partials' sum and rounding as separate kernels,
-    which the compiled step fuses into the product's consumer: an upper bound."""
-    from decode_attention import per_graphed_call
+def split_k_linear(x: torch.Tensor, weight: torch.Tensor, ways: int) -> torch.Tensor:
+    """``F.linear(x, weight)`` as one batched product over ``ways`` slices of the inner dimension
+    (``ways`` times the thread blocks), float32 partials summed and rounded once."""
+    k = x.shape[-1]
+    slices = x.reshape(-1, k).view(-1, ways, k // ways).transpose(0, 1)
+    partial = torch.bmm(slices, weight.t().view(ways, k // ways, weight.shape[0]), out_dtype=torch.float32)
+    return partial.sum(0).to(x.dtype)
 
-    from nerfleet.workers.splitk import split_k_linear
+
+def split_k_table(kwargs: dict, batch: int, splits=(2, 4, 8)) -> None:
+    """Each of the step's narrow products as the step runs it (cuBLASLt, weight stored transposed)
+    against split-K (:func:`split_k_linear`), all replayed from CUDA graphs over one weight per
+    layer. The split-K times include the partials' sum as a kernel of its own, which a compiled
+    step would fuse into the product's consumer: an upper bound. Session 10 on an H100: split-K was
+    slower for every product and every split (``results/split-k-products-h100.txt``)."""
+    from decode_attention import per_graphed_call
 
     def graphed_us(fn, x, weights) -> float:
         return 1e6 * per_graphed_call(lambda: [fn(x, w) for w in weights], len(weights))
@@ -88,23 +96,18 @@ def split_k_table(kwargs: dict, batch: int, splits=(2, 4, 8)) -> None:
         one = graphed_us(F.linear, x, weights)
         cells, fastest = [f"1: {one:6.1f} µs {n * k * 2 / one / 1e6:4.2f}"], (one, 1)
         for ways in splits:
-            fn = functools.partial(_split, split_k_linear, ways=ways)
+            fn = functools.partial(split_k_linear, ways=ways)
             err = (fn(x, weights[0]).float() - ref).abs().max().item()
             us = graphed_us(fn, x, weights)
             cells.append(f"{ways}: {us:6.1f} µs {n * k * 2 / us / 1e6:4.2f} (max diff {err:.2g})")
             fastest = min(fastest, (us, ways))
         if fastest[0] < 0.97 * one:  # a clear gain, even with the sum as a kernel of its own
-            best[f"{name}_proj"] = fastest[1]
+            best[name] = fastest[1]
         print(f"  {name:>5} {batch}x{k}@{n}  " + "  |  ".join(cells), flush=True)
         weights.clear()
         torch.cuda.empty_cache()
     torch.backends.cuda.preferred_blas_library("cublas")
-    # for CompiledEngine.split_k / profile_generation.py --split-k
-    print("best split-K: " + ",".join(f"{name}={ways}" for name, ways in best.items()), flush=True)
-
-
-def _split(split_k_linear, x, w, ways: int):
-    return split_k_linear(x, w, None, ways)
+    print("split-K faster by 3% or more: " + (", ".join(f"{n} {w} ways" for n, w in best.items()) or "none"))
 
 
 def autotuned(options: dict) -> Callable:
@@ -120,7 +123,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--tma", action="store_true", help="also inductor with persistent TMA templates")
     ap.add_argument("--no-inductor", action="store_true", help="cuBLAS and cuBLASLt only (prefill-sized batches)")
-    ap.add_argument("--split-k-only", action="store_true", help="only the split-K table (workers/splitk.py)")
+    ap.add_argument("--split-k-only", action="store_true", help="only the split-K table (split_k_linear)")
     args = ap.parse_args()
     _, kwargs, _ = ARCHS[args.arch]
     dt = torch.bfloat16

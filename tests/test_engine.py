@@ -327,10 +327,11 @@ def test_fused_model_computes_the_same_logits(arch):
     assert fused.config.rope_parameters["rope_theta"] == model.config.rope_parameters["rope_theta"]
 
 
-@pytest.mark.parametrize("arch", ["llama-tied", "mistral-gqa"])
-def test_column_major_fused_weights_compute_the_same_logits_and_are_held_once(arch):
-    """Weights stored transposed: the same logits; every product's weight has strides (1, in);
-    the original model shares them (its logits unchanged), so nothing is held twice."""
+@pytest.mark.parametrize("arch,row_major", [("llama-tied", ()), ("mistral-gqa", ()), ("mistral-gqa", ("o_proj",))])
+def test_column_major_fused_weights_compute_the_same_logits_and_are_held_once(arch, row_major):
+    """Weights stored transposed: the same logits; every product's weight has strides (1, in),
+    but those named in ``row_major``, which keep nn.Linear's; the original model shares them (its
+    logits unchanged), so nothing is held twice."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
@@ -346,12 +347,15 @@ def test_column_major_fused_weights_compute_the_same_logits_and_are_held_once(ar
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     with torch.no_grad():
         before = model(ids).logits
-        fused = fuse(model, column_major=True)
+        fused = fuse(model, column_major=True, row_major=row_major)
         torch.testing.assert_close(fused(ids).logits, before, rtol=0, atol=1e-5)
         torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=1e-5)
     tied = fused.get_input_embeddings().weight
-    linears = [m for m in fused.modules() if isinstance(m, torch.nn.Linear)]
-    assert all(m.weight.stride(0) == 1 for m in linears if m.weight is not tied)
+    linears = {n: m for n, m in fused.named_modules() if isinstance(m, torch.nn.Linear) and m.weight is not tied}
+    kept = {n for n in linears if n.endswith(row_major or ("-",))}
+    assert len(kept) == (model.config.num_hidden_layers if row_major else 0)
+    assert all(m.weight.stride(0) == 1 for n, m in linears.items() if n not in kept)
+    assert all(linears[n].weight.is_contiguous() for n in kept)
     assert (fused.lm_head.weight is tied) == (arch == "llama-tied")
     storages = {
         t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in [*model.parameters(), *fused.parameters()]
@@ -518,39 +522,3 @@ def test_rotary_cos_and_sin_are_computed_once_per_forward_pass_in_compiled_code(
     torch._dynamo.reset()
     assert len(re.findall(r"std::cos\(|\.cos\(\)", "\n".join(code))) == 1
     torch.testing.assert_close(logits, eager, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("transposed", [False, True])
-def test_split_k_linear_equals_one_product(transposed):
-    """workers/splitk.py: slices of the inner dimension, summed in float32, give the product."""
-    from nerfleet.workers.splitk import split_k_linear
-
-    torch.manual_seed(0)
-    weight, bias = torch.randn(24, 64), torch.randn(24)
-    if transposed:  # as the compiled engine stores fused weights (workers/fusion.py)
-        weight = weight.t().contiguous().t()
-    x = torch.randn(3, 5, 64)
-    for ways in (2, 4, 8):
-        torch.testing.assert_close(split_k_linear(x, weight, bias, ways), torch.nn.functional.linear(x, weight, bias))
-    with pytest.raises(ValueError, match="64 is not divisible by 3"):
-        split_k_linear(x, weight, None, 3)
-
-
-def test_compiled_engine_splits_only_the_step_products_and_gives_the_reference_tokens(tiny_models, monkeypatch):
-    from nerfleet.workers import splitk
-    from nerfleet.workers.engine import CompiledEngine
-
-    model, tok = load(resolve(str(tiny_models["tiny-a"])), device="cpu", dtype="float32")  # not the shared one
-    reqs = requests(n=4, max_new_tokens=12)
-    simple = [r.output for r in SimpleEngine(model, tok).generate(reqs)]
-    rows = []
-    real = splitk.split_k_linear
-    monkeypatch.setattr(splitk, "split_k_linear", lambda x, *a: rows.append(x.numel() // x.shape[-1]) or real(x, *a))
-    monkeypatch.setattr(CompiledEngine, "split_k", {"o_proj": 2, "q_proj": 4})
-    engine = CompiledEngine(model, tok, batch_size=4, decode_attention="sdpa")
-    wrapped = [n for n, m in engine.model.named_modules() if getattr(m, "_split_k", None)]
-    assert len(wrapped) == 2 * model.config.num_hidden_layers and all(n.endswith(("o_proj", "q_proj")) for n in wrapped)
-    assert [r.output for r in engine.generate(reqs)] == simple
-    assert rows and max(rows) <= 4  # the decoding step's rows (one position each), never the prefill's
-    with pytest.raises(ValueError, match="not divisible by 3"):
-        splitk.split_k(engine.model, {"o_proj": 3})

@@ -353,6 +353,8 @@ class CompiledEngine(BatchedEngine):
     #: cuBLAS then picks faster kernels for the decoding step's thin products (``bench/decode_products.py``;
     #: with ``step_blas`` below, Mistral-7B's step 11.80 → 11.33 ms on an H100, ``bench/NOTES.md``).
     column_major_weights = True
+    #: Projections (by name suffix) left in ``nn.Linear``'s layout when ``column_major_weights``.
+    row_major_weights: tuple[str, ...] = ()
     #: torch's BLAS library (``cublas``, ``cublaslt``; None: torch's setting) for the prefill's and the
     #: decoding step's products, set around each: the step's CUDA graph keeps the kernels it captured.
     #: cuBLASLt runs the step's down product without cuBLAS's separate split-K reduction (46 vs 54 µs).
@@ -368,9 +370,6 @@ class CompiledEngine(BatchedEngine):
     #: The rotary embedding's cos and sin computed once per forward pass instead of inside every
     #: layer's rotary kernels, for every head and element (:mod:`nerfleet.workers.rotary`).
     materialize_rotary = True
-    #: Decoding-step products whose inner dimension is cut into slices, by module name suffix
-    #: (``{"o_proj": 2}``; :mod:`nerfleet.workers.splitk`). Empty: none (the measured default).
-    split_k: dict[str, int] = {}
 
     def __init__(self, *args, decode_attention: str | None = None, fuse_projections: bool | None = None, **kwargs):
         """The decoding step's attention (``triton``, ``flex`` or ``sdpa``) from the argument, else
@@ -388,7 +387,7 @@ class CompiledEngine(BatchedEngine):
         if fuse_projections is None:
             fuse_projections = on_cuda(self.model) and fusion_refusal(self.model) is None
         if fuse_projections:
-            self.model = fuse(self.model, column_major=self.column_major_weights)
+            self.model = fuse(self.model, column_major=self.column_major_weights, row_major=self.row_major_weights)
 
         self.decode_attention = (
             decode_attention or get_settings().decode_attention or default_decode_attention(self.model)
@@ -398,10 +397,6 @@ class CompiledEngine(BatchedEngine):
             from nerfleet.workers.rotary import materialize_rotary
 
             materialize_rotary(self.model)
-        if self.split_k:
-            from nerfleet.workers.splitk import split_k
-
-            split_k(self.model, self.split_k)
         if self.decode_attention == "flex":
             import torch._inductor.config
 
