@@ -185,7 +185,6 @@ def bench_arch(
     row["last_position_prefill"] = fast._last_position
     row["column_major_weights"] = row["fused_projections"] and fast.column_major_weights
     row["materialized_rotary"] = fast.materialize_rotary
-    row["row_major_weights"] = list(fast.row_major_weights) if row["column_major_weights"] else []
     row["blas"] = {"prefill": fast.prefill_blas or "torch default", "step": fast.step_blas or "torch default"}
     row["speedup_vs_plain"] = row["nerfleet_tokens_per_s"] / row["plain_tokens_per_s"]
     row["share_of_floor"] = row["nerfleet_tokens_per_s"] / row["floor_tokens_per_s"]

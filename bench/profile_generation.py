@@ -10,7 +10,6 @@ of the prefill and of the decoding steps (random-weight model of a study archite
     python bench/profile_generation.py --arch mistral-7b --decode-splits 3       # keys of a row split 3 ways
     python bench/profile_generation.py --arch mistral-7b --null-attention        # the step without attention
     python bench/profile_generation.py --arch mistral-7b --no-rotary             # cos/sin inside every layer
-    python bench/profile_generation.py --arch mistral-7b --row-major o_proj      # the output product as nn.Linear's
 """
 
 from __future__ import annotations
@@ -153,11 +152,6 @@ def main() -> None:
     engine = CompiledEngine
     flag = argparse.BooleanOptionalAction
     ap.add_argument("--column-major", action=flag, default=engine.column_major_weights, help="weights transposed")
-    ap.add_argument(
-        "--row-major",
-        default=",".join(engine.row_major_weights),
-        help="projections left in nn.Linear's layout with --column-major, by name suffix: o_proj",
-    )
     ap.add_argument("--prefill-blas", choices=["cublas", "cublaslt"], default=engine.prefill_blas, help="prefill BLAS")
     ap.add_argument("--step-blas", choices=["cublas", "cublaslt"], default=engine.step_blas, help="step BLAS")
     ap.add_argument("--static-mask", action=flag, default=engine.static_step_mask, help="mask at a fixed address")
@@ -183,7 +177,6 @@ def main() -> None:
     engine.last_position_prefill = args.last_position
     engine.prefill_compile_mode = args.prefill_mode
     engine.column_major_weights = args.column_major
-    engine.row_major_weights = tuple(name for name in args.row_major.split(",") if name)
     cls, kwargs, _ = ARCHS[args.arch]
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -195,8 +188,7 @@ def main() -> None:
     print(
         f"model {type(eng.model).__name__}, decoding attention {eng.decode_attention}, last layer at the last "
         f"position only: {eng._last_position}, prefill compile mode {eng.prefill_compile_mode}, "
-        f"column-major weights: {eng.column_major_weights} (but {eng.row_major_weights or 'none'}), "
-        f"static mask {eng.static_step_mask}, "
+        f"column-major weights: {eng.column_major_weights}, static mask {eng.static_step_mask}, "
         f"cos/sin once per pass {eng.materialize_rotary}, "
         f"BLAS prefill {eng.prefill_blas}, step {eng.step_blas}, decoding splits {args.decode_splits or 'planned'}, "
         f"tile/warps/stages {decoding.KEY_TILE}/{decoding.NUM_WARPS}/{decoding.NUM_STAGES}",

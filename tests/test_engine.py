@@ -327,11 +327,10 @@ def test_fused_model_computes_the_same_logits(arch):
     assert fused.config.rope_parameters["rope_theta"] == model.config.rope_parameters["rope_theta"]
 
 
-@pytest.mark.parametrize("arch,row_major", [("llama-tied", ()), ("mistral-gqa", ()), ("mistral-gqa", ("o_proj",))])
-def test_column_major_fused_weights_compute_the_same_logits_and_are_held_once(arch, row_major):
-    """Weights stored transposed: the same logits; every product's weight has strides (1, in),
-    but those named in ``row_major``, which keep nn.Linear's; the original model shares them (its
-    logits unchanged), so nothing is held twice."""
+@pytest.mark.parametrize("arch", ["llama-tied", "mistral-gqa"])
+def test_column_major_fused_weights_compute_the_same_logits_and_are_held_once(arch):
+    """Weights stored transposed: the same logits; every product's weight has strides (1, in);
+    the original model shares them (its logits unchanged), so nothing is held twice."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
@@ -347,15 +346,12 @@ def test_column_major_fused_weights_compute_the_same_logits_and_are_held_once(ar
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     with torch.no_grad():
         before = model(ids).logits
-        fused = fuse(model, column_major=True, row_major=row_major)
+        fused = fuse(model, column_major=True)
         torch.testing.assert_close(fused(ids).logits, before, rtol=0, atol=1e-5)
         torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=1e-5)
     tied = fused.get_input_embeddings().weight
-    linears = {n: m for n, m in fused.named_modules() if isinstance(m, torch.nn.Linear) and m.weight is not tied}
-    kept = {n for n in linears if n.endswith(row_major or ("-",))}
-    assert len(kept) == (model.config.num_hidden_layers if row_major else 0)
-    assert all(m.weight.stride(0) == 1 for n, m in linears.items() if n not in kept)
-    assert all(linears[n].weight.is_contiguous() for n in kept)
+    linears = [m for m in fused.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(m.weight.stride(0) == 1 for m in linears if m.weight is not tied)
     assert (fused.lm_head.weight is tied) == (arch == "llama-tied")
     storages = {
         t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in [*model.parameters(), *fused.parameters()]

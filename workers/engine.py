@@ -353,8 +353,6 @@ class CompiledEngine(BatchedEngine):
     #: cuBLAS then picks faster kernels for the decoding step's thin products (``bench/decode_products.py``;
     #: with ``step_blas`` below, Mistral-7B's step 11.80 → 11.33 ms on an H100, ``bench/NOTES.md``).
     column_major_weights = True
-    #: Projections (by name suffix) left in ``nn.Linear``'s layout when ``column_major_weights``.
-    row_major_weights: tuple[str, ...] = ()
     #: torch's BLAS library (``cublas``, ``cublaslt``; None: torch's setting) for the prefill's and the
     #: decoding step's products, set around each: the step's CUDA graph keeps the kernels it captured.
     #: cuBLASLt runs the step's down product without cuBLAS's separate split-K reduction (46 vs 54 µs).
@@ -387,7 +385,7 @@ class CompiledEngine(BatchedEngine):
         if fuse_projections is None:
             fuse_projections = on_cuda(self.model) and fusion_refusal(self.model) is None
         if fuse_projections:
-            self.model = fuse(self.model, column_major=self.column_major_weights, row_major=self.row_major_weights)
+            self.model = fuse(self.model, column_major=self.column_major_weights)
 
         self.decode_attention = (
             decode_attention or get_settings().decode_attention or default_decode_attention(self.model)

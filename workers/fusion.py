@@ -62,16 +62,14 @@ def phi3_config(config):
     return fused
 
 
-def fuse(model, column_major: bool = False, row_major: tuple[str, ...] = ()):
+def fuse(model, column_major: bool = False):
     """A Phi-3 model sharing ``model``'s weights: each layer's Q/K/V (and gate/up) weights are
     concatenated into one tensor, and ``model``'s own projections become views of it, so both
     models work and the weights are held once (the peak is one layer's copy above the model).
 
     ``column_major`` stores every projection's weight transposed in memory (same shape and
     values), so ``F.linear`` hands cuBLAS a non-transposed operand, another family of kernels
-    for the thin products of a decoding step; ``model`` shares the re-laid-out weights too.
-    Projections whose name ends with one of ``row_major`` (``("o_proj",)``) keep ``nn.Linear``'s
-    layout."""
+    for the thin products of a decoding step; ``model`` shares the re-laid-out weights too."""
     import torch
     from transformers import Phi3ForCausalLM
 
@@ -103,7 +101,7 @@ def fuse(model, column_major: bool = False, row_major: tuple[str, ...] = ()):
         fused.model.rotary_emb = type(fused.model.rotary_emb)(fused.config)
     fused.generation_config = model.generation_config
     if column_major:
-        _transpose_storage(fused, model, keep=row_major)
+        _transpose_storage(fused, model)
     return fused.eval()
 
 
@@ -112,7 +110,7 @@ def _transposed_in_memory(t):
     return t.t().contiguous().t()
 
 
-def _transpose_storage(fused, model, keep: tuple[str, ...] = ()) -> None:
+def _transpose_storage(fused, model) -> None:
     """The products the fusion did not concatenate (output, down, lm_head), re-laid out one at a
     time, ``model``'s modules given the same new weight so the old one is freed. A weight tied
     to the embeddings stays as it is (gathering rows of a transposed table is slow)."""
@@ -121,8 +119,6 @@ def _transpose_storage(fused, model, keep: tuple[str, ...] = ()) -> None:
     tied = fused.get_input_embeddings().weight
     for name, module in fused.named_modules():
         if not isinstance(module, torch.nn.Linear) or module.weight is tied or not module.weight.is_contiguous():
-            continue
-        if keep and name.endswith(keep):
             continue
         weight = torch.nn.Parameter(_transposed_in_memory(module.weight.detach()), module.weight.requires_grad)
         module.weight = weight
