@@ -9,6 +9,7 @@ of the prefill and of the decoding steps (random-weight model of a study archite
     python bench/profile_generation.py --arch mistral-7b --static-mask           # the step's mask not copied in
     python bench/profile_generation.py --arch mistral-7b --decode-splits 3       # keys of a row split 3 ways
     python bench/profile_generation.py --arch mistral-7b --null-attention        # the step without attention
+    python bench/profile_generation.py --arch mistral-7b --attention-twice       # a second attention call a layer
     python bench/profile_generation.py --arch mistral-7b --no-rotary             # cos/sin inside every layer
 """
 
@@ -162,6 +163,12 @@ def main() -> None:
         action="store_true",
         help="the decoding step's attention returns its query (wrong tokens): the step's time without it, unprofiled",
     )
+    ap.add_argument(
+        "--attention-twice",
+        action="store_true",
+        help="the decoding step's attention op runs twice a layer, back to back (timing only): the unprofiled step "
+        "grows by what a second call costs right after the first",
+    )
     ap.add_argument("--attention-alone", action="store_true", help="then the decoding attention alone (see its doc)")
     ap.add_argument("--decode-tile", help="the decoding attention's keys per tile, warps, stages: e.g. 128,8,2")
     args = ap.parse_args()
@@ -169,6 +176,17 @@ def main() -> None:
         decoding.KEY_TILE, decoding.NUM_WARPS, decoding.NUM_STAGES = (int(x) for x in args.decode_tile.split(","))
     if args.null_attention:
         decoding.attend = lambda query, key, value, live, bounds, scale, splits=None: query.transpose(1, 2)
+    if args.attention_twice:
+        once = decoding.attend
+
+        def twice(query, key, value, live, bounds, scale, splits=None):
+            # A scale one part in a million apart, so that no compiler pass can merge the two calls
+            # of this pure op as one (a custom op on the CPU was not merged even with equal
+            # arguments; the compiled Triton op was not checked). Timing only; the tokens may differ.
+            first = once(query, key, value, live, bounds, scale, splits)
+            return (first + once(query, key, value, live, bounds, scale * (1 + 1e-6), splits)) / 2
+
+        decoding.attend = twice
     if args.decode_splits:
         decoding.plan_splits = lambda programs, keys, sms: args.decode_splits
     engine.static_step_mask = args.static_mask

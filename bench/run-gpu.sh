@@ -9,7 +9,7 @@
 #       bash bench/run-gpu.sh same-answers fleet shapes
 #
 # Steps: products, prefill-products, profile, profile-no-last-position, profile-row-major,
-# profile-step-cublas, profile-static-mask, profile-no-rotary, profile-null-attention,
+# profile-step-cublas, profile-static-mask, profile-no-rotary, profile-null-attention, profile-attention-twice,
 # profile-attention-alone, profile-splits-N (the decoding attention's keys split N ways),
 # profile-max-autotune, generation, decode-attention, decode-attention-cold, invariance,
 # same-answers, fleet, shapes. MODEL and
@@ -51,6 +51,7 @@ for step in "$@"; do
     profile-attention-alone) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --attention-alone ;;
     profile-no-rotary) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --no-rotary ;;
     profile-null-attention) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --null-attention ;;
+    profile-attention-twice) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --attention-twice ;;
     profile-splits-*) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --decode-splits "${step##*-}" ;;
     products) run "$step" "$PY" bench/decode_products.py --arch mistral-7b --tma ;;
     profile-max-autotune)
