@@ -187,7 +187,7 @@ def bench_arch(
     row["materialized_rotary"] = fast.materialize_rotary
     row["blas"] = {"prefill": fast.prefill_blas or "torch default", "step": fast.step_blas or "torch default"}
     row["speedup_vs_plain"] = row["nerfleet_tokens_per_s"] / row["plain_tokens_per_s"]
-    # plain's first run in a process took 1.8–3.7× its second so far (a cost not paid again): the ratio moves with it
+    # plain's first run in a process took 1.8–3.8× its second so far (a cost not paid again): the ratio moves with it
     row["speedup_vs_plain_first_run"] = row["plain_seconds_all_runs"][0] / row["nerfleet_seconds"]
     # the most any engine could reach against warm plain generate: the floor over plain
     row["floor_vs_plain"] = row["floor_tokens_per_s"] / row["plain_tokens_per_s"]
