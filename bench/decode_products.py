@@ -53,6 +53,11 @@ def per_call_us(fn: Callable, x: torch.Tensor, weights: list[torch.Tensor], reps
     return 1000 * start.elapsed_time(end) / (reps * len(weights))
 
 
+def layer_weights(n: int, k: int, copies: int) -> list[torch.Tensor]:
+    """``copies`` random (n, k) bf16 weights on the GPU, one per layer cycled: L2 never holds them."""
+    return [torch.randn(n, k, dtype=torch.bfloat16, device="cuda") / k**0.5 for _ in range(copies)]
+
+
 def linear(x, w):
     return F.linear(x, w)
 
@@ -88,10 +93,7 @@ def split_k_table(kwargs: dict, batch: int, splits=(2, 4, 8)) -> None:
         if name in ("gate_up", "lm_head"):
             continue
         x = torch.randn(batch, k, dtype=torch.bfloat16, device="cuda")
-        weights = [
-            (torch.randn(n, k, dtype=torch.bfloat16, device="cuda") / k**0.5).t().contiguous().t()
-            for _ in range(min(calls, 16))
-        ]
+        weights = [w.t().contiguous().t() for w in layer_weights(n, k, min(calls, 16))]  # stored transposed
         ref = F.linear(x, weights[0]).float()
         one = graphed_us(F.linear, x, weights)
         cells, fastest = [f"1: {one:6.1f} µs {n * k * 2 / one / 1e6:4.2f}"], (one, 1)
@@ -145,7 +147,7 @@ def main() -> None:
     for name, (k, n, calls) in products(kwargs).items():
         copies = min(calls, 16)
         x = torch.randn(args.batch, k, dtype=dt, device="cuda")
-        weights = [torch.randn(n, k, dtype=dt, device="cuda") / k**0.5 for _ in range(copies)]
+        weights = layer_weights(n, k, copies)
         nbytes = weights[0].numel() * 2 + x.numel() * 2 + args.batch * n * 2
         row = table.setdefault(name, {})
         for label, (layout, fn) in variants.items():
