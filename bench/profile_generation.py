@@ -6,7 +6,7 @@ of the prefill and of the decoding steps (random-weight model of a study archite
     python bench/profile_generation.py --arch mistral-7b --prefill-mode max-autotune-no-cudagraphs
     python bench/profile_generation.py --arch mistral-7b --no-column-major       # fused weights as nn.Linear's
     python bench/profile_generation.py --arch mistral-7b --step-blas cublas      # the step's products on cuBLAS
-    python bench/profile_generation.py --arch mistral-7b --static-mask           # the step's mask not copied in
+    python bench/profile_generation.py --arch mistral-7b --no-static-mask        # the step's mask copied in
     python bench/profile_generation.py --arch mistral-7b --decode-splits 3       # keys of a row split 3 ways
     python bench/profile_generation.py --arch mistral-7b --null-attention        # the step without attention
     python bench/profile_generation.py --arch mistral-7b --attention-twice       # a second attention call a layer

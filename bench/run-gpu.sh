@@ -9,7 +9,7 @@
 #       bash bench/run-gpu.sh same-answers fleet shapes
 #
 # Steps: products, prefill-products, profile, profile-no-last-position, profile-row-major,
-# profile-step-cublas, profile-static-mask, profile-no-rotary, profile-null-attention, profile-attention-twice,
+# profile-step-cublas, profile-no-static-mask, profile-no-rotary, profile-null-attention, profile-attention-twice,
 # profile-attention-alone, profile-splits-N (the decoding attention's keys split N ways),
 # profile-max-autotune, generation, decode-attention, decode-attention-cold, invariance,
 # same-answers, fleet, shapes. MODEL and
@@ -41,21 +41,24 @@ run() {  # run NAME COMMAND...: under LIMIT seconds, warnings left out, line by 
   [ -z "$clocks" ] || kill "$clocks"
 }
 
+profile() {  # profile FLAG...: bench/profile_generation.py on Mistral-7B, named by the step
+  run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 "$@"
+}
+
 for step in "$@"; do
   case $step in
-    profile) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 ;;
-    profile-no-last-position) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --no-last-position ;;
-    profile-row-major) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --no-column-major ;;
-    profile-step-cublas) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --step-blas cublas ;;
-    profile-static-mask) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --static-mask ;;
-    profile-attention-alone) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --attention-alone ;;
-    profile-no-rotary) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --no-rotary ;;
-    profile-null-attention) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --null-attention ;;
-    profile-attention-twice) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --attention-twice ;;
-    profile-splits-*) run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --decode-splits "${step##*-}" ;;
+    profile) profile ;;
+    profile-no-last-position) profile --no-last-position ;;
+    profile-row-major) profile --no-column-major ;;
+    profile-step-cublas) profile --step-blas cublas ;;
+    profile-no-static-mask) profile --no-static-mask ;;
+    profile-attention-alone) profile --attention-alone ;;
+    profile-no-rotary) profile --no-rotary ;;
+    profile-null-attention) profile --null-attention ;;
+    profile-attention-twice) profile --attention-twice ;;
+    profile-splits-*) profile --decode-splits "${step##*-}" ;;
     products) run "$step" "$PY" bench/decode_products.py --arch mistral-7b --tma ;;
-    profile-max-autotune)
-      run "$step" "$PY" bench/profile_generation.py --arch mistral-7b --rows 30 --prefill-mode max-autotune-no-cudagraphs ;;
+    profile-max-autotune) profile --prefill-mode max-autotune-no-cudagraphs ;;
     generation) run "$step" "$PY" bench/generation.py --out "$OUT/generation.json" ;;
     decode-attention-cold) run "$step" "$PY" bench/decode_attention.py --cold --out "$OUT/decode-attention-cold.json" ;;
     prefill-products) run "$step" "$PY" bench/decode_products.py --arch mistral-7b --batch 81920 --reps 2 --no-inductor ;;

@@ -446,14 +446,13 @@ class CompiledEngine(BatchedEngine):
         return cache
 
     def _static_mask(self, mask):
-        """``mask`` copied into the tensor kept for its shape (a new one when the shape changes)."""
+        """``mask`` copied into the tensor kept for its shape; a batch of a new shape keeps its own."""
         import torch
 
         if self._mask is None or self._mask.shape != mask.shape:
-            self._mask = None  # free the old one before allocating
-            self._mask = mask.clone()
-            torch._dynamo.mark_static_address(self._mask)
-            return self._mask
+            self._mask = mask
+            torch._dynamo.mark_static_address(mask)
+            return mask
         return self._mask.copy_(mask)
 
     def _reusable_bytes(self) -> int:
