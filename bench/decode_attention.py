@@ -162,6 +162,28 @@ def between_products(x, weights: list, caches: list, live, bounds, scale: float)
     print(f"  so the attention between products: {both - alone:.1f} us")
 
 
+def after_cache_writes(caches: list, live, bounds, scale: float, position: int) -> None:
+    """The op right after each layer's new key and value are written into its cache at ``position``,
+    as the step writes them (``index_copy_``) just before its attention, graphed, against the writes
+    alone (µs a layer)."""
+    b, kvh, _, d = caches[0][1].shape
+    new = torch.randn(b, kvh, 1, d, dtype=caches[0][1].dtype, device="cuda")
+    at = torch.tensor([position], device="cuda")
+
+    def writes():
+        return [(k.index_copy_(2, at, new), v.index_copy_(2, at, new)) for _, k, v in caches]
+
+    def both():
+        return [
+            (k.index_copy_(2, at, new), v.index_copy_(2, at, new), decoding.attend(q, k, v, live, bounds, scale))
+            for q, k, v in caches
+        ]
+
+    alone, with_op = (1e6 * per_graphed_call(fn, len(caches)) for fn in (writes, both))
+    print(f"  writes alone {alone:.1f} us; with the attention after them {with_op:.1f} us")
+    print(f"  so the attention after the writes: {with_op - alone:.1f} us")
+
+
 def sustained(fn, calls: int, seconds: float = 6.0, window: float = 0.5) -> None:
     """``fn`` (a graph of ``calls`` attention calls) replayed without a pause for ``seconds``, the time
     per call of each ``window``: a whole generation keeps the memory busy for seconds, the timings
@@ -211,6 +233,16 @@ def cold_sweep(name: str, total: int, filled: int, layers: int, with_sweep: bool
     with preferred_blas("cublaslt"):
         between_products(x, weights, [(q, k, v) for q, k, v, _ in caches], flags, bounds, scale)
     del weights
+    # session 10: the step runs near the card's 700 W limit, the op alone at ~610 W. Products that
+    # keep the tensor cores busy (~0.4 ms each) draw the full limit: if power makes the op slower,
+    # it is slower between these.
+    print("between compute-bound products (8192 x 4096 @ 4096 x 4096, one weight per layer):")
+    x = torch.randn(8192, 4096, dtype=torch.bfloat16, device="cuda")
+    weights = [torch.randn(4096, 4096, dtype=torch.bfloat16, device="cuda") for _ in caches]
+    between_products(x, weights, [(q, k, v) for q, k, v, _ in caches], flags, bounds, scale)
+    del weights, x
+    print("right after the step's cache writes (the new key and value at the last live position):")
+    after_cache_writes([(q, k, v) for q, k, v, _ in caches], flags, bounds, scale, filled - 1)
     print("the eager graph replayed for 6 s without a pause, µs a call per half second:")
     sustained(pairs["eager"], layers)
     if not with_sweep:

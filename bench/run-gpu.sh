@@ -11,7 +11,8 @@
 # Steps: products, prefill-products, profile, profile-no-last-position, profile-row-major,
 # profile-step-cublas, profile-no-static-mask, profile-no-rotary, profile-null-attention, profile-attention-twice,
 # profile-attention-alone, profile-splits-N (the decoding attention's keys split N ways),
-# profile-max-autotune, generation, decode-attention, decode-attention-cold, invariance,
+# profile-max-autotune, generation, decode-attention, decode-attention-cold, decode-attention-surroundings
+# (the cold op's rows without its sweep), invariance,
 # same-answers, fleet, shapes. MODEL and
 # CORPUS (the real SmolLM2 and the shared Spanish corpus) are needed by the last three only.
 set -u
@@ -61,6 +62,7 @@ for step in "$@"; do
     profile-max-autotune) profile --prefill-mode max-autotune-no-cudagraphs ;;
     generation) run "$step" "$PY" bench/generation.py --out "$OUT/generation.json" ;;
     decode-attention-cold) run "$step" "$PY" bench/decode_attention.py --cold --out "$OUT/decode-attention-cold.json" ;;
+    decode-attention-surroundings) run "$step" "$PY" bench/decode_attention.py --cold --no-sweep ;;
     prefill-products) run "$step" "$PY" bench/decode_products.py --arch mistral-7b --batch 81920 --reps 2 --no-inductor ;;
     decode-attention) run "$step" "$PY" bench/decode_attention.py --out "$OUT/decode-attention.json" ;;
     invariance) run "$step" "$PY" bench/invariance.py --out "$OUT/invariance.json" ;;
