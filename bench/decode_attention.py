@@ -257,13 +257,46 @@ def cold_sweep(name: str, total: int, filled: int, layers: int, with_sweep: bool
     return tile_sweep(itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4), (None, 2)), seconds_for, nbytes)
 
 
+def over_step_lengths(name: str, total: int, first: int, last: int, layers: int) -> dict:
+    """The op at every live length a generation's decoding steps meet, ``first`` to ``last`` (one
+    cache per layer, graphed): the step's profile averages the op over all of them, the rows above
+    time one. Keys are read in tiles of ``KEY_TILE``, so a length just past a tile boundary costs a
+    whole tile more; 768 is a boundary, the best case for its neighbourhood."""
+    shape = SHAPES[name]
+    caches = [inputs(shape, total, total, False)[:3] for _ in range(layers)]
+    scale = shape[3] ** -0.5
+    flags = torch.zeros(shape[0], total, dtype=torch.int8, device="cuda")
+    flags[:, :first] = 1
+    bounds = decoding.bounds_of(flags)
+    # one graph, its mask and bounds refilled in place for each length, as the engine's step does
+    replay = graphed(lambda: [decoding.attend(q, k, v, flags, bounds, scale) for q, k, v in caches])
+    times = {}
+    for filled in range(first, last + 1):
+        flags[:, :filled] = 1
+        bounds.copy_(decoding.bounds_of(flags))
+        times[filled] = 1e6 * timed(replay, reps=3) / layers
+    mean = sum(times.values()) / len(times)
+    middle = (first + last) // 2
+    print(f"the op at each live length {first}..{last} (µs a call): mean {mean:.1f}; at {middle}: {times[middle]:.1f}")
+    for filled in range(first, last + 1, 16):
+        print(f"  {filled:4d} keys: {times[filled]:6.1f}")
+    return {"mean_us": mean, "us_by_live_keys": times}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path)
     ap.add_argument("--cold", action="store_true", help="only the sweep over one cache per layer (Mistral-7B)")
     ap.add_argument("--no-sweep", action="store_true", help="with --cold: the planned config only")
+    ap.add_argument("--lengths", action="store_true", help="the op at each live length of the step (Mistral-7B)")
     args = ap.parse_args()
     busy(3.0)
+    if args.lengths:  # the study's workload: 640-token prompts, 256 new tokens
+        result = over_step_lengths("mistral-7b b128", 896, 641, 895, 32)  # the 255 steps after the prefill
+        if args.out:
+            meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+            args.out.write_text(json.dumps(meta | result, indent=2))
+        return
     if args.cold:
         results = cold_sweep("mistral-7b b128", 896, 768, 32, not args.no_sweep)
         print("triton sweep, mistral-7b b128, one cache per layer, graphed: tile warps stages splits -> us, TB/s")

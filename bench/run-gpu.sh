@@ -10,9 +10,9 @@
 #
 # Steps: products, prefill-products, profile, profile-no-last-position, profile-row-major,
 # profile-step-cublas, profile-no-static-mask, profile-no-rotary, profile-null-attention, profile-attention-twice,
-# profile-attention-alone, profile-splits-N (the decoding attention's keys split N ways),
+# kernel-variants (the decoding attention's compiled variants), profile-attention-alone, profile-splits-N (the decoding attention's keys split N ways),
 # profile-max-autotune, generation, decode-attention, decode-attention-cold, decode-attention-surroundings
-# (the cold op's rows without its sweep), invariance,
+# (the cold op's rows without its sweep), decode-attention-lengths, invariance,
 # same-answers, fleet, shapes. MODEL and
 # CORPUS (the real SmolLM2 and the shared Spanish corpus) are needed by the last three only.
 set -u
@@ -57,12 +57,24 @@ for step in "$@"; do
     profile-no-rotary) profile --no-rotary ;;
     profile-null-attention) profile --null-attention ;;
     profile-attention-twice) profile --attention-twice ;;
+    kernel-variants)  # the decoding attention's compiled variants: the step's (inductor) and the alone rows'
+      rm -rf /tmp/kernel-variants
+      export TRITON_CACHE_DIR=/tmp/kernel-variants/triton TORCHINDUCTOR_CACHE_DIR=/tmp/kernel-variants/inductor
+      profile --attention-alone
+      run "$step-ptx" "$PY" bench/kernel_variants.py /tmp/kernel-variants partial_kernel
+      grep -rh -B30 "def partial_kernel" "$TORCHINDUCTOR_CACHE_DIR" --include='*.py' | grep -o "triton_meta=.*" |
+        sort -u | tee "$OUT/$step-inductor-meta.txt"
+      find /tmp/kernel-variants -name 'partial_kernel.*' | while read -r f; do  # each variant's PTX and metadata
+        mkdir -p "$OUT/$step/$(basename "$(dirname "$f")")" && cp "$f" "$_"
+      done
+      unset TRITON_CACHE_DIR TORCHINDUCTOR_CACHE_DIR ;;
     profile-splits-*) profile --decode-splits "${step##*-}" ;;
     products) run "$step" "$PY" bench/decode_products.py --arch mistral-7b --tma ;;
     profile-max-autotune) profile --prefill-mode max-autotune-no-cudagraphs ;;
     generation) run "$step" "$PY" bench/generation.py --out "$OUT/generation.json" ;;
     decode-attention-cold) run "$step" "$PY" bench/decode_attention.py --cold --out "$OUT/decode-attention-cold.json" ;;
     decode-attention-surroundings) run "$step" "$PY" bench/decode_attention.py --cold --no-sweep ;;
+    decode-attention-lengths) run "$step" "$PY" bench/decode_attention.py --lengths --out "$OUT/$step.json" ;;
     prefill-products) run "$step" "$PY" bench/decode_products.py --arch mistral-7b --batch 81920 --reps 2 --no-inductor ;;
     decode-attention) run "$step" "$PY" bench/decode_attention.py --out "$OUT/decode-attention.json" ;;
     invariance) run "$step" "$PY" bench/invariance.py --out "$OUT/invariance.json" ;;
