@@ -283,13 +283,43 @@ def over_step_lengths(name: str, total: int, first: int, last: int, layers: int)
     return {"mean_us": mean, "us_by_live_keys": times}
 
 
+def check_bounds(total: int = 896, prompt: int = 640) -> bool:
+    """The op's key bounds computed as the compiled step computes them (inductor, CUDA graphs) against
+    eager, at live lengths of a generation's steps, left-padded rows among them. Session 11 found
+    the step's ends past the last live key, so it read the whole cache (``decoding.bounds_of``)."""
+    ok = True
+    for mode in (None, "reduce-overhead"):
+        torch._dynamo.reset()
+        compiled = torch.compile(lambda m: (m.to(torch.int8), decoding.bounds_of(m)), dynamic=False, mode=mode)
+        mask = torch.zeros(128, total, dtype=torch.long, device="cuda")
+        torch._dynamo.mark_static_address(mask)  # as the engine keeps its step mask
+        for filled in (prompt + 1, prompt + 60, (prompt + total) // 2, total - 1):
+            mask.zero_()
+            mask[:, :filled] = 1
+            mask[::2, :100] = 0  # every other row left-padded
+            for _ in range(3):  # the graphed replays too
+                bounds = compiled(mask)[1].clone()
+            eager = decoding.bounds_of(mask)
+            same = bool((bounds == eager).all())
+            ok &= same
+            print(
+                f"  {mode or 'default'} mode, {filled} live: compiled {bounds[:2].tolist()}, "
+                f"eager {eager[:2].tolist()}, {'equal' if same else 'DIFFERENT'}"
+            )
+    return ok
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path)
     ap.add_argument("--cold", action="store_true", help="only the sweep over one cache per layer (Mistral-7B)")
     ap.add_argument("--no-sweep", action="store_true", help="with --cold: the planned config only")
     ap.add_argument("--lengths", action="store_true", help="the op at each live length of the step (Mistral-7B)")
+    ap.add_argument("--bounds", action="store_true", help="check the op's bounds compiled as in the step, then exit")
     args = ap.parse_args()
+    if args.bounds:
+        print("the decoding attention's key bounds, compiled against eager (row 0 unpadded, row 1 left-padded):")
+        raise SystemExit(0 if check_bounds() else 1)
     busy(3.0)
     if args.lengths:  # the study's workload: 640-token prompts, 256 new tokens
         result = over_step_lengths("mistral-7b b128", 896, 641, 895, 32)  # the 255 steps after the prefill

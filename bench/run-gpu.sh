@@ -12,7 +12,7 @@
 # profile-step-cublas, profile-no-static-mask, profile-no-rotary, profile-null-attention, profile-attention-twice,
 # kernel-variants (the decoding attention's compiled variants), profile-attention-alone, profile-splits-N (the decoding attention's keys split N ways),
 # profile-max-autotune, generation, decode-attention, decode-attention-cold, decode-attention-surroundings
-# (the cold op's rows without its sweep), decode-attention-lengths, invariance,
+# (the cold op's rows without its sweep), decode-attention-lengths, bounds (compiled = eager), invariance,
 # same-answers, fleet, shapes. MODEL and
 # CORPUS (the real SmolLM2 and the shared Spanish corpus) are needed by the last three only.
 set -u
@@ -75,6 +75,7 @@ for step in "$@"; do
     decode-attention-cold) run "$step" "$PY" bench/decode_attention.py --cold --out "$OUT/decode-attention-cold.json" ;;
     decode-attention-surroundings) run "$step" "$PY" bench/decode_attention.py --cold --no-sweep ;;
     decode-attention-lengths) run "$step" "$PY" bench/decode_attention.py --lengths --out "$OUT/$step.json" ;;
+    bounds) run "$step" "$PY" bench/decode_attention.py --bounds ;;
     prefill-products) run "$step" "$PY" bench/decode_products.py --arch mistral-7b --batch 81920 --reps 2 --no-inductor ;;
     decode-attention) run "$step" "$PY" bench/decode_attention.py --out "$OUT/decode-attention.json" ;;
     invariance) run "$step" "$PY" bench/invariance.py --out "$OUT/invariance.json" ;;

@@ -76,6 +76,26 @@ def test_bounds_and_split_plan():
     assert plan_splits(100, 896, sms=132) == 3  # fewer programs than two waves: split to fill them
 
 
+def test_bounds_compiled_as_in_the_step_equal_eager():
+    """The step computes the bounds inside its compiled graph. Under inductor on CUDA an argmax over
+    the mask gave ends past the last live key (session 11). The CPU's inductor did not (the old code
+    passes here too); the GPU check is ``bench/decode_attention.py --bounds``. Masks of a
+    generation's steps, left padding and holes: each compiled bound equal to eager."""
+    from nerfleet.workers.decoding import bounds_of
+
+    compiled = torch.compile(lambda m: bounds_of(m), dynamic=False)
+    mask = torch.zeros(4, 96, dtype=torch.long)
+    mask[:, 8:40] = 1  # prompts of 32 tokens, left-padded by 8; then 56 new tokens' positions
+    mask[1, :8] = 1  # an unpadded row
+    mask[2, 20:30] = 0  # a hole
+    for step in range(0, 56, 5):
+        mask[:, 40 + step] = 1
+        expected = [[r.nonzero().min().item(), r.nonzero().max().item() + 1] for r in mask]
+        assert bounds_of(mask).tolist() == expected
+        assert compiled(mask).tolist() == expected
+    assert compiled(torch.zeros_like(mask)).tolist() == [[0, 0]] * 4
+
+
 def test_a_row_without_keys_gets_zeros_and_bad_shapes_are_refused():
     from nerfleet.workers.decoding import attend, bounds_of
 

@@ -24,13 +24,18 @@ WAVES = 2
 
 def bounds_of(live: torch.Tensor) -> torch.Tensor:
     """Each row's (first live key, one past the last live key), int32 (batch × 2): the only range
-    the kernel reads. A row with no live key gets (0, 0)."""
+    the kernel reads. A row with no live key gets (0, 0).
+
+    Minimum and maximum of the live positions, not ``argmax``: compiled by inductor on CUDA (torch
+    2.11), ``argmax`` over the mask gave ends past the last live key (896 + the live length beyond
+    640 in the Mistral step; pytorch/pytorch#174069 is the boolean case), so every step read the
+    whole cache: 156 µs a layer against 138 (bench/NOTES.md, session 11)."""
     n = live.shape[-1]
     live = live.bool()
-    any_live = live.any(-1)
-    first = live.to(torch.int8).argmax(-1)
-    end = n - live.flip(-1).to(torch.int8).argmax(-1)
-    return torch.stack([torch.where(any_live, first, 0), torch.where(any_live, end, 0)], -1).to(torch.int32)
+    positions = torch.arange(n, device=live.device, dtype=torch.int32)
+    end = torch.where(live, positions + 1, 0).amax(-1)
+    first = torch.where(live, positions, n).amin(-1)
+    return torch.stack([torch.where(end > 0, first, 0), end], -1).to(torch.int32)
 
 
 def _sm_count(device: torch.device) -> int:
