@@ -5,6 +5,9 @@ Time per call (CUDA events around 20 queued calls, median of 7), the bytes of li
 the largest difference from a float32 reference; then the Triton op's tile/warps/stages sweep.
 
     python bench/decode_attention.py --out bench/results/decode-attention-h100.json
+    python bench/decode_attention.py --cold [--no-sweep]   # one cache per layer, graphed, and its surroundings
+    python bench/decode_attention.py --lengths   # at each live length a generation's steps meet
+    python bench/decode_attention.py --bounds    # the op's key bounds compiled as in the step = eager
 """
 
 from __future__ import annotations
