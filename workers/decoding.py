@@ -27,8 +27,8 @@ def bounds_of(live: torch.Tensor) -> torch.Tensor:
     the kernel reads. A row with no live key gets (0, 0).
 
     Minimum and maximum of the live positions, not ``argmax``: compiled by inductor on CUDA (torch
-    2.11), ``argmax`` over the mask gave ends past the last live key (896 + the live length beyond
-    640 in the Mistral step; pytorch/pytorch#174069 is the boolean case), so every step read the
+    2.11), ``argmax`` over the flipped mask gave ends past the last live key (897 for 641 live keys
+    of 896, 1,024 for 768; pytorch/pytorch#174069 is the boolean case), so every step read the
     whole cache: 156 µs a layer against 138 (bench/NOTES.md, session 11)."""
     n = live.shape[-1]
     live = live.bool()
