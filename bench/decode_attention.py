@@ -148,43 +148,39 @@ def sweep(name: str, total: int, filled: int) -> list[dict]:
     )
 
 
+def attention_after(label: str, before, caches: list, live, bounds, scale: float) -> None:
+    """The op right after ``before(i)`` in each layer ``i`` (its query, keys, values in ``caches``),
+    graphed, against ``before`` alone: what the op costs a layer in those surroundings (µs)."""
+
+    def alone():
+        return [before(i) for i in range(len(caches))]
+
+    def both():
+        return [(before(i), decoding.attend(q, k, v, live, bounds, scale)) for i, (q, k, v) in enumerate(caches)]
+
+    first, second = (1e6 * per_graphed_call(fn, len(caches)) for fn in (alone, both))
+    print(f"  {label} alone {first:.1f} us; with the attention after each {second:.1f} us")
+    print(f"  so the attention after {label}: {second - first:.1f} us")
+
+
 def between_products(x, weights: list, caches: list, live, bounds, scale: float) -> None:
     """The op between weight streams, as in a step: each layer's product ``x @ weights[i].T`` then
-    that layer's attention over ``caches[i]`` (query, keys, values), graphed, against the products
-    alone (µs a layer). The BLAS library is the caller's setting."""
-    layers = list(zip(weights, caches, strict=True))
-
-    def products():
-        return [F.linear(x, w) for w in weights]
-
-    def interleaved():
-        return [(F.linear(x, w), decoding.attend(q, k, v, live, bounds, scale)) for w, (q, k, v) in layers]
-
-    alone, both = (1e6 * per_graphed_call(fn, len(layers)) for fn in (products, interleaved))
-    print(f"  products alone {alone:.1f} us; with the attention between them {both:.1f} us")
-    print(f"  so the attention between products: {both - alone:.1f} us")
+    that layer's attention. The BLAS library is the caller's setting."""
+    attention_after("products", lambda i: F.linear(x, weights[i]), caches, live, bounds, scale)
 
 
 def after_cache_writes(caches: list, live, bounds, scale: float, position: int) -> None:
     """The op right after each layer's new key and value are written into its cache at ``position``,
-    as the step writes them (``index_copy_``) just before its attention, graphed, against the writes
-    alone (µs a layer)."""
+    as the step writes them (``index_copy_``) just before its attention."""
     b, kvh, _, d = caches[0][1].shape
     new = torch.randn(b, kvh, 1, d, dtype=caches[0][1].dtype, device="cuda")
     at = torch.tensor([position], device="cuda")
 
-    def writes():
-        return [(k.index_copy_(2, at, new), v.index_copy_(2, at, new)) for _, k, v in caches]
+    def write(i):
+        _, k, v = caches[i]
+        return k.index_copy_(2, at, new), v.index_copy_(2, at, new)
 
-    def both():
-        return [
-            (k.index_copy_(2, at, new), v.index_copy_(2, at, new), decoding.attend(q, k, v, live, bounds, scale))
-            for q, k, v in caches
-        ]
-
-    alone, with_op = (1e6 * per_graphed_call(fn, len(caches)) for fn in (writes, both))
-    print(f"  writes alone {alone:.1f} us; with the attention after them {with_op:.1f} us")
-    print(f"  so the attention after the writes: {with_op - alone:.1f} us")
+    attention_after("cache writes", write, caches, live, bounds, scale)
 
 
 def sustained(fn, calls: int, seconds: float = 6.0, window: float = 0.5) -> None:

@@ -18,7 +18,8 @@ from collections import Counter
 from pathlib import Path
 
 LOAD = re.compile(r"\b(ld\.global(?:\.[a-z0-9]+)*)")
-ASYNC_COPY = re.compile(r"\b(cp\.async[.\w]*)\s+\[[^\]]+\],\s*\[[^\]]+\],\s*(\d+)")  # pipelined loads, by bytes
+# pipelined loads and their bytes, which PTX writes in hex (0x10)
+ASYNC_COPY = re.compile(r"\b(cp\.async[.\w]*)\s+\[[^\]]+\],\s*\[[^\]]+\],\s*(0x[0-9a-fA-F]+|\d+)")
 
 
 def variant(ptx: Path) -> dict:
@@ -32,7 +33,7 @@ def variant(ptx: Path) -> dict:
         "loads": dict(
             (
                 Counter(m.group(1) for m in LOAD.finditer(text))
-                + Counter(f"{m[1]} {m[2]} B" for m in ASYNC_COPY.finditer(text))
+                + Counter(f"{m[1]} {int(m[2], 0)} B" for m in ASYNC_COPY.finditer(text))
             ).most_common()
         ),
         "ptx_lines": text.count("\n"),

@@ -78,9 +78,12 @@ def test_bounds_and_split_plan():
 
 def test_bounds_compiled_as_in_the_step_equal_eager():
     """The step computes the bounds inside its compiled graph. Under inductor on CUDA an argmax over
-    the mask gave ends past the last live key (session 11). The CPU's inductor did not (the old code
-    passes here too); the GPU check is ``bench/decode_attention.py --bounds``. Masks of a
-    generation's steps, left padding and holes: each compiled bound equal to eager."""
+    the mask gave ends past the last live key (session 11). The CPU's inductor computes them right
+    either way, so the compiled code is also checked for the argmax itself; the GPU check is
+    ``bench/decode_attention.py --bounds``. Masks of a generation's steps, left padding and holes:
+    each compiled bound equal to eager."""
+    from torch._inductor.utils import run_and_get_code
+
     from nerfleet.workers.decoding import bounds_of
 
     compiled = torch.compile(lambda m: bounds_of(m), dynamic=False)
@@ -94,6 +97,9 @@ def test_bounds_compiled_as_in_the_step_equal_eager():
         assert bounds_of(mask).tolist() == expected
         assert compiled(mask).tolist() == expected
     assert compiled(torch.zeros_like(mask)).tolist() == [[0, 0]] * 4
+    # and no argmax reduction, the lowering that was wrong on CUDA (the old code had 6 in this code)
+    _, code = run_and_get_code(lambda: compiled(mask))
+    assert "argmax" not in "\n".join(code)
 
 
 def test_a_row_without_keys_gets_zeros_and_bad_shapes_are_refused():
