@@ -20,8 +20,9 @@ import torch
 import transformers
 
 from nerfleet.evaluation.corpus import build_corpus
+from nerfleet.evaluation.grid import score_grid
 from nerfleet.evaluation.prompts import load_prompt
-from nerfleet.evaluation.scoring import Response, prepare, score_grid
+from nerfleet.evaluation.scoring import Response, prepare
 from nerfleet.workers.engine import BatchedEngine, CompiledEngine, GenerationRequest, SimpleEngine
 from nerfleet.workers.models import load, resolve
 

@@ -18,7 +18,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from nerfleet.evaluation.corpus import build_corpus  # noqa: E402
-from nerfleet.evaluation.scoring import Response, prepare, score_grid  # noqa: E402
+from nerfleet.evaluation.grid import score_grid
+from nerfleet.evaluation.scoring import Response, prepare  # noqa: E402
 from nerfleet.evaluation.spans import LABELS  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "clinical-cases-es"

@@ -23,6 +23,9 @@ LABEL_MAP: dict[str, str] = {
     "PROCEDIMIENTO_MEDICO": "PROCEDURE",
 }
 
+#: The label each category has in the official gold files (what the BSC scorers compare).
+OFFICIAL_LABELS: dict[str, str] = {"DISEASE": "ENFERMEDAD", "SYMPTOM": "SINTOMA", "PROCEDURE": "PROCEDIMIENTO"}
+
 #: Which category each known source corpus annotates (Table 1 columns).
 SOURCE_CORPORA: dict[str, str] = {
     "distemist": "DISEASE",

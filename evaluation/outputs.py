@@ -16,17 +16,28 @@ class OutputsError(ValueError):
 
 
 def read_outputs(path: Path, known_docs: Container[str]) -> list[Response]:
-    """All lines or nothing: the first bad line raises with its number."""
+    """All lines or nothing: the first bad line raises with its number.
+
+    A second line for the same (doc_id, model, prompt) is refused, naming both lines:
+    scoring both would count that document twice.
+    """
     responses = []
-    with Path(path).open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    first_line: dict[tuple[str, str, str], int] = {}
+    with Path(path).open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            where = f"{path}: line {lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise OutputsError(
+                    f"{where}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+                ) from None
             if not line.strip():
                 continue
-            where = f"{path}: line {lineno}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise OutputsError(f"{where}: not JSON ({exc.msg})") from None
+                raise OutputsError(f"{where}: not JSON ({exc.msg} at column {exc.colno})") from None
             if not isinstance(obj, dict):
                 raise OutputsError(f"{where}: not a JSON object")
             missing = [f for f in FIELDS if f not in obj]
@@ -39,6 +50,13 @@ def read_outputs(path: Path, known_docs: Container[str]) -> list[Response]:
                 raise OutputsError(f"{where}: field output must be a string or null")
             if obj["doc_id"] not in known_docs:
                 raise OutputsError(f"{where}: unknown document {obj['doc_id']!r} (not in the corpus)")
+            key = (obj["doc_id"], obj["model"], obj["prompt"])
+            if key in first_line:
+                raise OutputsError(
+                    f"{where}: duplicate of line {first_line[key]} "
+                    f"(doc_id {key[0]!r}, model {key[1]!r}, prompt {key[2]!r})"
+                )
+            first_line[key] = lineno
             responses.append(Response(obj["doc_id"], obj["model"], obj["prompt"], obj["output"], obj.get("error")))
     if not responses:
         raise OutputsError(f"{path}: no response lines")

@@ -56,3 +56,10 @@ def load_prompt(ref: str) -> Prompt:
     if path.suffix == ".toml" and path.is_file():
         return _parse(path.read_text("utf-8"), str(path))
     raise ValueError(f"unknown prompt {ref!r}: use one of {', '.join(BUILTIN)} or a path to a .toml prompt file")
+
+
+def prompt_format(ref: str) -> str:
+    """The structure a prompt asked for; "none" for a name that is neither built in nor a TOML file."""
+    if ref in BUILTIN or (ref.endswith(".toml") and Path(ref).is_file()):
+        return load_prompt(ref).format
+    return "none"

@@ -1,23 +1,25 @@
-"""Both evaluation strategies of the study, the parse ratio, and nervaluate schemas.
+"""Both evaluation strategies of the study, the parse ratio, character-span scores, intervals.
 
 Pure functions over plain data: the aggregation task, ``nerfleet score`` and the
-tests all call :func:`score_grid`.
+tests all call :func:`score_grid`. Each cell (model × prompt) is first reduced to
+per-document counts (:class:`CellCounts`); every number and its bootstrap interval is
+computed from those counts (:mod:`nerfleet.evaluation.grid`).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from nervaluate import Evaluator
+import numpy as np
 from seqeval.metrics.sequence_labeling import get_entities
 
 from nerfleet.evaluation.corpus import Document
-from nerfleet.evaluation.matching import MatchParams, TextIndex, doc_index, matched_run, norm_tokens
+from nerfleet.evaluation.matching import MatchParams, TextIndex, matched_run, norm_token, norm_tokens
 from nerfleet.evaluation.parsing import Parsed, parse
-from nerfleet.evaluation.spans import LABELS, Span, Token, keep_longest, spans_to_iob, tokenize_for_spans
+from nerfleet.evaluation.span_metrics import SPAN_MODES, span_counts
+from nerfleet.evaluation.spans import LABELS, Span, Token, keep_longest, spans_to_iob, tokenize, tokenize_for_spans
 
 ENTITY = "ENTITY"
 #: Tags are always valid IOB2 here (built from non-overlapping spans), so seqeval's
@@ -25,53 +27,88 @@ ENTITY = "ENTITY"
 SEQEVAL_MODE = {"mode": "strict", "scheme": "IOB2"}
 
 Entity = tuple[str, int, int]  # (label, first token, last token), seqeval's convention
-NERVALUATE_SCHEMAS = ("strict", "exact", "partial", "ent_type")
 
 
 @dataclass
 class PreparedDoc:
-    """Everything about a gold document that scoring reuses across responses."""
+    """Everything about a gold document that scoring reuses across responses.
 
-    doc_id: str
+    Two tokenisations: ``tokens`` are cut at the gold span edges (so gold and predictions
+    are tags over one sequence); ``plain`` is the text's own words, which predictions are
+    searched in, so where a prediction is found never depends on where the gold spans are.
+    """
+
+    document: Document
     tokens: list[Token]
+    plain: list[Token]
     gold: list[str]
     gold_entity: list[str]
-    index: TextIndex
-    terms: list[tuple[str, ...]]
     gold_entities: frozenset[Entity]
     gold_entity_entities: frozenset[Entity]
+    _indexes: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def doc_id(self) -> str:
+        return self.document.doc_id
+
+    def _index(self, which: str, strip_accents: bool) -> TextIndex:
+        key = (which, strip_accents)
+        if key not in self._indexes:
+            toks = self.tokens if which == "gold" else self.plain
+            self._indexes[key] = TextIndex([norm_token(t.text, strip_accents) for t in toks])
+        return self._indexes[key]
+
+    def gold_index(self, strip_accents: bool = False) -> TextIndex:
+        return self._index("gold", strip_accents)
+
+    def text_index(self, strip_accents: bool = False) -> TextIndex:
+        return self._index("plain", strip_accents)
+
+    def terms(self, strip_accents: bool = False) -> list[tuple[str, ...]]:
+        """Each distinct gold term, as the gold-cut tokens see it."""
+        key = ("terms", strip_accents)
+        if key not in self._indexes:
+            index = self.gold_index(strip_accents)
+            starts = [t.start for t in self.tokens]
+            terms: dict[tuple[str, ...], None] = {}
+            for span in self.document.spans:
+                i = bisect.bisect_left(starts, span.start)
+                j = i
+                while j < len(self.tokens) and self.tokens[j].end <= span.end:
+                    j += 1
+                if j > i:
+                    terms[tuple(index.tokens[i:j])] = None
+            self._indexes[key] = list(terms)
+        return self._indexes[key]
+
+    def to_scoring_tokens(self, i: int, j: int) -> tuple[int, int]:
+        """Plain-token range [i, j) → the same characters as a range of ``tokens``."""
+        key = ("bounds",)
+        if key not in self._indexes:
+            self._indexes[key] = ([t.start for t in self.tokens], [t.end for t in self.tokens])
+        starts, ends = self._indexes[key]
+        return bisect.bisect_left(starts, self.plain[i].start), bisect.bisect_left(ends, self.plain[j - 1].end) + 1
+
+    def char_span(self, s: Span) -> Span:
+        return Span(self.tokens[s.start].start, self.tokens[s.end - 1].end, s.label)
 
 
 def prepare(doc: Document) -> PreparedDoc:
     tokens = tokenize_for_spans(doc.text, doc.spans)
     gold = spans_to_iob(tokens, doc.spans)
     gold_entity = [t if t == "O" else t[:2] + ENTITY for t in gold]
-    index = doc_index(tokens)
-    terms: dict[tuple[str, ...], None] = {}
-    # Token ranges of each gold span, to take the term exactly as the index sees it.
-    ti = 0
-    for span in doc.spans:
-        while ti < len(tokens) and tokens[ti].start < span.start:
-            ti += 1
-        tj = ti
-        while tj < len(tokens) and tokens[tj].end <= span.end:
-            tj += 1
-        term = tuple(index.tokens[ti:tj])
-        if term:
-            terms[term] = None
     return PreparedDoc(
-        doc.doc_id,
+        doc,
         tokens,
+        tokenize(doc.text),
         gold,
         gold_entity,
-        index,
-        list(terms),
         frozenset(get_entities(gold)),
         frozenset(get_entities(gold_entity)),
     )
 
 
-def tags_from_spans(n: int, spans: Iterable[Span]) -> list[str]:
+def tags_from_spans(n: int, spans: Sequence[Span]) -> list[str]:
     """IOB2 tags over token-index spans (already non-overlapping)."""
     tags = ["O"] * n
     for s in spans:
@@ -81,31 +118,34 @@ def tags_from_spans(n: int, spans: Iterable[Span]) -> list[str]:
     return tags
 
 
-def entities_of(spans: Iterable[Span]) -> frozenset[Entity]:
+def entities_of(spans: Sequence[Span]) -> frozenset[Entity]:
     """The entities seqeval's ``get_entities`` reads from ``tags_from_spans`` (tested)."""
     return frozenset((s.label, s.start, s.end - 1) for s in spans)
 
 
 def strategy1_spans(doc: PreparedDoc, output: str, params: MatchParams) -> list[Span]:
     """Gold terms the output mentions (complete or partial), at every occurrence; longest wins."""
-    out = TextIndex(norm_tokens(output))
+    out = TextIndex(norm_tokens(output, params.strip_accents))
+    index = doc.gold_index(params.strip_accents)
     spans = {
         Span(i, j, ENTITY)
-        for term in doc.terms
+        for term in doc.terms(params.strip_accents)
         if matched_run(term, out, params) is not None
-        for i, j in doc.index.occurrences(term)
+        for i, j in index.occurrences(term)
     }
     return keep_longest(spans)[0]
 
 
 def strategy2_spans(doc: PreparedDoc, parsed: Parsed, params: MatchParams) -> list[Span]:
-    """Parsed entities found in the document, at every occurrence, by category; longest wins."""
+    """Parsed entities found in the document's own words, at every occurrence, by category; longest wins."""
+    index = doc.text_index(params.strip_accents)
     spans = set()
     for text, category in parsed.entities:
-        term = norm_tokens(text)
-        run = matched_run(term, doc.index, params)
+        term = norm_tokens(text, params.strip_accents)
+        run = matched_run(term, index, params)
         if run is not None:
-            spans.update(Span(i, j, category) for i, j in doc.index.occurrences(term[run[0] : run[1]]))
+            for i, j in index.occurrences(term[run[0] : run[1]]):
+                spans.add(Span(*doc.to_scoring_tokens(i, j), category))
     return keep_longest(spans)[0]
 
 
@@ -117,31 +157,18 @@ def strategy2_tags(doc: PreparedDoc, parsed: Parsed, params: MatchParams) -> lis
     return tags_from_spans(len(doc.tokens), strategy2_spans(doc, parsed, params))
 
 
-def _prf(tp: int, n_pred: int, n_gold: int) -> dict[str, float | int]:
-    p = tp / n_pred if n_pred else 0.0
-    r = tp / n_gold if n_gold else 0.0
-    f = 2 * p * r / (p + r) if p + r else 0.0
-    return {"precision": p, "recall": r, "f1": f, "support": n_gold}
-
-
-def prf(gold: Sequence[frozenset[Entity]], pred: Sequence[frozenset[Entity]], labels: Sequence[str]) -> dict[str, dict]:
-    """Per-label and micro precision/recall/F1 over seqeval entity sets, one set per document.
-
-    Same counting as seqeval's ``classification_report`` (an entity is correct when
-    label, start and end all match), zero where undefined.
-    """
-    tp: dict[str, int] = defaultdict(int)
-    n_pred: dict[str, int] = defaultdict(int)
-    n_gold: dict[str, int] = defaultdict(int)
-    for g, p in zip(gold, pred):
-        for label, *_ in g:
-            n_gold[label] += 1
-        for ent in p:
-            n_pred[ent[0]] += 1
-            if ent in g:
-                tp[ent[0]] += 1
-    out = {label: _prf(tp[label], n_pred[label], n_gold[label]) for label in labels}
-    out["micro"] = _prf(sum(tp.values()), sum(n_pred.values()), sum(n_gold.values()))
+def entity_counts(gold: frozenset[Entity], pred: frozenset[Entity], labels: Sequence[str]) -> np.ndarray:
+    """(labels × 3) of (tp, predicted, gold), seqeval's counting: label, start and end all match."""
+    out = np.zeros((len(labels), 3), dtype=np.int64)
+    row = {label: k for k, label in enumerate(labels)}
+    for label, *_ in gold:
+        if label in row:
+            out[row[label], 2] += 1
+    for ent in pred:
+        if ent[0] in row:
+            out[row[ent[0]], 1] += 1
+            if ent in gold:
+                out[row[ent[0]], 0] += 1
     return out
 
 
@@ -155,85 +182,45 @@ class Response:
 
 
 @dataclass
-class Scores:
-    strategy1: dict = field(default_factory=dict)
-    strategy2: dict = field(default_factory=dict)
-    parse_ratio: dict = field(default_factory=dict)
-    nervaluate: dict = field(default_factory=dict)
-    counts: dict = field(default_factory=dict)
-    failed: dict = field(default_factory=dict)
-    documents: int = 0
-    params: dict = field(default_factory=dict)
+class CellCounts:
+    """One cell's per-document counts: every score of the cell is a function of their sums."""
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "strategy1": self.strategy1,
-            "strategy2": self.strategy2,
-            "parse_ratio": self.parse_ratio,
-            "nervaluate": self.nervaluate,
-            "counts": self.counts,
-            "failed": self.failed,
-            "documents": self.documents,
-            "params": self.params,
-        }
+    doc_ids: list[str]
+    strategy1: np.ndarray  # (docs × 3): tp, predicted, gold of category-agnostic entities
+    strategy2: np.ndarray | None = None  # (docs × labels × 3)
+    spans: np.ndarray | None = None  # (docs × modes × labels × 3): character spans, strict / overlap
+    parsed: np.ndarray | None = None  # (docs × 2): lenient, strict (0 or 1)
+    dropped: int = 0
+    #: Per response, kept for the error export and nervaluate: (doc, predicted spans over ``doc.tokens``).
+    predictions: list[tuple[PreparedDoc, list[Span]]] = field(default_factory=list)
 
 
-def score_grid(
-    responses: Iterable[Response],
-    docs: dict[str, PreparedDoc],
-    formats: dict[str, str],
-    params: MatchParams = MatchParams(),
-    with_nervaluate: bool = True,
-) -> Scores:
-    """Score every (model, prompt) cell of a set of responses.
-
-    ``formats`` maps a prompt name to the structure it asked for (none/dict/json);
-    strategy 2 and the parse ratio exist only for dict/json prompts. Failed jobs
-    (``output is None``) are listed, never scored as empty answers.
-    """
-    cells: dict[tuple[str, str], list[Response]] = defaultdict(list)
-    for r in responses:
-        cells[(r.model, r.prompt)].append(r)
-    scores = Scores(params={"match": params.as_dict(), "seqeval": SEQEVAL_MODE})
-    seen_docs: set[str] = set()
-    for (model, prompt), rs in sorted(cells.items()):
-        failed = sorted(r.doc_id for r in rs if r.output is None)
-        ok = [r for r in rs if r.output is not None]
-        seen_docs.update(r.doc_id for r in rs)
-        if failed:
-            scores.failed.setdefault(model, {})[prompt] = failed
-        scores.counts.setdefault(model, {})[prompt] = {"scored": len(ok), "failed": len(failed)}
-        gold1 = [docs[r.doc_id].gold_entity_entities for r in ok]
-        pred1 = [entities_of(strategy1_spans(docs[r.doc_id], r.output or "", params)) for r in ok]
-        s1 = prf(gold1, pred1, [ENTITY])["micro"]
-        scores.strategy1.setdefault(model, {})[prompt] = {k: s1[k] for k in ("precision", "recall", "f1")}
-        fmt = formats.get(prompt, "none")
+def count_cell(rs: Sequence[Response], docs: dict[str, PreparedDoc], fmt: str, params: MatchParams) -> CellCounts:
+    """Reduce one cell's scored responses (``output`` not None) to per-document counts, in doc-id order."""
+    rs = sorted(rs, key=lambda r: r.doc_id)
+    cell = CellCounts([r.doc_id for r in rs], np.zeros((len(rs), 3), dtype=np.int64))
+    for k, r in enumerate(rs):
+        d = docs[r.doc_id]
+        spans1 = strategy1_spans(d, r.output or "", params)
+        cell.strategy1[k] = entity_counts(d.gold_entity_entities, entities_of(spans1), [ENTITY])
         if fmt == "none":
-            continue
-        parsed = [parse(r.output or "", fmt) for r in ok]
-        spans2 = [strategy2_spans(docs[r.doc_id], p, params) for r, p in zip(ok, parsed)]
-        gold2 = [docs[r.doc_id].gold_entities for r in ok]
-        scores.strategy2.setdefault(model, {})[prompt] = prf(gold2, [entities_of(s) for s in spans2], LABELS)
-        n = len(ok) or 1
-        scores.parse_ratio.setdefault(model, {})[prompt] = {
-            "lenient": sum(p.lenient for p in parsed) / n,
-            "strict": sum(p.strict for p in parsed) / n,
-            "dropped_items": sum(p.dropped for p in parsed),
-        }
-        if with_nervaluate:
-            pred_tags = [tags_from_spans(len(docs[r.doc_id].tokens), s) for r, s in zip(ok, spans2)]
-            gold_tags = [docs[r.doc_id].gold for r in ok]
-            scores.nervaluate.setdefault(model, {})[prompt] = nervaluate_scores(gold_tags, pred_tags)
-    scores.documents = len(seen_docs)
-    return scores
-
-
-def nervaluate_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, dict]:
-    """The four SemEval-2013 schemas: how much of a miss is only a boundary disagreement."""
-    if not gold:
-        return {s: {"precision": 0.0, "recall": 0.0, "f1": 0.0} for s in NERVALUATE_SCHEMAS}
-    overall = Evaluator(list(gold), list(pred), tags=list(LABELS), loader="list").evaluate()["overall"]
-    return {
-        s: {"precision": overall[s].precision, "recall": overall[s].recall, "f1": overall[s].f1}
-        for s in NERVALUATE_SCHEMAS
-    }
+            cell.predictions.append((d, spans1))
+    if fmt == "none":
+        return cell
+    cell.strategy2 = np.zeros((len(rs), len(LABELS), 3), dtype=np.int64)
+    cell.spans = np.zeros((len(rs), len(SPAN_MODES), len(LABELS), 3), dtype=np.int64)
+    cell.parsed = np.zeros((len(rs), 2), dtype=np.int64)
+    for k, r in enumerate(rs):
+        d = docs[r.doc_id]
+        p = parse(r.output or "", fmt)
+        spans = strategy2_spans(d, p, params)
+        cell.predictions.append((d, spans))
+        cell.strategy2[k] = entity_counts(d.gold_entities, entities_of(spans), LABELS)
+        chars = [d.char_span(s) for s in spans]
+        for li, label in enumerate(LABELS):
+            per_mode = span_counts(d.document.spans, chars, label)
+            for mi, mode in enumerate(SPAN_MODES):
+                cell.spans[k, mi, li] = per_mode[mode]
+        cell.parsed[k] = (p.lenient, p.strict)
+        cell.dropped += p.dropped
+    return cell

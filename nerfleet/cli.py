@@ -144,35 +144,78 @@ def corpus_export(
 def score(
     outputs: Path = typer.Argument(..., help="JSONL: {doc_id, model, prompt, output} per line."),
     corpus: str | None = typer.Option(None, help="Corpus id or name (default: the newest)."),
-    as_json: bool = typer.Option(False, "--json"),
-    out: Path | None = typer.Option(None, help="Folder for tables (txt, csv), scores.json and f1.png."),
+    as_json: bool = typer.Option(False, "--json", help="Print every number as one JSON object."),
+    out: Path | None = typer.Option(None, help="Folder for tables (txt, csv), scores.json, metrics.csv and f1.png."),
     mode: str = typer.Option("partial", help="Matching: exact or partial."),
     threshold: float = typer.Option(0.5, help="Partial: share of the term's tokens that must match in a run."),
+    strip_accents: bool = typer.Option(False, help="Match letters without their accents (tos = tós)."),
+    categories: Path | None = typer.Option(None, help='TOML of extra category names: DISEASE = ["…"], …'),
+    calibration: bool = typer.Option(True, help="Add the echo and oracle rows."),
+    errors: Path | None = typer.Option(None, help="Write per-document errors (missed, spurious, …) as JSONL."),
+    compare: tuple[str, str] | None = typer.Option(
+        None, help="Two cells MODEL:PROMPT MODEL:PROMPT: paired bootstrap p-values."
+    ),
 ) -> None:
     """Score outputs made anywhere with the same code as the fleet."""
+    from nerfleet.evaluation.grid import score_grid
     from nerfleet.evaluation.matching import MatchParams
     from nerfleet.evaluation.outputs import read_outputs
-    from nerfleet.evaluation.prompts import BUILTIN, load_prompt
-    from nerfleet.evaluation.report import render_text, write_reports
-    from nerfleet.evaluation.scoring import prepare, score_grid
+    from nerfleet.evaluation.parsing import load_category_names
+    from nerfleet.evaluation.prompts import prompt_format
+    from nerfleet.evaluation.scoring import prepare
     from nerfleet.storage.corpus_store import get_corpus, load_documents
     from nerfleet.storage.db import session_scope
 
     try:
-        params = MatchParams(mode, threshold)
+        params = MatchParams(mode, threshold, strip_accents)
+        if categories:
+            load_category_names(categories)
         with session_scope() as session:
             documents = {d.doc_id: d for d in load_documents(session, get_corpus(session, corpus).id)}
         responses = read_outputs(outputs, documents)
-        formats = {}
-        for name in {r.prompt for r in responses}:
-            formats[name] = load_prompt(name).format if name in BUILTIN or name.endswith(".toml") else "none"
+        formats = {name: prompt_format(name) for name in {r.prompt for r in responses}}
         docs = {d: prepare(documents[d]) for d in {r.doc_id for r in responses}}
-        scores = score_grid(responses, docs, formats, params).to_json()
+        grid = score_grid(responses, docs, formats, params, calibration=calibration)
+        compared = _compare(grid, compare) if compare else None
     except USER_ERRORS as exc:
         fail(exc)
+    _emit_scores(grid, as_json, out, errors, compared)
+
+
+def _cell_ref(ref: str) -> tuple[str, str]:
+    model, sep, prompt = ref.rpartition(":")
+    if not sep or not model or not prompt:
+        raise ValueError(f"--compare {ref!r}: write a cell as MODEL:PROMPT (e.g. qwen2.5-coder-0.5b-instruct:v2)")
+    return model, prompt
+
+
+def _compare(grid, refs: tuple[str, str]) -> dict:
+    from nerfleet.evaluation.grid import compare_cells
+
+    return compare_cells(grid, _cell_ref(refs[0]), _cell_ref(refs[1]))
+
+
+def _emit_scores(grid, as_json: bool, out: Path | None, errors: Path | None, compared: dict | None, encoders=None):
+    from nerfleet.evaluation.errors import error_records
+    from nerfleet.evaluation.report import comparison_lines, render_text, write_reports
+
+    scores = grid.to_json() if hasattr(grid, "to_json") else grid
     if out:
-        write_reports(scores, out)
-    typer.echo(json.dumps(scores) if as_json else render_text(scores))
+        for path in write_reports(scores, out, encoders):
+            typer.echo(f"wrote {path}", err=True)
+    if errors:
+        with errors.open("w", encoding="utf-8") as fh:
+            n = 0
+            for record in error_records(grid):
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                n += 1
+        typer.echo(f"{n} per-document error records written to {errors}", err=True)
+    if as_json:
+        typer.echo(json.dumps({**scores, **({"compare": compared} if compared else {})}))
+        return
+    typer.echo(render_text(scores, encoders))
+    if compared:
+        typer.echo("\n" + comparison_lines(compared))
 
 
 # ------------------------------------------------------------------ the fleet
@@ -274,16 +317,22 @@ def status(run_id: str | None = typer.Argument(None), as_json: bool = typer.Opti
 
 @app.command("report")
 def report(
-    run_id: str | None = typer.Argument(None),
-    fmt: str = typer.Option("table", "--format", help="table, csv or json"),
+    run_id: str | None = typer.Argument(None, help="Run id or name (default: the newest run)."),
+    fmt: str = typer.Option("table", "--format", help="table, csv (long form: one row per number) or json"),
     out: Path | None = typer.Option(None, help="Folder for all report files."),
+    errors: Path | None = typer.Option(None, help="Re-score the run and write per-document errors as JSONL."),
+    compare: tuple[str, str] | None = typer.Option(
+        None, help="Two cells MODEL:PROMPT MODEL:PROMPT: paired bootstrap p-values (re-scores the run)."
+    ),
 ) -> None:
-    """The paper-shaped tables of an aggregated run."""
-    from nerfleet.evaluation.report import _csv, render_text, table3_rows, table4_rows, table5_rows, write_reports
+    """The paper-shaped tables of an aggregated run, with intervals and calibration rows."""
+    from nerfleet.evaluation.report import long_csv
     from nerfleet.storage.db import session_scope
     from nerfleet.storage.metrics import encoder_scores
     from nerfleet.storage.runs import get_run, run_scores
 
+    if fmt not in ("table", "csv", "json"):
+        fail(ValueError(f"--format {fmt!r}: use table, csv or json"))
     try:
         with session_scope() as session:
             run_row = get_run(session, run_id)
@@ -291,20 +340,18 @@ def report(
                 raise LookupError(f"run {run_row.id} is not aggregated yet (see `nerfleet status {run_row.id}`)")
             scores = run_scores(session, run_row)
             encoders = encoder_scores(session)
+        grid, compared = scores, None
+        if errors or compare:
+            from nerfleet.tasks.aggregation import score_run
+
+            grid = score_run(run_row.id)
+            compared = _compare(grid, compare) if compare else None
     except USER_ERRORS as exc:
         fail(exc)
-    if out:
-        for path in write_reports(scores, out, encoders):
-            typer.echo(f"wrote {path}", err=True)
-    if fmt == "json":
-        typer.echo(json.dumps({**scores, "encoders": encoders}))
-    elif fmt == "csv":
-        typer.echo(_csv(*table3_rows(scores)))
-        if scores["strategy2"]:
-            typer.echo(_csv(*table4_rows(scores)))
-            typer.echo(_csv(*table5_rows(scores)))
-    else:
-        typer.echo(render_text(scores, encoders))
+    if fmt == "csv":
+        typer.echo(long_csv(scores, encoders), nl=False)
+        return
+    _emit_scores(grid, fmt == "json", out, errors, compared, encoders)
 
 
 @app.command("export")
@@ -484,6 +531,7 @@ def tag(
     fmt: str = typer.Option("text", "--format", help="text or tsv (the corpora's mentions layout)"),
 ) -> None:
     """Tag new text with a fine-tuned encoder; tsv writes filename ann_id label start_span end_span text."""
+    from nerfleet.evaluation.corpus_reader import OFFICIAL_LABELS
     from nerfleet.workers.finetune import load_tagger, predict_spans
 
     if fmt not in ("text", "tsv"):
@@ -498,7 +546,9 @@ def tag(
         text = path.read_text(encoding="utf-8")
         for k, s in enumerate(predict_spans(tagger, tokenizer, text, params), start=1):
             if fmt == "tsv":
-                typer.echo(f"{path.stem}\tT{k}\t{s.label}\t{s.start}\t{s.end}\t{text[s.start : s.end]}")
+                # the official labels (ENFERMEDAD, …) and one line per mention: whitespace runs become one space
+                mention = " ".join(text[s.start : s.end].split())
+                typer.echo(f"{path.stem}\tT{k}\t{OFFICIAL_LABELS[s.label]}\t{s.start}\t{s.end}\t{mention}")
             else:
                 typer.echo(f"{path.name}\t{s.label}\t{s.start}-{s.end}\t{text[s.start : s.end]}")
 

@@ -45,8 +45,24 @@ def get_engine(url: str | None = None) -> Engine:
         else:
             engine = create_engine(url, pool_pre_ping=True)
         SQLModel.metadata.create_all(engine)
+        _add_missing_columns(engine)
         _engines[key] = engine
     return engine
+
+
+#: Columns added after a table first shipped: (table, column, SQL type). create_all makes
+#: missing tables only, so a database made by an older nerfleet gets these here, once.
+ADDED_COLUMNS = (("metric", "ci_json", "TEXT"),)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(engine)
+    for table, column, sql_type in ADDED_COLUMNS:
+        if column not in {c["name"] for c in inspector.get_columns(table)}:
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
 
 
 @contextmanager

@@ -39,6 +39,7 @@ def encoder_rows(job_id: str, encoder: str, metrics: dict, params: dict) -> list
             category=cat,
             support=m["support"],
             params_json=json.dumps(params),
+            ci_json=_ci_of(m),
             **{k: m[k] for k in ("precision", "recall", "f1")},
         )
         for cat, m in metrics.items()
@@ -48,7 +49,7 @@ def encoder_rows(job_id: str, encoder: str, metrics: dict, params: dict) -> list
 def encoder_scores(session: Session) -> dict[str, dict]:
     """Micro P/R/F1 of every trained encoder, by encoder name (the report's Table 6)."""
     rows = session.exec(select(Metric).where(Metric.strategy == ENCODER, Metric.category == "micro"))
-    return {r.model: prf_of(r) for r in rows}
+    return {r.model: {**prf_of(r), "ci": json.loads(r.ci_json) if r.ci_json else None} for r in rows}
 
 
 def encoder_metrics_by_job(session: Session, job_ids: list[str]) -> dict[str, dict[str, dict]]:
@@ -57,6 +58,13 @@ def encoder_metrics_by_job(session: Session, job_ids: list[str]) -> dict[str, di
     for r in session.exec(select(Metric).where(Metric.strategy == ENCODER, Metric.run_id.in_(job_ids))):
         out[r.run_id][r.category] = prf_of(r)
     return out
+
+
+def _ci_of(cell: dict, n: int | None = None) -> str | None:
+    ci = cell.get("ci")
+    if ci is None:
+        return None
+    return json.dumps({**ci, **({"n": n} if n is not None else {})})
 
 
 def scores_to_rows(run_id: str, scores: dict) -> list[Metric]:
@@ -75,14 +83,31 @@ def scores_to_rows(run_id: str, scores: dict) -> list[Metric]:
             **extra,
         )
 
-    rows = [row("strategy1", m, p, "ENTITY", c) for m, p, c in _cells(scores["strategy1"])]
+    rows = [
+        row("strategy1", m, p, "ENTITY", c, support=c.get("n"), ci_json=_ci_of(c, c.get("n")))
+        for m, p, c in _cells(scores["strategy1"])
+    ]
     rows += [
-        row("strategy2", m, p, cat, c, support=c["support"])
+        row("strategy2", m, p, cat, c, support=c["support"], ci_json=_ci_of(c))
         for m, p, cats in _cells(scores["strategy2"])
         for cat, c in cats.items()
     ]
     rows += [
-        row("parse_ratio", m, p, key, value=c[key], support=c.get("dropped_items"))
+        row(f"spans_{mode}", m, p, cat, c, support=c["support"], ci_json=_ci_of(c))
+        for m, p, modes in _cells(scores.get("spans", {}))
+        for mode, cats in modes.items()
+        for cat, c in cats.items()
+    ]
+    rows += [
+        row(
+            "parse_ratio",
+            m,
+            p,
+            key,
+            value=c[key],
+            support=c.get("dropped_items"),
+            ci_json=json.dumps({"value": c["ci"][key], "n": c.get("n")}) if c.get("ci") else None,
+        )
         for m, p, c in _cells(scores["parse_ratio"])
         for key in ("lenient", "strict")
     ]
@@ -92,27 +117,49 @@ def scores_to_rows(run_id: str, scores: dict) -> list[Metric]:
         for schema, c in schemas.items()
     ]
     rows.append(row("meta", "", "", "documents", value=scores.get("documents", 0)))
+    rows.append(row("meta", "", "", "calibration", ci_json=json.dumps(scores.get("calibration", []))))
     return rows
 
 
 def rows_to_scores(rows: Iterable[Metric]) -> dict:
-    scores: dict = {"strategy1": {}, "strategy2": {}, "parse_ratio": {}, "nervaluate": {}, "documents": 0, "params": {}}
+    scores: dict = {
+        "strategy1": {},
+        "strategy2": {},
+        "spans": {},
+        "parse_ratio": {},
+        "nervaluate": {},
+        "documents": 0,
+        "params": {},
+        "calibration": [],
+    }
     for r in rows:
         scores["params"] = json.loads(r.params_json)
+        ci = json.loads(r.ci_json) if r.ci_json else None
         prf = prf_of(r)
         if r.strategy == "strategy1":
-            scores["strategy1"].setdefault(r.model, {})[r.prompt] = prf
+            n = ci.pop("n", None) if ci else None
+            scores["strategy1"].setdefault(r.model, {})[r.prompt] = {**prf, "n": n, "ci": ci}
         elif r.strategy == "strategy2":
-            scores["strategy2"].setdefault(r.model, {}).setdefault(r.prompt, {})[r.category] = {
+            cell = {**prf, "support": r.support, "ci": ci}
+            scores["strategy2"].setdefault(r.model, {}).setdefault(r.prompt, {})[r.category] = cell
+        elif r.strategy.startswith("spans_"):
+            modes = scores["spans"].setdefault(r.model, {}).setdefault(r.prompt, {})
+            modes.setdefault(r.strategy.removeprefix("spans_"), {})[r.category] = {
                 **prf,
                 "support": r.support,
+                "ci": ci,
             }
         elif r.strategy == "parse_ratio":
             cell = scores["parse_ratio"].setdefault(r.model, {}).setdefault(r.prompt, {})
             cell[r.category] = r.value
             cell["dropped_items"] = r.support
+            if ci:
+                cell["n"] = ci.get("n")
+                cell.setdefault("ci", {})[r.category] = ci["value"]
         elif r.strategy == "nervaluate":
             scores["nervaluate"].setdefault(r.model, {}).setdefault(r.prompt, {})[r.category] = prf
         elif r.strategy == "meta" and r.category == "documents":
             scores["documents"] = int(r.value or 0)
+        elif r.strategy == "meta" and r.category == "calibration":
+            scores["calibration"] = ci or []
     return scores

@@ -123,3 +123,6 @@ class Metric(SQLModel, table=True):
     value: float | None = None
     support: int | None = None
     params_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    #: The bootstrap 95% intervals of the row's numbers and the documents they rest on:
+    #: {"n": 54, "f1": [low, high], …} (``value`` for ratios); null where none was computed.
+    ci_json: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -7,7 +7,8 @@ import logging
 from sqlalchemy import update
 from sqlmodel import select
 
-from nerfleet.evaluation.scoring import Response, prepare, score_grid
+from nerfleet.evaluation.grid import Scores, score_grid
+from nerfleet.evaluation.scoring import Response, prepare
 from nerfleet.storage.corpus_store import load_documents
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.metrics import replace_metrics, scores_to_rows
@@ -35,6 +36,18 @@ def collect_responses(session, run_id: str) -> tuple[list[Response], dict[str, s
     return responses, formats
 
 
+def score_run(run_id: str) -> Scores:
+    """Score a run's stored responses now (with the per-document counts that comparisons need)."""
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise LookupError(f"no run {run_id!r}")
+        responses, formats = collect_responses(session, run_id)
+        doc_ids = sorted({r.doc_id for r in responses})
+        docs = {d.doc_id: prepare(d) for d in load_documents(session, run.corpus_id, doc_ids=doc_ids)}
+    return score_grid(responses, docs, formats)
+
+
 def aggregate_run(run_id: str, force: bool = False) -> dict | None:
     """Score the run and store its metrics in one transaction.
 
@@ -47,10 +60,7 @@ def aggregate_run(run_id: str, force: bool = False) -> dict | None:
             raise LookupError(f"no run {run_id!r}")
         if run.aggregated_at is not None and not force:
             return None
-        responses, formats = collect_responses(session, run_id)
-        doc_ids = sorted({r.doc_id for r in responses})
-        docs = {d.doc_id: prepare(d) for d in load_documents(session, run.corpus_id, doc_ids=doc_ids)}
-    scores = score_grid(responses, docs, formats).to_json()
+    scores = score_run(run_id).to_json()
     with session_scope() as session:
         cond = [Run.id == run_id] + ([] if force else [Run.aggregated_at.is_(None)])
         res = session.exec(
@@ -59,7 +69,7 @@ def aggregate_run(run_id: str, force: bool = False) -> dict | None:
         if not res.rowcount:
             return None
         replace_metrics(session, run_id, scores_to_rows(run_id, scores))
-    log.info("run %s aggregated: %d responses", run_id, len(responses))
+    log.info("run %s aggregated: %d documents", run_id, scores["documents"])
     return scores
 
 

@@ -38,7 +38,7 @@ def test_score_json_shape_and_report_files(built, tmp_path):
     scores = json.loads(result.stdout)
     assert set(scores["strategy1"]["m1"]) == {"v1", "v2", "v3"}
     assert set(scores["strategy2"]["m1"]) == {"v2", "v3"}
-    assert set(scores["strategy2"]["m1"]["v2"]) == {"DISEASE", "SYMPTOM", "PROCEDURE", "micro"}
+    assert set(scores["strategy2"]["m1"]["v2"]) == {"DISEASE", "SYMPTOM", "PROCEDURE", "micro", "macro"}
     assert scores["parse_ratio"]["m1"]["v2"]["strict"] == 1.0
     assert scores["documents"] == 1
     assert scores["strategy2"]["m1"]["v2"]["micro"]["precision"] == 1.0

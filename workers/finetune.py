@@ -157,7 +157,7 @@ def predict_spans(model, tokenizer, text: str, p: TrainParams) -> list[Span]:
 def evaluate(model, tokenizer, docs, p: TrainParams) -> dict:
     from seqeval.metrics.sequence_labeling import get_entities
 
-    from nerfleet.evaluation.scoring import prf
+    from nerfleet.evaluation.grid import entity_scores
 
     model.eval()
     gold, pred = [], []
@@ -165,7 +165,7 @@ def evaluate(model, tokenizer, docs, p: TrainParams) -> dict:
         tokens = tokenize_for_spans(doc.text, doc.spans)
         gold.append(frozenset(get_entities(spans_to_iob(tokens, doc.spans))))
         pred.append(frozenset(get_entities(predict_tags(model, tokenizer, tokens, p))))
-    return prf(gold, pred, LABELS)
+    return entity_scores(gold, pred, LABELS)
 
 
 # ------------------------------------------------------------------ training with checkpoints
