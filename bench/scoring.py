@@ -1,9 +1,11 @@
 """Scoring speed on the study's full grid: 6 models × 3 prompts × 90 documents = 1,620 responses.
 
 Responses are synthetic but shaped like real ones (~300 words, a structure for v2/v3 holding some
-gold entities, prose around it). Prints the rate on one core, with and without nervaluate.
+gold entities, prose around it). Prints the rate on one core, with and without nervaluate; every
+run includes what the aggregation computes: the echo and oracle rows (540 more responses), the
+character-span scores and the bootstrap intervals (1,000 resamples) of every cell.
 
-    python bench/scoring.py [--corpus ../shared/data/clinical-cases-es]
+    taskset -c 0 python bench/scoring.py [--corpus ../shared/data/clinical-cases-es] [--json FILE]
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ def synthetic(doc, fmt: str, rng: random.Random) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", type=Path, default=DEFAULT)
+    ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    timings = {}
     build = build_corpus(args.corpus)
     docs = sorted(build.documents, key=lambda d: d.doc_id)[:90]
     rng = random.Random(0)
@@ -58,11 +62,21 @@ def main() -> None:
     t = time.perf_counter()
     prepared = {d.doc_id: prepare(d) for d in docs}
     print(f"{'prepare gold documents':<44}{time.perf_counter() - t:>9.2f}")
-    for label, nerv in (("both strategies + parse ratio", False), ("… plus nervaluate's four schemas", True)):
+    for label, nerv in (("strategies, spans, ratio, intervals", False), ("… plus nervaluate's four schemas", True)):
         t = time.perf_counter()
         score_grid(responses, prepared, formats, with_nervaluate=nerv)
         dt = time.perf_counter() - t
+        timings[label] = dt
         print(f"{label:<44}{dt:>9.2f}{len(responses) / dt:>13.0f}")
+    if args.json:
+        import platform
+
+        import numpy
+
+        meta = {"machine": platform.processor() or platform.machine(), "python": platform.python_version()}
+        meta["numpy"] = numpy.__version__
+        out = {"meta": meta, "responses": len(responses), "documents": len(docs), "seconds": timings}
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

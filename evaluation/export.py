@@ -25,3 +25,15 @@ def write_jsonl(documents: Iterable[Document], out: TextIO) -> None:
             {"start": s.start, "end": s.end, "label": s.label, "text": doc.text[s.start : s.end]} for s in doc.spans
         ]
         out.write(json.dumps({"doc_id": doc.doc_id, "split": doc.split, "text": doc.text, "spans": spans}) + "\n")
+
+
+TSV_HEADER = "filename\tann_id\tlabel\tstart_span\tend_span\ttext"
+
+
+def mention_tsv_line(filename: str, ann_id: str, text: str, span) -> str:
+    """One mention in the official gold files' layout: their labels (ENFERMEDAD, SINTOMA,
+    PROCEDIMIENTO), so the BSC scorers read it; a mention's line breaks and tabs become spaces."""
+    from nerfleet.evaluation.corpus_reader import OFFICIAL_LABELS
+
+    mention = " ".join(text[span.start : span.end].split())
+    return f"{filename}\t{ann_id}\t{OFFICIAL_LABELS[span.label]}\t{span.start}\t{span.end}\t{mention}"

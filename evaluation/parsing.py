@@ -238,28 +238,27 @@ _CATEGORY_KEY = re.compile(
 _BARE_VALUE = re.compile(r"""[^,{}\[\]"\n]{0,""" + str(MAX_ITEM_CHARS) + "}")
 
 
-def _nesting(text: str) -> dict[int, int]:
-    """How deep the value opened at each ``{``/``[`` nests, in one pass (brackets inside strings count too).
+class _Nesting:
+    """How deep the value opened at a ``{`` nests (brackets inside strings count too: conservative).
 
-    Conservative and linear: a candidate deeper than MAX_JSON_DEPTH is never handed to
-    json's recursive decoder.
+    One vectorised pass: the running bracket depth after every character; a candidate's
+    depth is the highest point before the depth falls back below its start. Linear, so
+    json's recursive decoder only ever sees candidates at most MAX_JSON_DEPTH deep.
     """
-    depth_of: dict[int, int] = {}
-    stack: list[list[int]] = []  # [position, deepest child]
-    for m in re.finditer(r"[{}\[\]]", text):
-        if m.group() in "{[":
-            stack.append([m.start(), 0])
-        elif stack:
-            pos, child = stack.pop()
-            depth_of[pos] = child + 1
-            if stack:
-                stack[-1][1] = max(stack[-1][1], child + 1)
-    while stack:
-        pos, child = stack.pop()
-        depth_of[pos] = child + 1
-        if stack:
-            stack[-1][1] = max(stack[-1][1], child + 1)
-    return depth_of
+
+    def __init__(self, text: str):
+        import numpy as np
+
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        step = np.isin(codes, (ord("{"), ord("["))).astype(np.int32) - np.isin(codes, (ord("}"), ord("]")))
+        self.depth = np.cumsum(step)
+
+    def of(self, start: int) -> int:
+        base = self.depth[start] - 1
+        after = self.depth[start:]
+        closed = after <= base
+        end = int(closed.argmax()) if closed.any() else len(after)
+        return int(after[:end].max() - base) if end else 1
 
 
 def _json_candidates(output: str) -> Iterator[int]:
@@ -275,14 +274,12 @@ def _json_candidates(output: str) -> Iterator[int]:
 
 def _strict_json(output: str) -> list[dict] | None:
     decoder = json.JSONDecoder()
-    depth_of = _nesting(output)
-    attempts = 0
-    for start in _json_candidates(output):
+    nesting = _Nesting(output) if "{" in output else None
+    for attempts, start in enumerate(_json_candidates(output)):
         if attempts >= MAX_JSON_ATTEMPTS:
             break
-        if depth_of.get(start, 1) > MAX_JSON_DEPTH:
+        if nesting.of(start) > MAX_JSON_DEPTH:
             continue
-        attempts += 1
         try:
             obj, _ = decoder.raw_decode(output, start)
         except (ValueError, RecursionError):

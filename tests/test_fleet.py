@@ -198,3 +198,22 @@ def test_messages_hold_documents_of_similar_length(fleet, tiny_models, monkeypat
     for prompt in ("v1", "v2"):
         lengths = [length[(j.corpus_id, j.doc_id)] for j in order if j.prompt == prompt]
         assert len(lengths) == 8 and lengths == sorted(lengths) and lengths[0] < lengths[-1]
+
+
+def test_a_run_of_adversarial_answers_aggregates_and_stores_its_metrics(fleet, tiny_models):
+    """Whitespace floods, deep nesting, 100 KB of braces, the note itself: the aggregation scores them all."""
+    from nerfleet.storage.tables import Metric
+
+    fleet.worker(tiny_models["tiny-a"], "adversarial", engine="tests.adversarial_engine:AdversarialEngine").wait_ready()
+    plan = fleet.run([tiny_models["tiny-a"]], limit=8)
+    fleet.wait_aggregated(plan.run_id, timeout=240)
+    with session_scope() as s:
+        outputs = {g.output for g in s.exec(select(Generation))}
+        assert len(outputs) >= 8 and max(len(o) for o in outputs) >= 100_000
+        rows = s.exec(select(Metric).where(Metric.run_id == plan.run_id)).all()
+        assert s.get(Run, plan.run_id).aggregation_count == 1
+    cells = {(r.strategy, r.model, r.prompt) for r in rows}
+    for prompt in ("v1", "v2", "v3"):
+        assert ("strategy1", "tiny-a", prompt) in cells and ("strategy1", "oracle", prompt) in cells
+    assert ("parse_ratio", "tiny-a", "v3") in cells and ("spans_strict", "tiny-a", "v2") in cells
+    assert all(r.ci_json for r in rows if r.strategy == "strategy1")

