@@ -313,7 +313,7 @@ def run(
         from nerfleet.follow import follow
 
         follow(plan.run_id)
-        report(plan.run_id, "table", None)
+        report(plan.run_id, "table", None, None, None)
     typer.echo(plan.run_id)
 
 
@@ -442,7 +442,7 @@ def aggregate(run_id: str = typer.Argument(...)) -> None:
         aggregate_run(rid, force=True)
     except USER_ERRORS as exc:
         fail(exc)
-    report(rid, "table", None)
+    report(rid, "table", None, None, None)
 
 
 @app.command("demo")
