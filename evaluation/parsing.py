@@ -96,7 +96,8 @@ class Parsed:
     items: int = 0
     #: Items dropped because their category is not one of the three ("not applicable").
     dropped: int = 0
-    #: The requested shape exactly (valid JSON with ``annotations`` / the three-key dictionary), with an entity.
+    #: The requested shape exactly (valid JSON with ``annotations`` / the three-key dictionary), whatever
+    #: its items hold: a property of the format, apart from :attr:`lenient` (the paper's ratio).
     strict: bool = False
 
     @property
@@ -225,7 +226,7 @@ def parse_dict(output: str) -> Parsed:
             result.dropped += len(items)
             continue
         result.entities.extend((item, category) for item in items)
-    result.strict = result.lenient and any(_strict_dict_block(b) for b in _braced_blocks(output))
+    result.strict = any(_strict_dict_block(b) for b in _braced_blocks(output))
     return result
 
 
@@ -285,13 +286,9 @@ def _strict_json(output: str) -> list[dict] | None:
         except (ValueError, RecursionError):
             continue
         anns = obj.get("annotations") if isinstance(obj, dict) else None
-        if (
-            isinstance(anns, list)
-            and anns
-            and all(
-                isinstance(a, dict) and isinstance(a.get("entity"), str) and isinstance(a.get("category"), str)
-                for a in anns
-            )
+        if isinstance(anns, list) and all(
+            isinstance(a, dict) and isinstance(a.get("entity"), str) and isinstance(a.get("category"), str)
+            for a in anns
         ):
             return anns
     return None
@@ -335,7 +332,7 @@ def parse_json(output: str) -> Parsed:
             result.dropped += 1
         else:
             result.entities.append((ent, category))
-    result.strict = strict_items is not None and result.lenient
+    result.strict = strict_items is not None
     return result
 
 

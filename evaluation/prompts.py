@@ -17,15 +17,23 @@ FORMATS = ("none", "dict", "json")
 BUILTIN = ("v1", "v2", "v3")
 
 
+#: A condition of its own: the same prompt text, decoding constrained to the structure it asks for.
+GUIDED = "+guided"
+
+
 @dataclass(frozen=True)
 class Prompt:
     name: str
     format: str  # none | dict | json: which structure strategy 2 looks for
     template: str
+    #: Decoding constrained to ``format`` (the v2 dictionary grammar / the v3 JSON schema).
+    guided: bool = False
 
     @property
     def hash(self) -> str:
-        return hashlib.sha256(self.template.encode()).hexdigest()
+        """The template's sha256; a guided condition's differs (its jobs are other jobs)."""
+        text = self.template + ("\x00guided:" + self.format if self.guided else "")
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def render(self, clinical_text: str) -> str:
         return self.template.replace(SLOT, clinical_text)
@@ -48,7 +56,12 @@ def _parse(text: str, origin: str) -> Prompt:
 
 
 def load_prompt(ref: str) -> Prompt:
-    """A built-in name (v1, v2, v3) or the path of a prompt TOML file."""
+    """A built-in name (v1, v2, v3), the path of a prompt TOML file, or either with ``+guided``."""
+    if ref.endswith(GUIDED):
+        base = load_prompt(ref.removesuffix(GUIDED))
+        if base.format == "none":
+            raise ValueError(f"prompt {ref!r}: {base.name} asks for no structure, so there is nothing to guide")
+        return Prompt(base.name + GUIDED, base.format, base.template, guided=True)
     if ref in BUILTIN:
         text = resources.files("nerfleet.evaluation").joinpath("prompts", f"{ref}.toml").read_text("utf-8")
         return _parse(text, ref)
@@ -60,6 +73,7 @@ def load_prompt(ref: str) -> Prompt:
 
 def prompt_format(ref: str) -> str:
     """The structure a prompt asked for; "none" for a name that is neither built in nor a TOML file."""
-    if ref in BUILTIN or (ref.endswith(".toml") and Path(ref).is_file()):
-        return load_prompt(ref).format
+    base = ref.removesuffix(GUIDED)
+    if base in BUILTIN or (base.endswith(".toml") and Path(base).is_file()):
+        return load_prompt(base).format
     return "none"

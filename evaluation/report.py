@@ -148,7 +148,8 @@ def render_text(scores: dict, encoders: dict | None = None) -> str:
                 "Table 5. Ratio of responses with at least one entity in the requested format",
                 *table5_rows(scores),
                 note="lenient: the paper's ratio (an entity of the three categories in the requested structure); "
-                "strict: the exact shape too (valid JSON with annotations / the three-key dictionary)",
+                "strict: the exact shape, whatever the items hold "
+                "(valid JSON with annotations / the three-key dictionary)",
                 rule_before=_calibration_rule(models2, cal),
             )
         )

@@ -278,13 +278,19 @@ def models_fetch(
 @app.command("run")
 def run(
     model: list[str] = typer.Option(..., "--model", help="Registered name, local path, .gguf or HF id; repeatable."),
-    prompt: list[str] = typer.Option(["v1", "v2", "v3"], "--prompt", help="v1, v2, v3 or a prompt .toml; repeatable."),
+    prompt: list[str] = typer.Option(
+        ["v1", "v2", "v3"], "--prompt", help="v1, v2, v3, a prompt .toml, or one with +guided; repeatable."
+    ),
     split: str = typer.Option("test"),
     limit: int | None = typer.Option(None, help="First N documents of the split."),
     max_new_tokens: int | None = typer.Option(None),
     name: str | None = typer.Option(None, help="Run name (default: a hash of the run's content)."),
     corpus: str | None = typer.Option(None),
     retry_failed: bool = typer.Option(False, help="Give failed jobs of this run another set of attempts."),
+    guided: bool = typer.Option(
+        False,
+        help="Add the conditions v2+guided and v3+guided: the same prompts, decoding constrained to their format.",
+    ),
     wait: bool = typer.Option(False, help="Follow the run until it is aggregated, then print the report."),
 ) -> None:
     """Create (or resume) a run and enqueue its jobs; the last line printed is the run id."""
@@ -292,6 +298,8 @@ def run(
 
     from nerfleet.tasks.producer import create_run
 
+    if guided:
+        prompt = list(prompt) + [f"{p}+guided" for p in ("v2", "v3") if f"{p}+guided" not in prompt]
     try:
         with Progress(transient=True) as bar:
             task = bar.add_task("enqueueing", total=None)

@@ -52,7 +52,7 @@ def get_engine(url: str | None = None) -> Engine:
 
 #: Columns added after a table first shipped: (table, column, SQL type). create_all makes
 #: missing tables only, so a database made by an older nerfleet gets these here, once.
-ADDED_COLUMNS = (("metric", "ci_json", "TEXT"),)
+ADDED_COLUMNS = (("metric", "ci_json", "TEXT"), ("prompttext", "guided", "BOOLEAN NOT NULL DEFAULT FALSE"))
 
 
 def _add_missing_columns(engine: Engine) -> None:

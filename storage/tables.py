@@ -45,6 +45,8 @@ class PromptText(SQLModel, table=True):
     name: str
     format: str
     template: str = Field(sa_column=Column(Text, nullable=False))
+    #: Decoding constrained to ``format`` (a ``+guided`` condition).
+    guided: bool = False
 
 
 class Run(SQLModel, table=True):

@@ -52,10 +52,14 @@ def generate(self, run_id: str, model: str, jobs: list[str]) -> dict:
             )
         }
         prompts = {c.prompt_hash for c in claimed}
-        templates = {p.hash: p.template for p in session.exec(select(PromptText).where(PromptText.hash.in_(prompts)))}
+        texts = {p.hash: p for p in session.exec(select(PromptText).where(PromptText.hash.in_(prompts)))}
         requests = [
             GenerationRequest(
-                c.hash, templates[c.prompt_hash], docs[(c.corpus_id, c.doc_id)], int(c.params["max_new_tokens"])
+                c.hash,
+                texts[c.prompt_hash].template,
+                docs[(c.corpus_id, c.doc_id)],
+                int(c.params["max_new_tokens"]),
+                guide=texts[c.prompt_hash].format if texts[c.prompt_hash].guided else None,
             )
             for c in claimed
         ]

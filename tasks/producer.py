@@ -83,7 +83,10 @@ def create_run(
         insert_ignore(
             session,
             PromptText,
-            [{"hash": p.hash, "name": p.name, "format": p.format, "template": p.template} for p in loaded],
+            [
+                {"hash": p.hash, "name": p.name, "format": p.format, "template": p.template, "guided": p.guided}
+                for p in loaded
+            ],
         )
 
         def job_rows():

