@@ -7,7 +7,8 @@
 #       bash bench/study.sh smollm2 gemma-3-270m qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct
 #
 # The models must be loadable here: `nerfleet models fetch NAME` first. Env: SPLIT (test, train or
-# all), LIMIT (first N documents), MAX_NEW_TOKENS, NERFLEET_BATCH_SIZE (jobs per message = batch).
+# all), PROMPTS (default "v1 v2 v3"; add v2+guided v3+guided), LIMIT (first N documents),
+# MAX_NEW_TOKENS, NERFLEET_BATCH_SIZE (jobs per message = batch).
 set -euo pipefail
 : "${CORPUS:?set CORPUS to the corpus folder}"
 OUT=$(realpath -m "${OUT:-bench/results/study-$(date +%Y%m%d-%H%M%S)}")
@@ -40,7 +41,9 @@ for m in "$@"; do
 done
 models=()
 for m in "$@"; do models+=(--model "$m"); done
-nf run "${models[@]}" --split "${SPLIT:-test}" ${LIMIT:+--limit "$LIMIT"} \
+prompts=()
+for p in ${PROMPTS:-v1 v2 v3}; do prompts+=(--prompt "$p"); done
+nf run "${models[@]}" "${prompts[@]}" --split "${SPLIT:-test}" ${LIMIT:+--limit "$LIMIT"} \
   ${MAX_NEW_TOKENS:+--max-new-tokens "$MAX_NEW_TOKENS"} --wait | tee "$OUT/run.txt"
 echo "run finished in $((SECONDS - started)) s (workers started, models loaded, generated, aggregated)" | tee -a "$OUT/run.txt"
 nf report --out "$OUT/report" --errors "$OUT/report/errors.jsonl" >/dev/null

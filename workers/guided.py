@@ -1,8 +1,8 @@
 """Guided decoding: only tokens that keep each row inside its grammar (xgrammar), in ``generate``.
 
-Why xgrammar: compared with llguidance on the same grammars and tokenizer (bench/grammar_engines.py,
-bench/NOTES.md), it ships a transformers-ready token bitmask API, its masks are applied in place on
-CPU and CUDA logits, and its compiled grammars are reused across requests.
+Why xgrammar: it ships a token-bitmask API for transformers' ``generate`` and a batch matcher that
+fills many rows' masks in its own threads, and applies masks in place on CPU and CUDA logits. It
+has not been measured against llguidance yet (the issue asks for that comparison: still open).
 
 Each grammar is compiled once per (tokenizer, format) and cached. A row's token budget is its own
 ``max_new_tokens``: in the last :data:`RESERVE` tokens the row prefers tokens that only close the
@@ -23,7 +23,10 @@ class Grammars:
     """One tokenizer's compiled grammars, by prompt format."""
 
     def __init__(self, tokenizer, vocab_size: int):
-        import xgrammar as xgr
+        try:
+            import xgrammar as xgr
+        except ImportError:
+            raise RuntimeError("guided decoding needs xgrammar: pip install 'nerfleet[guided]'") from None
 
         self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
         self.compiler = xgr.GrammarCompiler(self.info)
@@ -62,36 +65,48 @@ class Grammars:
 
 
 class GuidedLogits:
-    """A transformers logits processor: each guided row masked to its grammar, the others untouched."""
+    """A transformers logits processor: each guided row masked to its grammar, the others untouched.
+
+    One call a step for the whole batch: the sampled tokens accepted and the next masks filled by
+    xgrammar's batch matcher (in its own threads), the closing preference applied as tensor ops.
+    """
 
     def __init__(self, grammars: Grammars, guides: Sequence[str | None], budgets: Sequence[int]):
+        import torch
         import xgrammar as xgr
 
         self.grammars = grammars
         self.guides = list(guides)
-        self.budgets = list(budgets)
-        self.matchers = [xgr.GrammarMatcher(grammars.compiled(g)) if g else None for g in self.guides]
+        self.rows = [i for i, g in enumerate(self.guides) if g]
+        self.matchers = [xgr.GrammarMatcher(grammars.compiled(self.guides[i])) for i in self.rows]
+        self.budgets = torch.tensor([budgets[i] for i in self.rows])
+        self.batcher = xgr.BatchGrammarMatcher()
         self.bitmask = xgr.allocate_token_bitmask(len(self.guides), grammars.vocab_size)
         self.steps = 0
 
     def __call__(self, input_ids, scores):
+        import torch
         import xgrammar as xgr
 
         if self.steps:
-            for i, m in enumerate(self.matchers):
-                if m is not None and not m.is_terminated():
-                    m.accept_token(int(input_ids[i, -1]))
+            last = input_ids[self.rows, -1].tolist()
+            live = [k for k, m in enumerate(self.matchers) if not m.is_terminated()]
+            if live:
+                xgr.BatchGrammarMatcher.batch_accept_token([self.matchers[k] for k in live], [last[k] for k in live])
         self.bitmask.fill_(-1)  # all allowed, for rows without a grammar
-        for i, m in enumerate(self.matchers):
-            if m is None or m.is_terminated():  # a finished row only pads from here on
-                continue
-            m.fill_next_token_bitmask(self.bitmask, i)
-            if self.budgets[i] - self.steps <= RESERVE:
-                for closing in self.grammars.closing_masks(self.guides[i]):
-                    allowed = self.bitmask[i] & closing
-                    if bool(allowed.any()):
-                        self.bitmask[i] = allowed
-                        break
+        live = [k for k, m in enumerate(self.matchers) if not m.is_terminated()]  # a finished row only pads
+        if live:
+            rows = [self.rows[k] for k in live]
+            self.batcher.batch_fill_next_token_bitmask([self.matchers[k] for k in live], self.bitmask, indices=rows)
+            near = [(k, r) for k, r in zip(live, rows) if int(self.budgets[k]) - self.steps <= RESERVE]
+            for fmt in {self.guides[r] for _, r in near}:
+                idx = torch.tensor([r for _, r in near if self.guides[r] == fmt])
+                chosen = torch.zeros(len(idx), dtype=torch.bool)
+                for closing in self.grammars.closing_masks(fmt):
+                    allowed = self.bitmask[idx] & closing
+                    take = allowed.any(dim=1) & ~chosen
+                    self.bitmask[idx[take]] = allowed[take]
+                    chosen |= take
         self.steps += 1
         mask = self.bitmask.to(scores.device, non_blocking=True) if scores.device.type == "cuda" else self.bitmask
         xgr.apply_token_bitmask_inplace(scores, mask, vocab_size=self.grammars.vocab_size)

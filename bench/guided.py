@@ -1,0 +1,116 @@
+"""What guided decoding costs: generated tokens/s with and without it, same model, notes and batch.
+
+Runs the batched engine on the same N real notes with the v3 prompt, unguided and then as
+``v3+guided`` (and v2 likewise), and reports generated tokens/s of each, the overhead
+(1 − guided/unguided tokens/s) and the time spent in the grammar's logits processor per step.
+
+    python bench/guided.py --model qwen2.5-coder-0.5b-instruct --corpus PATH --docs 64 --batch 64 --json OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+from nerfleet.evaluation.corpus import build_corpus
+from nerfleet.evaluation.parsing import parse
+from nerfleet.evaluation.prompts import load_prompt
+from nerfleet.workers import guided
+from nerfleet.workers.engine import BatchedEngine, GenerationRequest
+from nerfleet.workers.models import load, resolve
+
+
+def timed_processor() -> list[float]:
+    """Wrap the processor's call to add up its time (synchronised on CUDA, so the mask work is counted)."""
+    spent: list[float] = []
+    call = guided.GuidedLogits.__call__
+
+    def wrapper(self, input_ids, scores):
+        import torch
+
+        t = time.perf_counter()
+        out = call(self, input_ids, scores)
+        if scores.device.type == "cuda":
+            torch.cuda.synchronize()
+        spent.append(time.perf_counter() - t)
+        return out
+
+    guided.GuidedLogits.__call__ = wrapper
+    return spent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--corpus", type=Path, required=True)
+    ap.add_argument("--docs", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    import torch
+
+    spec = resolve(args.model)
+    model, tok = load(spec)
+    engine = BatchedEngine(model, tok, chat=spec.chat, batch_size=args.batch, invariant=False)
+    docs = sorted(build_corpus(args.corpus).documents, key=lambda d: d.doc_id)[: args.docs]
+    spent = timed_processor()
+    rows = []
+    for base in ("v2", "v3"):
+        for name in (base, base + "+guided", base):  # the unguided run twice: the first warms the GPU up
+            p = load_prompt(name)
+            reqs = [
+                GenerationRequest(f"{name}{i}", p.template, d.text, args.max_new_tokens, p.format if p.guided else None)
+                for i, d in enumerate(docs)
+            ]
+            spent.clear()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            results = engine.generate(reqs)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t
+            tokens = sum(r.output_tokens for r in results)
+            strict = sum(parse(r.output, p.format).strict for r in results) / len(results)
+            rows.append(
+                {
+                    "condition": name,
+                    "seconds": dt,
+                    "generated_tokens": tokens,
+                    "tok_per_s": tokens / dt,
+                    "strict_ratio": strict,
+                    "processor_ms_per_step": 1000 * sum(spent) / max(1, len(spent)),
+                    "processor_share": sum(spent) / dt,
+                }
+            )
+            r = rows[-1]
+            print(
+                f"{name:<12}{dt:>8.2f} s{tokens:>8} tok{r['tok_per_s']:>10.0f} tok/s  strict {strict:.2f}"
+                f"  processor {r['processor_ms_per_step']:.2f} ms/step ({100 * r['processor_share']:.1f}%)"
+            )
+    for base in ("v2", "v3"):
+        free = next(r for r in reversed(rows) if r["condition"] == base)
+        g = next(r for r in rows if r["condition"] == base + "+guided")
+        print(f"{base}: guided runs at {g['tok_per_s'] / free['tok_per_s']:.3f} of the unguided tokens/s")
+    if args.json:
+        import transformers
+        import xgrammar  # noqa: F401
+
+        meta = {
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "model": args.model,
+            "docs": len(docs),
+            "batch": args.batch,
+            "max_new_tokens": args.max_new_tokens,
+        }
+        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
