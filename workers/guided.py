@@ -1,8 +1,10 @@
 """Guided decoding: only tokens that keep each row inside its grammar (xgrammar), in ``generate``.
 
-Why xgrammar: it ships a token-bitmask API for transformers' ``generate`` and a batch matcher that
-fills many rows' masks in its own threads, and applies masks in place on CPU and CUDA logits. It
-has not been measured against llguidance yet (the issue asks for that comparison: still open).
+Why xgrammar rather than llguidance: on the same grammars, tokenizers and token sequences
+(``bench/grammar_engines.py``: the gold of 20 real notes in each structure, both engines accepting
+all of them) its masks cost 1.4-9x less per token (Qwen2.5's tokenizer: v2 360 against 915 us, v3
+15 against 21 us; SmolLM2's: 31 against 286, 4.4 against 9.9); it compiles up front (0.2-1.1 s,
+cached here) where llguidance compiles lazily; and its batch matcher fills many rows in threads.
 
 Each grammar is compiled once per (tokenizer, format) and cached. A row's token budget is its own
 ``max_new_tokens``: in the last :data:`RESERVE` tokens the row prefers tokens that only close the
