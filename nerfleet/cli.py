@@ -1,4 +1,5 @@
-"""The one command line: ``nerfleet corpus|score|run|worker|status|report|export|aggregate|demo|monitor``."""
+"""The one command line: nerfleet corpus | models | score | run | worker | status | report | export | aggregate |
+demo | monitor | finetune | training | tag."""
 
 from __future__ import annotations
 
@@ -339,6 +340,8 @@ def worker(
     """A Celery worker pinned to one GPU that loads ONE model once and generates."""
     from nerfleet.workers.launch import spawn_per_gpu, start_train_worker, start_worker
 
+    if not model and not train:
+        fail(ValueError("--model is required (or --train): the one model this worker loads"))
     try:
         if gpu == "all":
             argv = [a for a in sys.argv[1:]]
@@ -347,8 +350,6 @@ def worker(
             raise typer.Exit(spawn_per_gpu(argv))
         if train:
             start_train_worker(gpu, loglevel)
-        elif not model:
-            fail(ValueError("--model is required (or --train)"))
         else:
             start_worker(model, gpu, engine, loglevel, name)
     except USER_ERRORS as exc:
@@ -358,11 +359,17 @@ def worker(
 @app.command("status")
 def status(run_id: str | None = typer.Argument(None), as_json: bool = typer.Option(False, "--json")) -> None:
     """Counts per model × prompt: queued, running, done, failed."""
+    from sqlmodel import select
+
     from nerfleet.storage.db import session_scope
     from nerfleet.storage.runs import STATES, get_run, run_status
+    from nerfleet.storage.tables import Run
 
     try:
         with session_scope() as session:
+            if run_id is None and session.exec(select(Run).limit(1)).first() is None:
+                typer.echo(json.dumps(None) if as_json else "no runs yet: start one with `nerfleet run --model M`")
+                return
             st = run_status(session, get_run(session, run_id))
     except USER_ERRORS as exc:
         fail(exc)

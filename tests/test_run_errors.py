@@ -72,3 +72,18 @@ def test_language_folder_and_prefix(tmp_path, home):
     assert stats.exit_code == 0
     ids = [line for line in (tmp_path / "it.jsonl").read_text().splitlines()]
     assert len(ids) == 12 and all('"doc_id": "it-demo-' in line for line in ids)
+
+
+def test_worker_without_a_model_says_so_in_one_line(home):
+    result = runner.invoke(app, ["worker"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --model is required (or --train): the one model this worker loads"
+    ]
+
+
+def test_status_of_an_empty_database_is_not_an_error(home):
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 0 and "no runs yet" in result.stdout
+    assert runner.invoke(app, ["status", "--json"]).stdout.strip() == "null"
+    assert runner.invoke(app, ["status", "nope"]).exit_code == 2  # a named run that is not there still is
