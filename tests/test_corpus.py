@@ -151,7 +151,7 @@ def test_stats_json_and_exports(tmp_path, home):
             assert row["text"][s["start"] : s["end"]] == s["text"]
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the shared real corpus is not on this machine")
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no real corpus at {SHARED_DATA} (set NERFLEET_TEST_CORPUS)")
 def test_real_corpus_counts_and_round_trip():
     build = build_corpus(SHARED_DATA)
     st = build.stats

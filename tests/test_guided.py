@@ -64,7 +64,7 @@ def test_guided_and_free_rows_share_a_batch(tiny):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"the real corpus is not at {SHARED_DATA}")
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no real corpus at {SHARED_DATA} (set NERFLEET_TEST_CORPUS)")
 def test_smollm2_guided_answers_on_20_real_notes_parse_strictly():
     from nerfleet.workers.models import load, resolve
 
