@@ -35,6 +35,21 @@ def answers(doc) -> dict[str, str]:
     return {"dict": "{" + v2 + "}", "json": v3}
 
 
+def replay(rows: list[list[int]], new_matcher, fill, accept: str) -> dict:
+    """Each token sequence through a fresh matcher: fill the next mask, then accept the token."""
+    n = rejected = 0
+    t = time.perf_counter()
+    for ids in rows:
+        m = new_matcher()
+        for i in ids:
+            fill(m)
+            n += 1
+            if not getattr(m, accept)(i):
+                rejected += 1
+                break
+    return {"us_per_token": 1e6 * (time.perf_counter() - t) / n, "tokens": n, "rejected_sequences": rejected}
+
+
 def run_xgrammar(tok, vocab: int, seqs: dict[str, list[list[int]]]) -> dict:
     import xgrammar as xgr
 
@@ -51,21 +66,14 @@ def run_xgrammar(tok, vocab: int, seqs: dict[str, list[list[int]]]) -> dict:
         )
         compile_s = time.perf_counter() - t
         mask = xgr.allocate_token_bitmask(1, vocab)
-        n = rejected = 0
-        t = time.perf_counter()
-        for ids in rows:
-            m = xgr.GrammarMatcher(g)
-            for i in ids:
-                m.fill_next_token_bitmask(mask, 0)
-                n += 1
-                if not m.accept_token(i):
-                    rejected += 1
-                    break
         out[fmt] = {
             "compile_s": compile_s,
-            "us_per_token": 1e6 * (time.perf_counter() - t) / n,
-            "tokens": n,
-            "rejected_sequences": rejected,
+            **replay(
+                rows,
+                lambda g=g: xgr.GrammarMatcher(g),
+                lambda m, mask=mask: m.fill_next_token_bitmask(mask, 0),
+                "accept_token",
+            ),
         }
     return out
 
@@ -94,21 +102,14 @@ def run_llguidance(tok, vocab: int, seqs: dict[str, list[list[int]]]) -> dict:
             out[fmt] = {"error": first.get_error()}
             continue
         mask = llguidance.torch.allocate_token_bitmask(1, vocab)
-        n = rejected = 0
-        t = time.perf_counter()
-        for ids in rows:
-            m = llguidance.LLMatcher(lltok, grammars[fmt])
-            for i in ids:
-                llguidance.torch.fill_next_token_bitmask(m, mask, 0)
-                n += 1
-                if not m.consume_token(i):
-                    rejected += 1
-                    break
         out[fmt] = {
             "compile_s": compile_s,
-            "us_per_token": 1e6 * (time.perf_counter() - t) / n,
-            "tokens": n,
-            "rejected_sequences": rejected,
+            **replay(
+                rows,
+                lambda g=grammars[fmt]: llguidance.LLMatcher(lltok, g),
+                lambda m, mask=mask: llguidance.torch.fill_next_token_bitmask(m, mask, 0),
+                "consume_token",
+            ),
         }
     return out
 

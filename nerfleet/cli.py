@@ -180,7 +180,7 @@ def score(
         compared = _compare(grid, compare) if compare else None
     except USER_ERRORS as exc:
         fail(exc)
-    _emit_scores(grid, as_json, out, errors, compared)
+    _emit_scores(grid.to_json(), as_json, out, errors, compared, grid=grid)
 
 
 def _cell_ref(ref: str) -> tuple[str, str]:
@@ -196,11 +196,13 @@ def _compare(grid, refs: tuple[str, str]) -> dict:
     return compare_cells(grid, _cell_ref(refs[0]), _cell_ref(refs[1]))
 
 
-def _emit_scores(grid, as_json: bool, out: Path | None, errors: Path | None, compared: dict | None, encoders=None):
+def _emit_scores(
+    scores: dict, as_json: bool, out: Path | None, errors: Path | None, compared: dict | None, grid=None, encoders=None
+):
+    """Print (and write) a report; ``grid`` (a freshly scored Scores) is needed for ``errors`` only."""
     from nerfleet.evaluation.errors import error_records
     from nerfleet.evaluation.report import comparison_lines, render_text, write_reports
 
-    scores = grid.to_json() if hasattr(grid, "to_json") else grid
     if out:
         for path in write_reports(scores, out, encoders):
             typer.echo(f"wrote {path}", err=True)
@@ -322,7 +324,7 @@ def run(
         from nerfleet.follow import follow
 
         follow(plan.run_id)
-        report(plan.run_id, "table", None, None, None)
+        report(plan.run_id, fmt="table", out=None, errors=None, compare=None)
     typer.echo(plan.run_id)
 
 
@@ -411,7 +413,7 @@ def report(
                 raise LookupError(f"run {run_row.id} is not aggregated yet (see `nerfleet status {run_row.id}`)")
             scores = run_scores(session, run_row)
             encoders = encoder_scores(session)
-        grid, compared = scores, None
+        grid = compared = None
         if errors or compare:
             from nerfleet.tasks.aggregation import score_run
 
@@ -422,7 +424,7 @@ def report(
     if fmt == "csv":
         typer.echo(long_csv(scores, encoders), nl=False)
         return
-    _emit_scores(grid, fmt == "json", out, errors, compared, encoders)
+    _emit_scores(scores, fmt == "json", out, errors, compared, grid=grid, encoders=encoders)
 
 
 @app.command("export")
@@ -457,7 +459,7 @@ def aggregate(run_id: str = typer.Argument(...)) -> None:
         aggregate_run(rid, force=True)
     except USER_ERRORS as exc:
         fail(exc)
-    report(rid, "table", None, None, None)
+    report(rid, fmt="table", out=None, errors=None, compare=None)
 
 
 @app.command("demo")

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from sqlmodel import Session, delete, select
 
+from nerfleet.evaluation.calibration import CALIBRATION_MODELS
 from nerfleet.storage.tables import Metric
 
 ENCODER = "encoder"  # the strategy of fine-tuned encoder rows (Table 6); their run id is the training job's
@@ -117,7 +118,6 @@ def scores_to_rows(run_id: str, scores: dict) -> list[Metric]:
         for schema, c in schemas.items()
     ]
     rows.append(row("meta", "", "", "documents", value=scores.get("documents", 0)))
-    rows.append(row("meta", "", "", "calibration", ci_json=json.dumps(scores.get("calibration", []))))
     return rows
 
 
@@ -160,6 +160,6 @@ def rows_to_scores(rows: Iterable[Metric]) -> dict:
             scores["nervaluate"].setdefault(r.model, {}).setdefault(r.prompt, {})[r.category] = prf
         elif r.strategy == "meta" and r.category == "documents":
             scores["documents"] = int(r.value or 0)
-        elif r.strategy == "meta" and r.category == "calibration":
-            scores["calibration"] = ci or []
+    # echo and oracle are reserved model names (score_grid refuses them for models): derivable
+    scores["calibration"] = [m for m in CALIBRATION_MODELS if m in scores["strategy1"]]
     return scores
