@@ -333,7 +333,9 @@ def worker(
     model: str | None = typer.Option(None, help="The one model this worker loads."),
     gpu: str | None = typer.Option(None, help="GPU index to pin, or 'all' for one worker per GPU."),
     engine: str = typer.Option(
-        "batched", help="simple, batched, compiled (static cache + CUDA graphs), or module:Class"
+        "auto",
+        help="auto (continuous on CUDA, else batched), continuous (slots refilled as answers end), "
+        "batched, simple, compiled, or module:Class",
     ),
     train: bool = typer.Option(False, "--train", help="A training worker (encoder baselines) instead."),
     loglevel: str = typer.Option("INFO"),

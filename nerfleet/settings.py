@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     #: The compiled engine runs Llama/Mistral models with Q/K/V and gate/up each as one product
     #: (as Phi-3; nerfleet.workers.fusion); None: on CUDA wherever the model allows it.
     fuse_projections: bool | None = None
+    #: The continuous engine's slots (requests decoded at once); None: as many as free GPU memory holds.
+    slots: int | None = None
+    #: Cache positions per slot (prompt and answer); None: the model's context, at most 4,096.
+    slot_len: int | None = None
     broker_use_ssl: bool = False
     redis_ssl_cert_reqs: str = "required"
 

@@ -87,7 +87,6 @@ class GuidedLogits:
         self.steps = 0
 
     def __call__(self, input_ids, scores):
-        import torch
         import xgrammar as xgr
 
         if self.steps:
@@ -100,16 +99,24 @@ class GuidedLogits:
         if live:
             rows = [self.rows[k] for k in live]
             self.batcher.batch_fill_next_token_bitmask([self.matchers[k] for k in live], self.bitmask, indices=rows)
-            near = [(k, r) for k, r in zip(live, rows) if int(self.budgets[k]) - self.steps <= RESERVE]
-            for fmt in {self.guides[r] for _, r in near}:
-                idx = torch.tensor([r for _, r in near if self.guides[r] == fmt])
-                chosen = torch.zeros(len(idx), dtype=torch.bool)
-                for closing in self.grammars.closing_masks(fmt):
-                    allowed = self.bitmask[idx] & closing
-                    take = allowed.any(dim=1) & ~chosen
-                    self.bitmask[idx[take]] = allowed[take]
-                    chosen |= take
+            near = [(r, self.guides[r]) for k, r in zip(live, rows) if int(self.budgets[k]) - self.steps <= RESERVE]
+            prefer_closing(self.grammars, self.bitmask, near)
         self.steps += 1
         mask = self.bitmask.to(scores.device, non_blocking=True) if scores.device.type == "cuda" else self.bitmask
         xgr.apply_token_bitmask_inplace(scores, mask, vocab_size=self.grammars.vocab_size)
         return scores
+
+
+def prefer_closing(grammars: Grammars, bitmask, near: Sequence[tuple[int, str]]) -> None:
+    """Rows near the end of their budget (``(row, format)`` pairs) keep, of their allowed tokens,
+    those of the most preferred closing set that has any, so the structure ends complete."""
+    import torch
+
+    for fmt in {f for _, f in near}:
+        idx = torch.tensor([r for r, f in near if f == fmt])
+        chosen = torch.zeros(len(idx), dtype=torch.bool)
+        for closing in grammars.closing_masks(fmt):
+            allowed = bitmask[idx] & closing
+            take = allowed.any(dim=1) & ~chosen
+            bitmask[idx[take]] = allowed[take]
+            chosen |= take

@@ -7,6 +7,18 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux's /proc; 0 elsewhere): the worker's start-up
+    times count the interpreter's and the CLI's imports too."""
+    try:
+        since_boot = float(open("/proc/uptime").read().split()[0])
+        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        return max(0.0, since_boot - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def visible_gpus() -> list[str]:
@@ -46,13 +58,16 @@ def _pin(gpu: str | None) -> str:
     return "cpu"
 
 
-def _run_celery_worker(app, queues: str, node: str, loglevel: str) -> None:
-    # Solo pool: the model lives in this process (no fork after CUDA), one batch at a time.
+def _run_celery_worker(app, queues: str, node: str, loglevel: str, tasks: int = 1) -> None:
+    # No fork after CUDA: the model lives in this process. One task at a time (solo pool), or for
+    # an engine with slots several task threads feeding it, each acknowledged once stored.
     app.worker_main(
         [
             "worker",
             "-P",
-            "solo",
+            "solo" if tasks == 1 else "threads",
+            "-c",
+            str(tasks),
             "-Q",
             queues,
             "-n",
@@ -67,8 +82,10 @@ def _run_celery_worker(app, queues: str, node: str, loglevel: str) -> None:
 
 
 def start_worker(model: str, gpu: str | None, engine: str, loglevel: str = "INFO", name: str | None = None) -> None:
+    started = time.time() - process_age()
     where = _pin(gpu)
     # Only now may torch be imported.
+    from nerfleet.settings import get_settings
     from nerfleet.tasks.app import AGGREGATE_QUEUE, app
     from nerfleet.tasks.sweeper import start_sweeper
     from nerfleet.workers import runtime
@@ -78,12 +95,19 @@ def start_worker(model: str, gpu: str | None, engine: str, loglevel: str = "INFO
     spec = resolve(model)
     node = name or f"{spec.name}-{where}@%h"
     rt = runtime.install(spec, engine, worker=node.replace("%h", os.uname().nodename))
+    tasks = runtime.tasks_in_flight(rt.engine, get_settings().batch_size)
+    slots = f", {rt.engine.slots} slots, {tasks} tasks in flight" if tasks > 1 else ""
     print(
-        f"nerfleet worker {rt.worker}: model {spec.name} loaded ({rt.engine.name} engine), queue {spec.queue}",
+        f"nerfleet worker {rt.worker}: model {spec.name} loaded ({rt.engine.name} engine{slots}) "
+        f"in {time.time() - started:.1f} s, queue {spec.queue}",
         flush=True,
     )
+    if hasattr(rt.engine, "on_first_token"):
+        rt.engine.on_first_token = lambda at: print(
+            f"nerfleet worker {rt.worker}: first token {at - started:.1f} s after start", flush=True
+        )
     start_sweeper(app)
-    _run_celery_worker(app, f"{spec.queue},{AGGREGATE_QUEUE}", node, loglevel)
+    _run_celery_worker(app, f"{spec.queue},{AGGREGATE_QUEUE}", node, loglevel, tasks)
 
 
 def start_train_worker(gpu: str | None, loglevel: str = "INFO") -> None:

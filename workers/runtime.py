@@ -36,28 +36,56 @@ def current() -> Runtime:
     return _current
 
 
+#: ``nerfleet worker --engine``: the engines by name (``auto``: continuous on CUDA, else batched).
+ENGINES = ("auto", "continuous", "batched", "simple", "compiled")
+
+
+def engine_kind(kind: str, cuda: bool) -> str:
+    """The engine ``kind`` names on this device (``auto`` resolved)."""
+    if kind == "auto":
+        return "continuous" if cuda else "batched"
+    return kind
+
+
 def make_engine(kind: str, model, tokenizer, spec: ModelSpec, batch_size: int) -> Engine:
-    """'simple', 'batched', or 'module:Class' (a class taking the same arguments as BatchedEngine)."""
+    """One of :data:`ENGINES`, or 'module:Class' (a class taking the same arguments as BatchedEngine)."""
+    kind = engine_kind(kind, on_cuda(model))
     if kind == "simple":
         return SimpleEngine(model, tokenizer, chat=spec.chat)
     if kind == "batched":
         return BatchedEngine(model, tokenizer, chat=spec.chat, batch_size=batch_size)
     if kind == "compiled":
         return CompiledEngine(model, tokenizer, chat=spec.chat, batch_size=batch_size)
+    if kind == "continuous":
+        from nerfleet.workers.continuous import ContinuousEngine, SlotConfig
+
+        s = get_settings()
+        config = SlotConfig(slots=s.slots, slot_len=s.slot_len)
+        return ContinuousEngine(model, tokenizer, chat=spec.chat, batch_size=batch_size, config=config)
     if ":" in kind:
         module, _, attr = kind.partition(":")
         cls = getattr(importlib.import_module(module), attr)
         return cls(model, tokenizer, chat=spec.chat, batch_size=batch_size)
-    raise ValueError(f"unknown engine {kind!r}: use simple, batched, compiled or module:Class")
+    raise ValueError(f"unknown engine {kind!r}: use {', '.join(ENGINES)} or module:Class")
 
 
-def install(
-    spec: ModelSpec, engine_kind: str = "batched", device: str | None = None, worker: str | None = None
-) -> Runtime:
-    """Load the model once for this process."""
+def tasks_in_flight(engine: Engine, batch_size: int) -> int:
+    """Generate tasks a worker runs at once: one for an engine that takes one batch at a time;
+    for one with slots, enough messages in hand to keep every slot busy while others are stored."""
+    slots = getattr(engine, "slots", None)
+    if not slots:
+        return 1
+    return max(2, min(64, -(-2 * slots // max(1, batch_size))))
+
+
+def install(spec: ModelSpec, kind: str = "auto", device: str | None = None, worker: str | None = None) -> Runtime:
+    """Load the model once for this process (an engine with a loop thread starts it: its step is
+    compiled now, not during a run)."""
     global _current
     model, tokenizer = load(spec, device=device)
-    engine = make_engine(engine_kind, model, tokenizer, spec, get_settings().batch_size)
+    engine = make_engine(kind, model, tokenizer, spec, get_settings().batch_size)
+    if hasattr(engine, "start"):
+        engine.start()
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES") if on_cuda(model) else None
     host = socket.gethostname()
     _current = Runtime(spec, engine, worker or f"{spec.name}@{host}", host, gpu)

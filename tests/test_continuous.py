@@ -1,0 +1,205 @@
+"""The continuous-batching engine on the CPU: slots refilled as requests end, each request stopped on
+its own, results in request order, the reference's tokens in float32; and through a real worker."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from sqlmodel import select
+
+from nerfleet.evaluation.prompts import load_prompt
+from nerfleet.workers.continuous import ContinuousEngine, SlotConfig
+from nerfleet.workers.engine import GenerationRequest, SimpleEngine
+from nerfleet.workers.models import load, resolve
+from tests.test_engine import requests
+
+
+def _load(path):
+    # a model of its own for each engine: the continuous engine switches its model's attention
+    return load(resolve(str(path)), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_models):
+    model, tok = _load(tiny_models["tiny-a"])
+    return SimpleEngine(model, tok, invariant=False)
+
+
+@pytest.fixture(scope="module")
+def continuous(tiny_models):
+    model, tok = _load(tiny_models["tiny-a"])
+    return ContinuousEngine(model, tok, config=SlotConfig(slots=2, check_every=3, slot_len=1024))
+
+
+def _varied(n=7):
+    """Requests of different budgets: short ones end while long ones still run in the other slot."""
+    return [
+        GenerationRequest(r.key, r.template, r.text, (5, 17, 9, 23, 3, 12, 30)[i % 7])
+        for i, r in enumerate(requests(n, 1))
+    ]
+
+
+def test_refilled_slots_give_the_reference_tokens_in_request_order(reference, continuous):
+    reqs = _varied()
+    want = reference.generate(reqs)
+    steps = continuous.steps
+    got = continuous.generate(reqs)
+    assert [r.key for r in got] == [r.key for r in reqs]
+    assert [r.output for r in got] == [r.output for r in want]
+    assert [r.output_tokens for r in got] == [r.max_new_tokens for r in reqs] == [r.output_tokens for r in want]
+    # Two slots for seven requests: each freed slot was refilled while the other kept decoding.
+    # A static batch of two would run max(budgets) steps a pair; the slots run far fewer.
+    static = sum(max(reqs[i].max_new_tokens, reqs[i + 1].max_new_tokens) for i in range(0, 6, 2)) + 30
+    assert continuous.steps - steps < static - 20
+
+
+def test_each_request_stops_at_its_own_stop_token(tiny_models, reference):
+    reqs = requests(4, 16)
+    # a token that the second answer generates in its middle (and not before) becomes the stop token
+    ids = reference._run([reference.encode(reqs[1])[0]], 16)[0]
+    stop = next(t for i, t in enumerate(ids) if i >= 4 and t not in ids[:i])
+    model, tok = _load(tiny_models["tiny-a"])
+    model.generation_config.eos_token_id = stop
+    engine = ContinuousEngine(model, tok, config=SlotConfig(slots=3, check_every=4, slot_len=1024))
+    ref_model, ref_tok = _load(tiny_models["tiny-a"])
+    ref_model.generation_config.eos_token_id = stop
+    stopped = SimpleEngine(ref_model, ref_tok, invariant=False).generate(reqs)
+    got = engine.generate(reqs)
+    assert [r.output for r in got] == [r.output for r in stopped]
+    assert got[1].output_tokens < 16 and got[1].output_tokens == stopped[1].output_tokens
+    assert any(r.output_tokens == 16 for r in got)  # the others ran to their own budget
+
+
+def test_a_long_document_is_cut_to_the_slot_and_recorded(tiny_models):
+    model, tok = _load(tiny_models["tiny-a"])
+    engine = ContinuousEngine(model, tok, config=SlotConfig(slots=2, slot_len=300))
+    long = GenerationRequest("long", load_prompt("v1").template, "fever and cough. " * 400, 8)
+    (res, short) = engine.generate([long, *requests(1, 8)])
+    assert res.truncated and res.prompt_tokens <= 300 - 8 and res.output_tokens == 8
+    assert not short.truncated
+
+
+def test_callers_in_several_threads_share_the_slots(reference, continuous):
+    """The worker's task threads call one engine at once; each gets its own answers."""
+    batches = [requests(6, 10)[i::3] for i in range(3)]
+    want = [reference.generate(b) for b in batches]
+    got: list = [None] * 3
+
+    def call(i):
+        got[i] = continuous.generate(batches[i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert [[r.output for r in g] for g in got] == [[r.output for r in w] for w in want]
+
+
+def test_a_sliding_window_model_matches_the_reference(tmp_path):
+    """Mistral with a window shorter than the prompts: the prefill's window mask and the decoding
+    step's windowed bounds give transformers' own tokens."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from tests.helpers import make_tiny_model
+
+    base = make_tiny_model(tmp_path / "llama")
+    model, tok = _load(base)
+    config = MistralConfig(
+        vocab_size=model.config.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=48,
+        max_position_embeddings=2048,
+        eos_token_id=model.config.eos_token_id,
+        pad_token_id=model.config.pad_token_id,
+    )
+    torch.manual_seed(3)
+    windowed = MistralForCausalLM(config).eval()
+    windowed.generation_config.eos_token_id = None  # run to the budget: 40 tokens cross the window
+    folder = tmp_path / "mistral"
+    windowed.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    reqs = requests(3, 40)
+    assert all(len(SimpleEngine(*_load(folder)).encode(r)[0]) > 48 for r in reqs)
+    want = SimpleEngine(*_load(folder), invariant=False).generate(reqs)
+    got = ContinuousEngine(*_load(folder), config=SlotConfig(slots=2, slot_len=1024)).generate(reqs)
+    assert [r.output for r in got] == [r.output for r in want]
+
+
+def test_guided_rows_parse_strictly_beside_unguided_ones(tiny_models):
+    pytest.importorskip("xgrammar")
+    from nerfleet.evaluation.parsing import parse
+
+    model, tok = _load(tiny_models["tiny-a"])
+    engine = ContinuousEngine(model, tok, config=SlotConfig(slots=3, slot_len=1024))
+    plain = requests(6, 60)
+    reqs = [
+        GenerationRequest(r.key, load_prompt(fmt).template, r.text, 60, guide=guide)
+        for r, (fmt, guide) in zip(plain, [("v2", "dict"), ("v3", "json"), ("v1", None)] * 2)
+    ]
+    got = engine.generate(reqs)
+    for req, res in zip(reqs, got):
+        if req.guide:
+            assert parse(res.output, req.guide).strict, res.output
+
+
+@pytest.mark.slow
+def test_a_continuous_worker_resumes_after_kill_9_and_stores_each_job_once(
+    home, broker, demo_corpus, tiny_models, tmp_path, monkeypatch
+):
+    """Several task threads feed one engine; a worker killed mid-run loses nothing and duplicates nothing."""
+    import os
+
+    from nerfleet.settings import get_settings
+    from nerfleet.storage.db import session_scope
+    from nerfleet.storage.tables import Generation, Job, Run
+    from nerfleet.tasks.app import make_app
+    from nerfleet.tasks.producer import create_run
+    from tests.helpers import Worker, wait_for
+
+    for key, value in {
+        "NERFLEET_LEASE_S": "6",
+        "NERFLEET_HEARTBEAT_S": "1",
+        "NERFLEET_SWEEP_INTERVAL_S": "1",
+        "NERFLEET_BATCH_SIZE": "2",
+        "NERFLEET_SLOTS": "3",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    a = str(tiny_models["tiny-a"])
+    first = Worker(a, dict(os.environ), tmp_path / "first.log", name="first@%h", engine="continuous").wait_ready()
+    assert "3 slots, 3 tasks in flight" in first.log.read_text()
+    plan = create_run([a], ["v1", "v2", "v3"], "all", 8, 40, None, str(demo_corpus), app=make_app())
+
+    def done() -> int:
+        with session_scope() as s:
+            return len(s.exec(select(Generation)).all())
+
+    wait_for(lambda: done() >= 3, 180, 0.1, "some jobs stored")
+    first.kill()
+    second = Worker(a, dict(os.environ), tmp_path / "second.log", name="second@%h", engine="continuous")
+    try:
+        second.wait_ready()
+        create_run([a], ["v1", "v2", "v3"], "all", 8, 40, None, str(demo_corpus), app=make_app())
+
+        def aggregated() -> bool:
+            with session_scope() as s:
+                return s.get(Run, plan.run_id).aggregated_at is not None
+
+        wait_for(aggregated, 240, 0.5, "aggregation")
+    finally:
+        second.stop()
+    with session_scope() as s:
+        jobs = s.exec(select(Job)).all()
+        gens = s.exec(select(Generation)).all()
+    assert len(jobs) == 24 and all(j.state == "done" for j in jobs)
+    assert len(gens) == 24 and {g.engine for g in gens} == {"continuous"}
+    assert "first token" in second.log.read_text()

@@ -1,0 +1,453 @@
+"""Continuous batching: a fixed set of slots, one decoding step over all of them, refilled as they end.
+
+Each slot holds one request in its own row of a static key/value cache, at the request's own
+positions (cache column = token position). One decoding step runs every slot at once; on CUDA it
+is compiled and captured as one CUDA graph at start, so a run never compiles. When a request
+ends (a stop token, its own ``max_new_tokens``, the slot's length) its result is handed back at
+once, and a waiting request is prefilled into the freed row while the others keep their state:
+no slot waits for the longest answer of a batch, as in :class:`~nerfleet.workers.engine.BatchedEngine`.
+
+The design follows vLLM's scheduler at its simplest: requests wait in arrival order; between
+windows of decoding steps, free slots are filled by prefills of up to ``prefill_tokens`` prompt
+tokens (right-padded rows, eager: a prefill's cost is its matrix products); the step looks at
+its tokens every ``check_every`` steps (one host synchronisation a window).
+
+Same answers: the step's shapes never change (all slots, all cache columns), and its attention
+reads each row's own live range (:mod:`nerfleet.workers.decoding`), so a request's decoding
+steps do not depend on which requests share the GPU with it. A prefill groups requests, so its
+matrix products see other rows; ``prefill_rows=1`` makes it exact too, at some speed.
+
+Many callers may call :meth:`ContinuousEngine.generate` at once (the worker's task threads): a
+loop thread owns the GPU and serves them all.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from nerfleet.workers.engine import (
+    GenerationRequest,
+    GenerationResult,
+    SimpleEngine,
+    kv_bytes_per_token,
+    kv_heads_and_dim,
+    on_cuda,
+    round_up,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SlotConfig:
+    """How a :class:`ContinuousEngine` uses its GPU (the benchmarks pass their variants in here)."""
+
+    #: Slots (requests decoded at once); None: as many as ``memory_fraction`` of free memory holds,
+    #: at most ``max_slots``.
+    slots: int | None = None
+    max_slots: int = 512
+    #: Cache positions per slot (prompt + answer); None: the model's context, at most 4,096.
+    slot_len: int | None = None
+    memory_fraction: float = 0.9
+    #: Prompt tokens (rows × padded width) and rows per prefill call.
+    prefill_tokens: int = 16384
+    prefill_rows: int = 64
+    #: Prefill widths are rounded up to a multiple of this.
+    bucket: int = 32
+    #: Decoding steps between looks at the tokens (one host synchronisation each look).
+    check_every: int = 8
+    #: Compile the step and capture it as a CUDA graph; None: on CUDA.
+    graph: bool | None = None
+
+
+@dataclass
+class _Call:
+    """One :meth:`ContinuousEngine.generate` call waiting for its results."""
+
+    results: list
+    left: int
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+    def deliver(self, index: int, result: GenerationResult) -> None:
+        self.results[index] = result
+        self.left -= 1
+        if self.left == 0:
+            self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+
+@dataclass
+class _Request:
+    req: GenerationRequest
+    ids: list[int]
+    truncated: bool
+    call: _Call
+    index: int
+    budget: int
+    arrived: float
+    out: list[int] = field(default_factory=list)
+    matcher: object | None = None  # xgrammar's GrammarMatcher for a guided request
+
+
+class ContinuousEngine(SimpleEngine):
+    """Continuous batching over a static slot cache (see the module's docstring)."""
+
+    name = "continuous"
+    can_be_invariant = False
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        chat: bool | None = None,
+        context: int | None = None,
+        batch_size: int = 8,
+        config: SlotConfig | None = None,
+    ):
+        super().__init__(model, tokenizer, chat, context, invariant=False)
+        self.config = config or SlotConfig()
+        cfg, cuda = self.config, on_cuda(model)
+        if getattr(model.config.get_text_config(), "attn_logit_softcapping", None):
+            raise ValueError("the continuous engine has no attention logit soft-capping (Gemma 2): use batched")
+        if cuda:
+            from nerfleet.workers.fusion import fuse, fusion_refusal
+            from nerfleet.workers.rotary import materialize_rotary
+
+            if fusion_refusal(model) is None:
+                self.model = fuse(model, column_major=True)
+            materialize_rotary(self.model)
+        self.decoder = self.model.model
+        self.head = self.model.get_output_embeddings()
+        self.slot_len = min(self.context, cfg.slot_len or 4096)
+        self.context = self.slot_len  # prompts are cut to fit a slot with their answer
+        self.slots = cfg.slots or self._fit_slots()
+        self.graph = cuda if cfg.graph is None else cfg.graph
+        self._allocate()
+        self._use_slot_attention()
+        self._inbox: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self._waiting: collections.deque[_Request] = collections.deque()
+        self._held: list[_Request | None] = [None] * self.slots
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._replay: Callable[[], None] | None = None
+        #: Called once, with the time, when the engine has generated its first token.
+        self.on_first_token: Callable[[float], None] | None = None
+        self.steps = 0  # decoding steps run, for the benchmarks
+
+    # -- memory -------------------------------------------------------------------------------
+
+    def _fit_slots(self) -> int:
+        cfg = self.config
+        if not on_cuda(self.model):
+            return min(cfg.max_slots, 8)
+        free, _ = torch.cuda.mem_get_info(self.model.device)
+        text = self.model.config.get_text_config()
+        width = torch.finfo(self.model.dtype).bits // 8
+        # a prefill's activations: its hidden states, MLP intermediates and the per-row logits
+        prefill = cfg.prefill_tokens * (6 * text.hidden_size + 3 * text.intermediate_size) * width
+        prefill += cfg.prefill_rows * text.vocab_size * 4
+        per_slot = self.slot_len * kv_bytes_per_token(text, self.model.dtype)
+        fits = int((cfg.memory_fraction * free - prefill - 2**30) // per_slot)
+        if fits < 1:
+            raise torch.OutOfMemoryError(
+                f"not one slot of {self.slot_len} positions fits in {free / 2**30:.1f} GiB free: "
+                "lower NERFLEET_SLOT_LEN"
+            )
+        return min(cfg.max_slots, fits)
+
+    def _allocate(self) -> None:
+        text = self.model.config.get_text_config()
+        heads, head_dim = kv_heads_and_dim(text)
+        dev, n, length = self.model.device, self.slots, self.slot_len
+        shape = (n, heads, length, head_dim)
+        self.keys = [torch.zeros(shape, dtype=self.model.dtype, device=dev) for _ in range(text.num_hidden_layers)]
+        self.values = [torch.zeros(shape, dtype=self.model.dtype, device=dev) for _ in range(text.num_hidden_layers)]
+        self.rows = torch.arange(n, device=dev)
+        self.tokens = torch.zeros(n, dtype=torch.long, device=dev)  # each slot's next input token
+        self.positions = torch.zeros(n, dtype=torch.long, device=dev)  # … and its position
+        self.bounds = torch.zeros(n, 2, dtype=torch.int32, device=dev)  # live keys: [0, position]
+        self.window_bounds = torch.zeros(n, 2, dtype=torch.int32, device=dev)  # … within a sliding window
+        self.live = torch.ones(n, length, dtype=torch.int8, device=dev)  # the bounds say which are read
+        self.logits = torch.zeros(n, text.vocab_size, dtype=self.model.dtype, device=dev)
+        self.window = getattr(text, "sliding_window", None)
+        self.history = torch.zeros(self.config.check_every, n, dtype=torch.long, device=dev)
+        self._prefill_slots = self.rows[:1]
+
+    # -- attention ----------------------------------------------------------------------------
+
+    def _use_slot_attention(self) -> None:
+        """This engine's attention under a name of its own: it writes the slot cache itself (the
+        model runs without a transformers cache) and reads the bounds of this engine's slots."""
+        from nerfleet.workers.attention import use
+
+        use(self.model, f"nerfleet_slots_{id(self):x}", self._attention, _no_mask)
+
+    def _attention(self, module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        layer = module.layer_idx
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        window = kwargs.get("sliding_window") or None
+        keys, values = self.keys[layer], self.values[layer]
+        if query.shape[2] == 1:  # a decoding step over every slot, each at its own position
+            write = self.positions
+            keys[self.rows, :, write] = key[:, :, 0]
+            values[self.rows, :, write] = value[:, :, 0]
+            bounds = self.window_bounds if window else self.bounds
+            if query.device.type == "cuda":
+                from nerfleet.workers.decoding import attend
+
+                return attend(query, keys, values, self.live, bounds, scale), None
+            cols = torch.arange(keys.shape[2], device=query.device)
+            mask = (cols >= bounds[:, :1]) & (cols < bounds[:, 1:])
+            out = F.scaled_dot_product_attention(
+                query, keys, values, attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=True
+            )
+            return out.transpose(1, 2).contiguous(), None
+        # a prefill of right-padded prompts into the rows of self._prefill_slots, from position 0
+        width = query.shape[2]
+        keys[self._prefill_slots, :, :width] = key
+        values[self._prefill_slots, :, :width] = value
+        mask = None
+        if window and width > window:
+            i = torch.arange(width, device=query.device)
+            mask = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
+        )
+        return out.transpose(1, 2).contiguous(), None
+
+    # -- the decoding step --------------------------------------------------------------------
+
+    def _step(self) -> None:
+        """One decoding step of every slot: logits, next tokens and positions, in place."""
+        pos = self.positions
+        end = (pos + 1).to(torch.int32)
+        self.bounds[:, 1].copy_(end)
+        if self.window:
+            self.window_bounds[:, 0].copy_((end - self.window).clamp(min=0))
+            self.window_bounds[:, 1].copy_(end)
+        hidden = self.decoder(input_ids=self.tokens[:, None], position_ids=pos[:, None], use_cache=False)
+        logits = self.head(hidden.last_hidden_state[:, -1])
+        self.logits.copy_(logits)
+        self.tokens.copy_(logits.argmax(-1))
+        self.positions.copy_((pos + 1).clamp(max=self.slot_len - 1))
+
+    def _capture(self) -> Callable[[], None]:
+        """The step compiled and captured as one CUDA graph (warmed up on a side stream first)."""
+        if not self.graph:
+            return self._step
+        from nerfleet.workers.engine import preferred_blas
+
+        step = torch.compile(self._step, fullgraph=False, dynamic=False)
+        saved = (self.tokens.clone(), self.positions.clone())
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), preferred_blas("cublaslt"):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with preferred_blas("cublaslt"), torch.cuda.graph(graph):
+            step()
+        self.tokens.copy_(saved[0])
+        self.positions.copy_(saved[1])
+        return graph.replay
+
+    # -- serving --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the loop thread (it compiles and captures the step first); idempotent."""
+        with self._start_lock:
+            if self._thread is None:
+                ready = threading.Event()
+                self._thread = threading.Thread(target=self._serve, args=(ready,), name="nerfleet-slots", daemon=True)
+                self._thread.start()
+                ready.wait()
+                if self._replay is None:
+                    raise RuntimeError("the continuous engine's decoding step could not be prepared (see the log)")
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        if not requests:
+            return []
+        self.start()
+        call = _Call([None] * len(requests), len(requests))
+        now = time.perf_counter()
+        for i, (req, (ids, truncated)) in enumerate(zip(requests, self.encode_all(requests))):
+            budget = max(1, min(req.max_new_tokens, self.slot_len - len(ids)))
+            self._inbox.put(_Request(req, ids, truncated, call, i, budget, now))
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.results
+
+    def _serve(self, ready: threading.Event) -> None:
+        try:
+            with torch.inference_mode():
+                self._replay = self._capture()
+        except Exception:
+            log.exception("continuous engine: preparing the decoding step failed")
+            ready.set()
+            return
+        ready.set()
+        with torch.inference_mode():
+            while True:
+                try:
+                    self._admit()
+                    self._prefill_free_slots()
+                    if any(self._held):
+                        self._decode_window()
+                except Exception as exc:  # noqa: BLE001 - every caller in flight gets the error
+                    log.warning("continuous engine: %s: %s; failing the requests in hand", type(exc).__name__, exc)
+                    self._fail_all(exc)
+
+    def _admit(self) -> None:
+        block = not any(self._held) and not self._waiting
+        while True:
+            try:
+                self._waiting.append(self._inbox.get(block=block))
+            except queue.Empty:
+                return
+            block = False
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for item in [*self._held, *self._waiting]:
+            if item is not None:
+                item.call.fail(exc)
+        self._held = [None] * self.slots
+        self._waiting.clear()
+        if on_cuda(self.model):
+            torch.cuda.empty_cache()
+
+    # -- prefill --------------------------------------------------------------------------------
+
+    def _prefill_free_slots(self) -> None:
+        cfg = self.config
+        while self._waiting:
+            free = [s for s, item in enumerate(self._held) if item is None]
+            if not free:
+                return
+            group: list[_Request] = []
+            width = 0
+            while self._waiting and len(group) < min(len(free), cfg.prefill_rows):
+                nxt = min(self.slot_len, round_up(max(width, len(self._waiting[0].ids)), cfg.bucket))
+                if group and nxt * (len(group) + 1) > cfg.prefill_tokens:
+                    break
+                group.append(self._waiting.popleft())
+                width = nxt
+            self._prefill(group, free[: len(group)], width)
+
+    def _prefill(self, group: list[_Request], slots: list[int], width: int) -> None:
+        from nerfleet.workers.engine import left_padded
+
+        dev = self.model.device
+        pad = self.tokenizer.pad_token_id or 0
+        ids = left_padded([x.ids[::-1] for x in group], width, pad).flip(-1).to(dev)  # padded on the right
+        lengths = torch.tensor([len(x.ids) for x in group], device=dev)
+        positions = torch.arange(width, device=dev).expand(len(group), width)
+        self._prefill_slots = torch.tensor(slots, device=dev)
+        hidden = self.decoder(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
+        logits = self.head(hidden[torch.arange(len(group), device=dev), lengths - 1]).float()
+        self._guide_prefill(group, logits)
+        first = logits.argmax(-1)
+        self.tokens[self._prefill_slots] = first
+        self.positions[self._prefill_slots] = lengths
+        for slot, item, token in zip(slots, group, first.tolist()):
+            self._held[slot] = item
+            self._take(slot, [token])
+        if self.on_first_token is not None:
+            self.on_first_token(time.time())
+            self.on_first_token = None
+
+    # -- decoding -------------------------------------------------------------------------------
+
+    def _decode_window(self) -> None:
+        held = [item for item in self._held if item is not None]
+        guided = any(item.matcher is not None for item in held)
+        left = min(item.budget - len(item.out) for item in held)
+        steps = 1 if guided else max(1, min(self.config.check_every, left))
+        for i in range(steps):
+            self._replay()
+            if guided:
+                self._guide_step()
+            self.history[i].copy_(self.tokens)
+        self.steps += steps
+        tokens = self.history[:steps].T.tolist()  # one synchronisation a window
+        for slot, item in enumerate(self._held):
+            if item is not None:
+                self._take(slot, tokens[slot])
+
+    def _take(self, slot: int, tokens: list[int]) -> None:
+        """Append a slot's new tokens; a request that has ended is answered and its slot freed."""
+        item = self._held[slot]
+        stops = self._stops
+        for token in tokens:
+            if token in stops:
+                self._finish(slot)
+                return
+            item.out.append(token)
+            if item.matcher is not None:
+                item.matcher.accept_token(token)
+            if len(item.out) >= item.budget:
+                self._finish(slot)
+                return
+
+    def _finish(self, slot: int) -> None:
+        item = self._held[slot]
+        self._held[slot] = None
+        latency = time.perf_counter() - item.arrived
+        item.call.deliver(item.index, self._result(item.req, item.ids, item.out, item.truncated, latency))
+
+    @property
+    def _stops(self) -> set[int]:
+        if not hasattr(self, "_stop_set"):
+            self._stop_set = self._stop_ids() | {self.tokenizer.pad_token_id}
+        return self._stop_set
+
+    # -- guided decoding: the slots' masks filled on the host, applied to the step's logits ------
+
+    def _guide_prefill(self, group: list[_Request], logits: torch.Tensor) -> None:
+        rows = [k for k, item in enumerate(group) if item.req.guide]
+        if not rows:
+            return
+        import xgrammar as xgr
+
+        for k in rows:
+            group[k].matcher = xgr.GrammarMatcher(self.grammars.compiled(group[k].req.guide))
+        self._mask_rows(logits, [group[k] for k in rows], rows)
+
+    def _guide_step(self) -> None:
+        """After a step: the guided slots' logits masked to their grammars, their tokens chosen again."""
+        slots = [s for s, item in enumerate(self._held) if item is not None and item.matcher is not None]
+        logits = self.logits[slots].float()
+        self._mask_rows(logits, [self._held[s] for s in slots], list(range(len(slots))))
+        self.tokens[slots] = logits.argmax(-1)
+
+    def _mask_rows(self, logits: torch.Tensor, items: list[_Request], rows: list[int]) -> None:
+        import xgrammar as xgr
+
+        from nerfleet.workers.guided import RESERVE, prefer_closing
+
+        bitmask = xgr.allocate_token_bitmask(logits.shape[0], self.grammars.vocab_size)
+        live = [(r, item) for r, item in zip(rows, items) if not item.matcher.is_terminated()]
+        for r, item in live:
+            item.matcher.fill_next_token_bitmask(bitmask, r)
+        near = [(r, item.req.guide) for r, item in live if item.budget - len(item.out) <= RESERVE]
+        prefer_closing(self.grammars, bitmask, near)
+        xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), vocab_size=self.grammars.vocab_size)
+
+
+def _no_mask(*args, **kwargs):
+    """The slot attention builds its own masks from the slots' bounds: transformers builds none."""
+    return None
