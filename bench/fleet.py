@@ -1,9 +1,12 @@
-"""The whole fleet on one GPU: a real redis-server, a real worker process, SQLite, a run of ≥ 500 jobs.
+"""The whole fleet on one GPU: a real redis-server, a real worker process, SQLite, a run of real notes.
 
-Reports generated tokens/s of the fleet and the share of wall time the GPU was not generating
-(waiting on the queue, the database, or the worker's own bookkeeping).
+Reports generated tokens/s of the fleet, the share of wall time the GPU was not generating, the
+worker's seconds to its first token; with ``--alone``, the same jobs through the same engine in
+this process (no queue, no database) and, for the continuous engine, the workload's floor: its
+prefill at the measured matrix-product rate plus each decoding step's weights and live keys and
+values at the measured copy bandwidth, for the slots used.
 
-    python bench/fleet.py --corpus PATH --jobs 512 --out results.json
+    python bench/fleet.py --corpus PATH --jobs 1002 --new 256 --alone --out results.json
 """
 
 from __future__ import annotations
@@ -90,6 +93,53 @@ def timeline(db_path: Path, run_id: str) -> dict:
     }
 
 
+def engine_alone(model_dir, engine: str, run_id: str) -> dict:
+    """The run's jobs through the same engine in this process, timed from the first request to the
+    last answer (the engine prepared beforehand), with the workload's floor for the continuous one."""
+    import torch
+    from sqlmodel import select
+
+    from nerfleet.storage.db import session_scope
+    from nerfleet.storage.tables import Job, RunJob
+    from nerfleet.tasks.generation import requests_for
+    from nerfleet.workers.models import resolve
+    from nerfleet.workers.runtime import install
+
+    rt = install(resolve(str(model_dir)), engine)
+    with session_scope() as session:
+        jobs = session.exec(select(Job).join(RunJob, RunJob.job_hash == Job.hash).where(RunJob.run_id == run_id))
+        requests = requests_for(session, list(jobs))
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    results = rt.engine.generate(requests)
+    seconds = time.perf_counter() - start
+    row = {"jobs": len(results), "seconds": seconds, "generated_tokens": sum(r.output_tokens for r in results)}
+    row["tokens_per_s"] = row["generated_tokens"] / seconds
+    stats = getattr(rt.engine, "stats", None)
+    if stats:
+        from generation import measure_copy_bandwidth, measure_matmul_rate
+
+        from nerfleet.workers.engine import kv_bytes_per_token
+
+        model = rt.engine.model
+        params = sum(p.numel() for p in model.parameters())
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        bw, flops = measure_copy_bandwidth(), measure_matmul_rate()
+        kv = kv_bytes_per_token(model.config.get_text_config(), model.dtype)
+        floor = (
+            2 * params * stats["prompt_tokens"] / flops + (stats["steps"] * weight_bytes + stats["keys_read"] * kv) / bw
+        )
+        row.update(
+            stats=dict(stats),
+            copy_bandwidth=bw,
+            matmul_rate=flops,
+            floor_seconds=floor,
+            floor_tokens_per_s=row["generated_tokens"] / floor,
+            alone_over_floor=floor / seconds,
+        )
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", type=Path, required=True)
@@ -97,7 +147,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--arch", default="mistral-7b", choices=["mistral-7b", "llama-2-7b", "smollm2-135m"])
-    ap.add_argument("--engine", default="batched")
+    ap.add_argument("--engine", default="auto")
+    ap.add_argument("--slots", type=int, help="NERFLEET_SLOTS (default: as many as memory holds)")
+    ap.add_argument("--slot-len", type=int, help="NERFLEET_SLOT_LEN")
+    ap.add_argument("--alone", action="store_true", help="then the same jobs through the engine alone")
     ap.add_argument("--model", help="an existing model (folder, .gguf file, registry name) instead of a random one")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -130,6 +183,10 @@ def main() -> None:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_VERBOSITY": "error",
     }
+    if args.slots:
+        env["NERFLEET_SLOTS"] = str(args.slots)
+    if args.slot_len:
+        env["NERFLEET_SLOT_LEN"] = str(args.slot_len)
     os.environ.update(env)
     model_dir = args.model or work / args.arch
     if not args.model:
@@ -196,8 +253,26 @@ def main() -> None:
         worker.terminate()
         worker.wait(timeout=60)
         redis.terminate()
+    import re
+
+    text = (work / "worker.log").read_text()
+    startup = {
+        key: float(m.group(1))
+        for key, pattern in (
+            ("worker_loaded_s", r"loaded .* in ([0-9.]+) s"),
+            ("first_token_s", r"first token ([0-9.]+) s"),
+        )
+        if (m := re.search(pattern, text))
+    }
+    slots = re.search(r"(\d+) slots, (\d+) tasks", text)
+    import transformers
+
     result = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "slots": int(slots.group(1)) if slots else None,
+        "tasks_in_flight": int(slots.group(2)) if slots else None,
+        **startup,
         "model": str(args.model) if args.model else f"random {args.arch}",
         "engine": args.engine,
         "batch": args.batch,
@@ -207,6 +282,11 @@ def main() -> None:
         **timeline(work / "nerfleet.db", run_id),
         "status": st,
     }
+    if args.alone:
+        result["alone"] = engine_alone(model_dir, args.engine, run_id)
+        result["fleet_over_alone"] = result["fleet_tokens_per_s"] / result["alone"]["tokens_per_s"]
+        if "floor_tokens_per_s" in result["alone"]:
+            result["fleet_over_floor"] = result["fleet_tokens_per_s"] / result["alone"]["floor_tokens_per_s"]
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))

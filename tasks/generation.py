@@ -41,28 +41,7 @@ def generate(self, run_id: str, model: str, jobs: list[str]) -> dict:
         return {"claimed": 0}
     with session_scope() as session:
         claimed, failed_now = claim(session, jobs, model, rt.worker, s.lease_s, s.max_attempts)
-        # Two queries for the whole batch: its documents and its prompt templates.
-        docs = {
-            (d.corpus_id, d.doc_id): d.text
-            for d in session.exec(
-                select(Document).where(
-                    Document.corpus_id.in_({c.corpus_id for c in claimed}),
-                    Document.doc_id.in_({c.doc_id for c in claimed}),
-                )
-            )
-        }
-        prompts = {c.prompt_hash for c in claimed}
-        texts = {p.hash: p for p in session.exec(select(PromptText).where(PromptText.hash.in_(prompts)))}
-        requests = [
-            GenerationRequest(
-                c.hash,
-                texts[c.prompt_hash].template,
-                docs[(c.corpus_id, c.doc_id)],
-                int(c.params["max_new_tokens"]),
-                guide=texts[c.prompt_hash].format if texts[c.prompt_hash].guided else None,
-            )
-            for c in claimed
-        ]
+        requests = requests_for(session, claimed)
     hashes = [c.hash for c in claimed]
     if hashes:
         log.info("run %s: generating %d jobs of %s", run_id, len(hashes), model)
@@ -95,6 +74,32 @@ def generate(self, run_id: str, model: str, jobs: list[str]) -> dict:
             finish(session, rows)
     _after(finished=hashes + failed_now)
     return {"claimed": len(hashes), "failed": len(failed_now)}
+
+
+def requests_for(session, jobs) -> list[GenerationRequest]:
+    """The engine's requests for these jobs, in their order: two queries for the whole batch (its
+    documents and its prompt templates). The fleet benchmark builds the engine-alone run with it."""
+    docs = {
+        (d.corpus_id, d.doc_id): d.text
+        for d in session.exec(
+            select(Document).where(
+                Document.corpus_id.in_({c.corpus_id for c in jobs}),
+                Document.doc_id.in_({c.doc_id for c in jobs}),
+            )
+        )
+    }
+    prompts = {c.prompt_hash for c in jobs}
+    texts = {p.hash: p for p in session.exec(select(PromptText).where(PromptText.hash.in_(prompts)))}
+    return [
+        GenerationRequest(
+            c.hash,
+            texts[c.prompt_hash].template,
+            docs[(c.corpus_id, c.doc_id)],
+            int(c.params["max_new_tokens"]),
+            guide=texts[c.prompt_hash].format if texts[c.prompt_hash].guided else None,
+        )
+        for c in jobs
+    ]
 
 
 def _after(finished: list[str]) -> None:

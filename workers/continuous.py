@@ -145,7 +145,9 @@ class ContinuousEngine(SimpleEngine):
         self._replay: Callable[[], None] | None = None
         #: Called once, with the time, when the engine has generated its first token.
         self.on_first_token: Callable[[float], None] | None = None
-        self.steps = 0  # decoding steps run, for the benchmarks
+        #: What the engine did, for the benchmarks' floors: decoding steps, prompt tokens prefilled
+        #: (and with their padding), keys read by the steps' attention, tokens generated.
+        self.stats = collections.Counter()
 
     # -- memory -------------------------------------------------------------------------------
 
@@ -360,6 +362,8 @@ class ContinuousEngine(SimpleEngine):
         hidden = self.decoder(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
         logits = self.head(hidden[torch.arange(len(group), device=dev), lengths - 1]).float()
         self._guide_prefill(group, logits)
+        self.stats["prompt_tokens"] += int(lengths.sum())
+        self.stats["prefill_positions"] += len(group) * width
         first = logits.argmax(-1)
         self.tokens[self._prefill_slots] = first
         self.positions[self._prefill_slots] = lengths
@@ -382,7 +386,9 @@ class ContinuousEngine(SimpleEngine):
             if guided:
                 self._guide_step()
             self.history[i].copy_(self.tokens)
-        self.steps += steps
+        self.stats["steps"] += steps
+        live = sum(len(item.ids) + len(item.out) + 1 for item in held)
+        self.stats["keys_read"] += steps * live + len(held) * steps * (steps - 1) // 2
         tokens = self.history[:steps].T.tolist()  # one synchronisation a window
         for slot, item in enumerate(self._held):
             if item is not None:
@@ -397,6 +403,7 @@ class ContinuousEngine(SimpleEngine):
                 self._finish(slot)
                 return
             item.out.append(token)
+            self.stats["generated"] += 1
             if item.matcher is not None:
                 item.matcher.accept_token(token)
             if len(item.out) >= item.budget:
