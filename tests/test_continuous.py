@@ -203,3 +203,12 @@ def test_a_continuous_worker_resumes_after_kill_9_and_stores_each_job_once(
     assert len(jobs) == 24 and all(j.state == "done" for j in jobs)
     assert len(gens) == 24 and {g.engine for g in gens} == {"continuous"}
     assert "first token" in second.log.read_text()
+
+
+def test_close_answers_what_is_in_hand_then_frees_the_slots(tiny_models, reference):
+    model, tok = _load(tiny_models["tiny-a"])
+    engine = ContinuousEngine(model, tok, config=SlotConfig(slots=2, slot_len=1024))
+    reqs = requests(3, 6)
+    assert [r.output for r in engine.generate(reqs)] == [r.output for r in reference.generate(reqs)]
+    engine.close()
+    assert engine._thread is None and engine.keys == []

@@ -143,6 +143,8 @@ class ContinuousEngine(SimpleEngine):
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._replay: Callable[[], None] | None = None
+        self._closing = False
+        self._prefilling = False
         #: Called once, with the time, when the engine has generated its first token.
         self.on_first_token: Callable[[float], None] | None = None
         #: What the engine did, for the benchmarks' floors: decoding steps, prompt tokens prefilled
@@ -217,7 +219,14 @@ class ContinuousEngine(SimpleEngine):
                 query, keys, values, attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=True
             )
             return out.transpose(1, 2).contiguous(), None
-        # a prefill of right-padded prompts into the rows of self._prefill_slots, from position 0
+        return self._prefill_attention(module, query, key, value, scale, window)
+
+    @torch.compiler.disable
+    def _prefill_attention(self, module, query, key, value, scale, window):
+        """Right-padded prompts written into the rows of ``self._prefill_slots`` from position 0,
+        attended causally over themselves. Outside compiled code (a graph break in the prefill's
+        compiled layers): the layer index it reads would make the compiler specialise each layer."""
+        keys, values = self.keys[module.layer_idx], self.values[module.layer_idx]
         width = query.shape[2]
         keys[self._prefill_slots, :, :width] = key
         values[self._prefill_slots, :, :width] = value
@@ -246,10 +255,51 @@ class ContinuousEngine(SimpleEngine):
         self.tokens.copy_(logits.argmax(-1))
         self.positions.copy_((pos + 1).clamp(max=self.slot_len - 1))
 
+    def _prefill_forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Right-padded prompts through the model into the rows of ``self._prefill_slots``: the
+        logits at each prompt's last position."""
+        rows, width = ids.shape
+        positions = torch.arange(width, device=ids.device).expand(rows, width)
+        self._prefilling = True
+        try:
+            hidden = self.decoder(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
+        finally:
+            self._prefilling = False
+        return self.head(hidden[torch.arange(rows, device=ids.device), lengths - 1])
+
+    def _compile_prefill(self) -> None:
+        """The prefill's decoder layers compiled once for all of them and for any rows and width
+        (regional compilation: the layers share their code; the attention stays outside), each
+        shape class compiled now, on dummy prompts written into slots that hold nothing yet."""
+        import types
+
+        engine = self
+
+        def forward(layer, *args, **kwargs):
+            if engine._prefilling:
+                return compiled(layer, *args, **kwargs)
+            return type(layer).forward(layer, *args, **kwargs)
+
+        layers = self.decoder.layers
+        compiled = torch.compile(type(layers[0]).forward, dynamic=True)
+        for layer in layers:
+            layer.forward = types.MethodType(forward, layer)
+        dev = self.model.device
+        widths = [self.config.bucket, 2 * self.config.bucket]
+        if self.window:
+            widths.append(round_up(self.window + 1, self.config.bucket))
+        for rows in (1, 2):
+            for width in widths:
+                if rows <= self.slots and width <= self.slot_len:
+                    self._prefill_slots = self.rows[:rows]
+                    ids = torch.zeros(rows, width, dtype=torch.long, device=dev)
+                    self._prefill_forward(ids, torch.full((rows,), width, device=dev))
+
     def _capture(self) -> Callable[[], None]:
         """The step compiled and captured as one CUDA graph (warmed up on a side stream first)."""
         if not self.graph:
             return self._step
+        self._compile_prefill()
         from nerfleet.workers.engine import preferred_blas
 
         step = torch.compile(self._step, fullgraph=False, dynamic=False)
@@ -280,6 +330,17 @@ class ContinuousEngine(SimpleEngine):
                 if self._replay is None:
                     raise RuntimeError("the continuous engine's decoding step could not be prepared (see the log)")
 
+    def close(self) -> None:
+        """Stop the loop thread once the requests in hand are answered, and free the slot cache."""
+        if self._thread is not None:
+            self._inbox.put(None)
+            self._thread.join()
+            self._thread = None
+        self.keys = self.values = []
+        self._replay = None
+        if on_cuda(self.model):
+            torch.cuda.empty_cache()
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         if not requests:
             return []
@@ -306,7 +367,8 @@ class ContinuousEngine(SimpleEngine):
         with torch.inference_mode():
             while True:
                 try:
-                    self._admit()
+                    if not self._admit():
+                        return
                     self._prefill_free_slots()
                     if any(self._held):
                         self._decode_window()
@@ -314,13 +376,24 @@ class ContinuousEngine(SimpleEngine):
                     log.warning("continuous engine: %s: %s; failing the requests in hand", type(exc).__name__, exc)
                     self._fail_all(exc)
 
-    def _admit(self) -> None:
-        block = not any(self._held) and not self._waiting
+    def _admit(self) -> bool:
+        """Move what has arrived to the waiting line (waiting for it when idle); False once closed
+        and idle."""
+        idle = not any(self._held) and not self._waiting
+        if idle and self._closing:
+            return False
+        block = idle
         while True:
             try:
-                self._waiting.append(self._inbox.get(block=block))
+                item = self._inbox.get(block=block)
             except queue.Empty:
-                return
+                return True
+            if item is None:
+                self._closing = True
+            else:
+                self._waiting.append(item)
+            if self._closing and not any(self._held) and not self._waiting:
+                return False
             block = False
 
     def _fail_all(self, exc: BaseException) -> None:
@@ -353,21 +426,22 @@ class ContinuousEngine(SimpleEngine):
     def _prefill(self, group: list[_Request], slots: list[int], width: int) -> None:
         from nerfleet.workers.engine import left_padded
 
+        start = time.perf_counter()
         dev = self.model.device
         pad = self.tokenizer.pad_token_id or 0
         ids = left_padded([x.ids[::-1] for x in group], width, pad).flip(-1).to(dev)  # padded on the right
         lengths = torch.tensor([len(x.ids) for x in group], device=dev)
-        positions = torch.arange(width, device=dev).expand(len(group), width)
         self._prefill_slots = torch.tensor(slots, device=dev)
-        hidden = self.decoder(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
-        logits = self.head(hidden[torch.arange(len(group), device=dev), lengths - 1]).float()
+        logits = self._prefill_forward(ids, lengths).float()
         self._guide_prefill(group, logits)
         self.stats["prompt_tokens"] += int(lengths.sum())
         self.stats["prefill_positions"] += len(group) * width
         first = logits.argmax(-1)
         self.tokens[self._prefill_slots] = first
         self.positions[self._prefill_slots] = lengths
-        for slot, item, token in zip(slots, group, first.tolist()):
+        first = first.tolist()
+        self.stats["prefill_s"] += time.perf_counter() - start
+        for slot, item, token in zip(slots, group, first):
             self._held[slot] = item
             self._take(slot, [token])
         if self.on_first_token is not None:
@@ -377,6 +451,7 @@ class ContinuousEngine(SimpleEngine):
     # -- decoding -------------------------------------------------------------------------------
 
     def _decode_window(self) -> None:
+        start = time.perf_counter()
         held = [item for item in self._held if item is not None]
         guided = any(item.matcher is not None for item in held)
         left = min(item.budget - len(item.out) for item in held)
@@ -390,9 +465,11 @@ class ContinuousEngine(SimpleEngine):
         live = sum(len(item.ids) + len(item.out) + 1 for item in held)
         self.stats["keys_read"] += steps * live + len(held) * steps * (steps - 1) // 2
         tokens = self.history[:steps].T.tolist()  # one synchronisation a window
+        self.stats["decode_s"] += time.perf_counter() - start
         for slot, item in enumerate(self._held):
             if item is not None:
                 self._take(slot, tokens[slot])
+        self.stats["host_s"] += time.perf_counter() - start
 
     def _take(self, slot: int, tokens: list[int]) -> None:
         """Append a slot's new tokens; a request that has ended is answered and its slot freed."""

@@ -1,0 +1,178 @@
+"""The continuous engine alone on a GPU: speed, and the same answers alone and among others.
+
+A random-weight model of a study architecture (``--arch``) or a real one (``--model``), real notes
+(``--corpus``) with the three prompts. Prints a JSON row: generated tokens/s of the continuous
+engine and, with ``--batched``, of the static batched engine on the same requests and the same
+memory (its batch = the slots); with ``--same N``, how many of N documents get the same tokens
+decoded alone (every other slot idle) as among the others.
+
+    python bench/continuous.py --arch smollm2-135m --corpus PATH --docs 200 --new 256 --batched
+    python bench/continuous.py --model SmolLM2.gguf --corpus PATH --docs 100 --vary 16 512 --same 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from generation import ARCHS  # noqa: E402
+
+from nerfleet.evaluation.prompts import load_prompt  # noqa: E402
+from nerfleet.workers.continuous import ContinuousEngine, SlotConfig  # noqa: E402
+from nerfleet.workers.engine import BatchedEngine, GenerationRequest  # noqa: E402
+
+
+def random_model(arch: str):
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    cls, kwargs, _ = ARCHS[arch]
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(cls(**kwargs), dtype=torch.bfloat16).eval()
+    model.generation_config.eos_token_id = None  # random weights: every request runs to its budget
+    return model, None, SimpleNamespace
+
+
+def notes(corpus: Path, docs: int) -> list[str]:
+    return [p.read_text() for p in sorted(corpus.glob("*/txt/*.txt"))[:docs]]
+
+
+def requests_of(texts: list[str], new: int, vary: tuple[int, int] | None) -> list[GenerationRequest]:
+    rng = random.Random(0)
+    out = []
+    for i, text in enumerate(texts):
+        for prompt in ("v1", "v2", "v3"):
+            budget = rng.randint(*vary) if vary else new
+            out.append(GenerationRequest(f"{i}-{prompt}", load_prompt(prompt).template, text, budget))
+    return out
+
+
+def timed(engine, reqs) -> tuple[float, list]:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    results = engine.generate(reqs)
+    torch.cuda.synchronize()
+    return time.perf_counter() - start, results
+
+
+def step_ms(engine) -> float:
+    """Milliseconds of one replay of the captured decoding step (median of 50), then a profiler
+    table of 5 replays printed."""
+    times = []
+    for _ in range(50):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        engine._replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            engine._replay()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25), flush=True)
+    return sorted(times)[25]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", choices=sorted(ARCHS))
+    ap.add_argument("--model", help="a real model (folder, .gguf, registry name)")
+    ap.add_argument("--corpus", type=Path, required=True)
+    ap.add_argument("--docs", type=int, default=100)
+    ap.add_argument("--new", type=int, default=256)
+    ap.add_argument("--vary", type=int, nargs=2, help="each request's budget drawn from this range")
+    ap.add_argument("--slots", type=int)
+    ap.add_argument("--slot-len", type=int, default=2048)
+    ap.add_argument("--check-every", type=int, default=8)
+    ap.add_argument("--prefill-rows", type=int, default=64)
+    ap.add_argument("--batched", action="store_true", help="the static batched engine too, batch = slots")
+    ap.add_argument("--same", type=int, default=0, help="documents checked alone against among others")
+    ap.add_argument("--profile", action="store_true", help="time the captured step alone, and profile it")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    if args.model:
+        from nerfleet.workers.models import load, resolve
+
+        model, tok = load(resolve(args.model), device="cuda")
+    else:
+        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+        from transformers import PreTrainedTokenizerFast
+
+        model, _, _ = random_model(args.arch)
+        raw = Tokenizer(models.BPE(unk_token="<unk>"))
+        raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        raw.train_from_iterator(
+            notes(args.corpus, 10**6), trainers.BpeTrainer(vocab_size=32000, special_tokens=["<unk>", "<s>", "</s>"])
+        )
+        tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", eos_token="</s>", pad_token="</s>")
+    reqs = requests_of(notes(args.corpus, args.docs), args.new, tuple(args.vary) if args.vary else None)
+    config = SlotConfig(
+        slots=args.slots, slot_len=args.slot_len, check_every=args.check_every, prefill_rows=args.prefill_rows
+    )
+    t = time.perf_counter()
+    engine = ContinuousEngine(model, tok, config=config)
+    engine.start()
+    row = {
+        "device": torch.cuda.get_device_name(),
+        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+        "model": args.model or f"random {args.arch}",
+        "requests": len(reqs),
+        "budgets": args.vary or args.new,
+        "slots": engine.slots,
+        "slot_len": engine.slot_len,
+        "prepare_s": time.perf_counter() - t,
+    }
+    print(json.dumps(row), flush=True)
+    seconds, results = timed(engine, reqs)
+    tokens = sum(r.output_tokens for r in results)
+    row.update(
+        continuous_s=seconds,
+        generated_tokens=tokens,
+        continuous_tokens_per_s=tokens / seconds,
+        stats=dict(engine.stats),
+        peak_gib=torch.cuda.max_memory_allocated() / 2**30,
+    )
+    print(json.dumps(row), flush=True)
+    if args.profile:
+        row["step_ms"] = step_ms(engine)
+        from torch.profiler import ProfilerActivity, profile
+
+        short = [GenerationRequest(r.key, r.template, r.text, 2) for r in reqs[:64]]
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            engine.generate(short)
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20), flush=True)
+        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=20), flush=True)
+        print(json.dumps(row), flush=True)
+    if args.same:
+        subset = [r for r in reqs if r.key.endswith("-v2")][: args.same]
+        among = {r.key: r.output for r in results}
+        alone = {r.key: engine.generate([r])[0].output for r in subset}
+        row["same_alone_as_among_others"] = f"{sum(among[k] == v for k, v in alone.items())}/{len(alone)}"
+        print(json.dumps(row), flush=True)
+    if args.batched:
+        engine.close()
+        torch.cuda.empty_cache()
+        batched = BatchedEngine(model, tok, batch_size=row["slots"], invariant=False)
+        seconds, results = timed(batched, reqs)
+        tokens = sum(r.output_tokens for r in results)
+        row.update(batched_s=seconds, batched_tokens_per_s=tokens / seconds)
+        row["continuous_over_batched"] = row["continuous_tokens_per_s"] / row["batched_tokens_per_s"]
+    print(json.dumps(row, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(row, indent=2))
+
+
+if __name__ == "__main__":
+    main()
