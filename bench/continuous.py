@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--slots", type=int)
     ap.add_argument("--slot-len", type=int, default=2048)
     ap.add_argument("--check-every", type=int, default=8)
-    ap.add_argument("--prefill-rows", type=int, default=64)
+    ap.add_argument("--prefill-rows", type=int, default=128)
     ap.add_argument("--batched", action="store_true", help="the static batched engine too, batch = slots")
     ap.add_argument("--same", type=int, default=0, help="documents checked alone against among others")
     ap.add_argument("--profile", action="store_true", help="time the captured step alone, and profile it")

@@ -100,6 +100,7 @@ def engine_alone(model_dir, engine: str, run_id: str) -> dict:
     from sqlmodel import select
 
     from nerfleet.storage.db import session_scope
+    from nerfleet.storage.jobs import Claimed
     from nerfleet.storage.tables import Job, RunJob
     from nerfleet.tasks.generation import requests_for
     from nerfleet.workers.models import resolve
@@ -108,7 +109,8 @@ def engine_alone(model_dir, engine: str, run_id: str) -> dict:
     rt = install(resolve(str(model_dir)), engine)
     with session_scope() as session:
         jobs = session.exec(select(Job).join(RunJob, RunJob.job_hash == Job.hash).where(RunJob.run_id == run_id))
-        requests = requests_for(session, list(jobs))
+        claimed = [Claimed(j.hash, j.prompt_hash, j.corpus_id, j.doc_id, json.loads(j.params_json)) for j in jobs]
+        requests = requests_for(session, claimed)
     torch.cuda.synchronize()
     start = time.perf_counter()
     results = rt.engine.generate(requests)
@@ -282,6 +284,8 @@ def main() -> None:
         **timeline(work / "nerfleet.db", run_id),
         "status": st,
     }
+    if args.out:  # kept even if what follows fails
+        args.out.write_text(json.dumps(result, indent=2))
     if args.alone:
         result["alone"] = engine_alone(model_dir, args.engine, run_id)
         result["fleet_over_alone"] = result["fleet_tokens_per_s"] / result["alone"]["tokens_per_s"]

@@ -24,6 +24,7 @@ loop thread owns the GPU and serves them all.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import queue
 import threading
@@ -59,8 +60,8 @@ class SlotConfig:
     slot_len: int | None = None
     memory_fraction: float = 0.9
     #: Prompt tokens (rows × padded width) and rows per prefill call.
-    prefill_tokens: int = 16384
-    prefill_rows: int = 64
+    prefill_tokens: int = 65536
+    prefill_rows: int = 128
     #: Prefill widths are rounded up to a multiple of this.
     bucket: int = 32
     #: Decoding steps between looks at the tokens (one host synchronisation each look).
@@ -197,7 +198,10 @@ class ContinuousEngine(SimpleEngine):
         model runs without a transformers cache) and reads the bounds of this engine's slots."""
         from nerfleet.workers.attention import use
 
-        use(self.model, f"nerfleet_slots_{id(self):x}", self._attention, _no_mask)
+        name = f"nerfleet_slots_{id(self):x}"
+        self._attention_names = (name, name + "_prefill")
+        use(self.model, name + "_prefill", self._prefill_attention, _no_mask)
+        use(self.model, name, self._attention, _no_mask)
 
     def _attention(self, module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         layer = module.layer_idx
@@ -219,13 +223,16 @@ class ContinuousEngine(SimpleEngine):
                 query, keys, values, attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=True
             )
             return out.transpose(1, 2).contiguous(), None
-        return self._prefill_attention(module, query, key, value, scale, window)
+        raise RuntimeError("a prefill reached the decoding attention")
 
     @torch.compiler.disable
-    def _prefill_attention(self, module, query, key, value, scale, window):
+    def _prefill_attention(self, module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         """Right-padded prompts written into the rows of ``self._prefill_slots`` from position 0,
         attended causally over themselves. Outside compiled code (a graph break in the prefill's
-        compiled layers): the layer index it reads would make the compiler specialise each layer."""
+        compiled layers, under an attention name of its own that the prefill switches to): the
+        layer index it reads would make the compiler specialise each layer."""
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        window = kwargs.get("sliding_window") or None
         keys, values = self.keys[module.layer_idx], self.values[module.layer_idx]
         width = query.shape[2]
         keys[self._prefill_slots, :, :width] = key
@@ -260,11 +267,14 @@ class ContinuousEngine(SimpleEngine):
         logits at each prompt's last position."""
         rows, width = ids.shape
         positions = torch.arange(width, device=ids.device).expand(rows, width)
+        config = self.model.config
         self._prefilling = True
+        config._attn_implementation = self._attention_names[1]
         try:
             hidden = self.decoder(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
         finally:
             self._prefilling = False
+            config._attn_implementation = self._attention_names[0]
         return self.head(hidden[torch.arange(rows, device=ids.device), lengths - 1])
 
     def _compile_prefill(self) -> None:
@@ -413,14 +423,20 @@ class ContinuousEngine(SimpleEngine):
             free = [s for s, item in enumerate(self._held) if item is None]
             if not free:
                 return
+            # of the next requests in line, those of similar length together: little padding
+            ahead = sorted(itertools.islice(self._waiting, 4 * cfg.prefill_rows), key=lambda x: len(x.ids))
             group: list[_Request] = []
             width = 0
-            while self._waiting and len(group) < min(len(free), cfg.prefill_rows):
-                nxt = min(self.slot_len, round_up(max(width, len(self._waiting[0].ids)), cfg.bucket))
+            for item in ahead:
+                if len(group) == min(len(free), cfg.prefill_rows):
+                    break
+                nxt = min(self.slot_len, round_up(max(width, len(item.ids)), cfg.bucket))
                 if group and nxt * (len(group) + 1) > cfg.prefill_tokens:
                     break
-                group.append(self._waiting.popleft())
+                group.append(item)
                 width = nxt
+            taken = {id(x) for x in group}
+            self._waiting = collections.deque(x for x in self._waiting if id(x) not in taken)
             self._prefill(group, free[: len(group)], width)
 
     def _prefill(self, group: list[_Request], slots: list[int], width: int) -> None:
