@@ -55,41 +55,33 @@ def make_model(folder: Path, corpus: Path, arch: str) -> None:
 
 def timeline(db_path: Path, run_id: str) -> dict:
     """Where the run's time went, from the database's own timestamps: from the run's creation to
-    its stored aggregation, the batches' generation (each batch's rows are stored together, each
-    row holding its share of the batch's engine time) and what lies between them."""
+    the first and the last stored generation, and on to its stored aggregation. (A generation's
+    ``latency_s`` is its share of a static batch for the batched engine but its own time from
+    arrival to answer for the continuous one: it is not summed.)"""
     import sqlite3
     from datetime import datetime
 
     db = sqlite3.connect(db_path)
     t = datetime.fromisoformat
     created, aggregated = db.execute("SELECT created_at, aggregated_at FROM run WHERE id = ?", (run_id,)).fetchone()
-    rows = db.execute("SELECT created_at, latency_s, output_tokens FROM generation ORDER BY created_at").fetchall()
-    batches: list[list] = []  # [stored at, engine seconds, tokens, jobs]
-    for at, latency, tokens in rows:
-        at = t(at)
-        if batches and (at - batches[-1][0]).total_seconds() < 0.5:
-            batches[-1][1:] = [batches[-1][1] + latency, batches[-1][2] + tokens, batches[-1][3] + 1]
-        else:
-            batches.append([at, latency, tokens, 1])
-    if not batches or aggregated is None:
+    rows = db.execute("SELECT created_at, output_tokens FROM generation ORDER BY created_at").fetchall()
+    if not rows or aggregated is None:
         raise SystemExit(f"run {run_id}: {len(rows)} generations stored, aggregated at {aggregated}: nothing to time")
     start, end = t(created), t(aggregated)
+    first, last = (t(rows[0][0]) - start).total_seconds(), (t(rows[-1][0]) - start).total_seconds()
+    tokens = sum(r[1] for r in rows)
+    lengths = sorted(r[1] for r in rows)
     wall = (end - start).total_seconds()
-    generating = sum(b[1] for b in batches)
-    before = (batches[0][0] - start).total_seconds() - batches[0][1]
-    between = sum((b[0] - a[0]).total_seconds() - b[1] for a, b in zip(batches, batches[1:]))
-    after = (end - batches[-1][0]).total_seconds()
     return {
         "jobs": len(rows),
-        "batches": len(batches),
         "wall_seconds": wall,
-        "generation_seconds": generating,
-        "generated_tokens": sum(b[2] for b in batches),
-        "fleet_tokens_per_s": sum(b[2] for b in batches) / wall,
-        "share_not_generating": 1 - generating / wall,
-        "seconds_before_first_batch": before,
-        "seconds_between_batches": between,
-        "seconds_last_batch_to_aggregated": after,
+        "generated_tokens": tokens,
+        "output_tokens_quartiles": [lengths[len(lengths) * q // 4] for q in (1, 2, 3)],
+        "fleet_tokens_per_s": tokens / wall,
+        "seconds_to_first_stored": first,
+        "seconds_to_last_stored": last,
+        "seconds_last_stored_to_aggregated": wall - last,
+        "tokens_per_s_to_last_stored": tokens / last,
     }
 
 

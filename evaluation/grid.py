@@ -145,10 +145,11 @@ def count_grid(
     cells: dict[tuple[str, str], list[Response]] = defaultdict(list)
     for r in responses:
         cells[(r.model, r.prompt)].append(r)
-    counted, failed = {}, {}
+    counted, failed, memo = {}, {}, {}
     for key, rs in sorted(cells.items()):
         failed[key] = sorted(r.doc_id for r in rs if r.output is None)
-        counted[key] = count_cell([r for r in rs if r.output is not None], docs, formats.get(key[1], "none"), params)
+        answered = [r for r in rs if r.output is not None]
+        counted[key] = count_cell(answered, docs, formats.get(key[1], "none"), params, memo)
     return counted, failed
 
 
@@ -193,7 +194,8 @@ def score_grid(
         for block in ("strategy1", "strategy2", "spans", "parse_ratio"):
             if block in summary:
                 getattr(scores, block).setdefault(model, {})[prompt] = summary[block]
-        if with_nervaluate and cell.strategy2 is not None:
+        # the calibration rows are references for P/R/F, not rows of nervaluate's tables
+        if with_nervaluate and cell.strategy2 is not None and model not in CALIBRATION_MODELS:
             gold_tags = [d.gold for d, _ in cell.predictions]
             pred_tags = [tags_from_spans(len(d.tokens), s) for d, s in cell.predictions]
             scores.nervaluate.setdefault(model, {})[prompt] = nervaluate_scores(gold_tags, pred_tags)

@@ -14,6 +14,8 @@ searched with a suffix automaton of the text, linear in both lengths.
 from __future__ import annotations
 
 import bisect
+import functools
+import itertools
 import math
 import re
 import unicodedata
@@ -46,8 +48,10 @@ class MatchParams:
         return asdict(self)
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def norm_token(token: str, strip_accents: bool = False) -> str:
-    """One token as matching sees it (its text already NFC)."""
+    """One token as matching sees it (its text already NFC); cached: a grid normalises the same
+    few thousand words a million times."""
     token = token.casefold()
     if strip_accents:
         token = "".join(c for c in unicodedata.normalize("NFD", token) if not unicodedata.combining(c))
@@ -117,15 +121,9 @@ class TextIndex:
 
     def __init__(self, tokens: Sequence[str]):
         self.tokens = list(tokens)
-        self.starts: list[int] = []
-        parts = [" "]
-        pos = 1
-        for tok in self.tokens:
-            self.starts.append(pos)
-            parts.append(tok)
-            parts.append(" ")
-            pos += len(tok) + 1
-        self.joined = "".join(parts)
+        # token k starts after the leading space and every earlier token with its space
+        self.starts = list(itertools.accumulate((len(t) + 1 for t in self.tokens[:-1]), initial=1))
+        self.joined = " " + " ".join(self.tokens) + " " if self.tokens else " "
         self.vocab = frozenset(self.tokens)
         self._automaton: SuffixAutomaton | None = None
 

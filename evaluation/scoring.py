@@ -195,13 +195,25 @@ class CellCounts:
     predictions: list[tuple[PreparedDoc, list[Span]]] = field(default_factory=list)
 
 
-def count_cell(rs: Sequence[Response], docs: dict[str, PreparedDoc], fmt: str, params: MatchParams) -> CellCounts:
-    """Reduce one cell's scored responses (``output`` not None) to per-document counts, in doc-id order."""
+def count_cell(
+    rs: Sequence[Response],
+    docs: dict[str, PreparedDoc],
+    fmt: str,
+    params: MatchParams,
+    memo: dict | None = None,
+) -> CellCounts:
+    """Reduce one cell's scored responses (``output`` not None) to per-document counts, in doc-id
+    order. ``memo`` keeps strategy-1 spans by (document, output) across the cells of a grid: the
+    same answer to several prompts (an echo) is matched once."""
     rs = sorted(rs, key=lambda r: r.doc_id)
     cell = CellCounts([r.doc_id for r in rs], np.zeros((len(rs), 3), dtype=np.int64))
+    memo = {} if memo is None else memo
     for k, r in enumerate(rs):
         d = docs[r.doc_id]
-        spans1 = strategy1_spans(d, r.output or "", params)
+        key = (r.doc_id, r.output or "")
+        if key not in memo:
+            memo[key] = strategy1_spans(d, r.output or "", params)
+        spans1 = memo[key]
         cell.strategy1[k] = entity_counts(d.gold_entity_entities, entities_of(spans1), [ENTITY])
         if fmt == "none":
             cell.predictions.append((d, spans1))
