@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from generation import ARCHS  # noqa: E402
+from archs import ARCHS  # noqa: E402
 
 from nerfleet.evaluation.prompts import load_prompt  # noqa: E402
+from nerfleet.workers.batched import BatchedEngine
 from nerfleet.workers.continuous import ContinuousEngine, SlotConfig  # noqa: E402
-from nerfleet.workers.engine import BatchedEngine, GenerationRequest  # noqa: E402
+from nerfleet.workers.engine import GenerationRequest  # noqa: E402
 
 
 def random_model(arch: str):

@@ -42,7 +42,7 @@ def make_model(folder: Path, corpus: Path, arch: str) -> None:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
     )
-    from generation import ARCHS  # the same architectures as the generation benchmark
+    from archs import ARCHS  # the same architectures as the engine benchmark
 
     cls, kwargs, _ = ARCHS[arch]
     config = cls(**{**kwargs, "vocab_size": 32000})
@@ -111,7 +111,7 @@ def engine_alone(model_dir, engine: str, run_id: str) -> dict:
     row["tokens_per_s"] = row["generated_tokens"] / seconds
     stats = getattr(rt.engine, "stats", None)
     if stats:
-        from generation import measure_copy_bandwidth, measure_matmul_rate
+        from archs import measure_copy_bandwidth, measure_matmul_rate
 
         from nerfleet.workers.engine import kv_bytes_per_token
 

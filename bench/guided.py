@@ -19,7 +19,8 @@ from nerfleet.evaluation.corpus import build_corpus
 from nerfleet.evaluation.parsing import parse
 from nerfleet.evaluation.prompts import load_prompt
 from nerfleet.workers import guided
-from nerfleet.workers.engine import BatchedEngine, GenerationRequest
+from nerfleet.workers.batched import BatchedEngine
+from nerfleet.workers.engine import GenerationRequest
 from nerfleet.workers.models import load, resolve
 
 

@@ -1,10 +1,11 @@
-"""Same answers: SmolLM2 on real documents through the simple, batched and compiled engines (on a GPU).
+"""Same answers: SmolLM2 on real documents through the simple, batched and continuous engines (on a GPU).
 
 Counts the documents whose outputs are identical to the simple engine's, and compares the metrics
 that the three sets of outputs get (bf16 batching may flip near-ties; ``--dtype float32`` shows
 whether any difference is more than rounding). ``--invariant`` / ``--no-invariant`` turns the
 batch-invariant kernels of the simple and batched engines on or off; by default they are as in a
-worker (NERFLEET_BATCH_INVARIANT, else on wherever they run; the compiled engine has none).
+worker (NERFLEET_BATCH_INVARIANT, else on wherever they run). The continuous engine is also
+checked against itself: each document decoded alone in its slots against among all the others.
 
     python bench/same_answers.py --model PATH/SmolLM2-135M-Instruct.Q4_1.gguf --corpus PATH --docs 50
 """
@@ -23,8 +24,11 @@ from nerfleet.evaluation.corpus import build_corpus
 from nerfleet.evaluation.grid import score_grid
 from nerfleet.evaluation.prompts import load_prompt
 from nerfleet.evaluation.scoring import Response, prepare
-from nerfleet.workers.engine import BatchedEngine, CompiledEngine, GenerationRequest, SimpleEngine
+from nerfleet.workers.batched import BatchedEngine
+from nerfleet.workers.continuous import ContinuousEngine
+from nerfleet.workers.engine import GenerationRequest
 from nerfleet.workers.models import load, resolve
+from nerfleet.workers.simple import SimpleEngine
 
 
 def record_tokens(engine) -> dict[str, list[int]]:
@@ -93,7 +97,7 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         help="batch-invariant kernels for the simple and batched engines (default: as a worker, on where they run)",
     )
-    ap.add_argument("--only", choices=["batched", "compiled"], help="compare the simple engine with this one only")
+    ap.add_argument("--only", choices=["batched", "continuous"], help="compare the simple engine with this one only")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     build = build_corpus(args.corpus)
@@ -102,27 +106,33 @@ def main() -> None:
     model, tok = load(resolve(args.model), dtype=args.dtype)
     reqs = [GenerationRequest(d.doc_id, prompt.template, d.text, args.new) for d in docs]
     outputs, seconds, tokens = {}, {}, {}
-    # Built one at a time, in this order: each engine may switch the shared model's attention
-    # (the compiled engine to FlexAttention, which the eager engines must not inherit).
+    # Built one at a time, in this order: the continuous engine switches the shared model's
+    # attention to its own, which the eager engines must not inherit.
     engines = [
         ("simple", lambda: SimpleEngine(model, tok, invariant=args.invariant)),
         ("batched", lambda: BatchedEngine(model, tok, batch_size=len(reqs), invariant=args.invariant)),
     ]
     if args.invariant is not True:
-        engines.append(("compiled", lambda: CompiledEngine(model, tok, batch_size=len(reqs))))
+        engines.append(("continuous", lambda: ContinuousEngine(model, tok)))
     if args.only:
         engines = [e for e in engines if e[0] in ("simple", args.only)]
     invariant_used = {}
     for name, make in engines:
         engine = make()
         invariant_used[name] = engine.invariant
-        if name == "compiled":
-            engine.generate(reqs[:2])  # compile outside the timing
+        if name == "continuous":
+            engine.start()  # compiled and captured outside the timing
         tokens[name] = record_tokens(engine)
         t = time.perf_counter()
         outputs[name] = {r.key: r.output for r in engine.generate(reqs)}
         seconds[name] = time.perf_counter() - t
         print(name, f"{seconds[name]:.1f} s", flush=True)
+        if name == "continuous":  # its own reference: each document alone in the slots
+            tokens[name] = dict(tokens[name])  # the runs alone below record their tokens too
+            alone = {r.key: engine.generate([r])[0].output for r in reqs}
+            same = sum(alone[k] == outputs[name][k] for k in alone)
+            invariant_used["continuous_alone_equals_among_others"] = f"{same}/{len(alone)}"
+            engine.close()
     model.set_attn_implementation("sdpa")  # the analysis below: plain forward passes
     simple = SimpleEngine(model, tok, invariant=False)
     prompts = {r.key: simple.encode(r)[0] for r in reqs}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,21 +29,14 @@ class Settings(BaseSettings):
     sweep_interval_s: float = 15.0
     max_attempts: int = 3
     max_new_tokens: int = 512
-    #: The compiled engine's decoding attention; None: the first of triton, flex, sdpa that can
-    #: serve the model on CUDA, sdpa elsewhere (nerfleet.workers.engine.default_decode_attention).
-    decode_attention: Literal["triton", "flex", "sdpa"] | None = None
     #: Simple and batched engines compute every row with batch-invariant kernels (CUDA, Triton):
     #: a document's tokens do not depend on its batch, in bf16 too (nerfleet.workers.invariant).
-    #: None: on wherever it can run (CUDA with Triton, no sliding window); off for the compiled engine.
+    #: None: on wherever it can run (CUDA with Triton, no sliding window).
     batch_invariant: bool | None = None
-    #: The compiled engine runs Llama/Mistral models with Q/K/V and gate/up each as one product
-    #: (as Phi-3; nerfleet.workers.fusion); None: on CUDA wherever the model allows it.
-    fuse_projections: bool | None = None
     #: The continuous engine's slots (requests decoded at once); None: as many as free GPU memory holds.
     slots: int | None = None
     #: Cache positions per slot (prompt and answer); None: the model's context, at most 4,096.
     slot_len: int | None = None
-    broker_use_ssl: bool = False
     redis_ssl_cert_reqs: str = "required"
 
     @property

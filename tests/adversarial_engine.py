@@ -1,6 +1,7 @@
 """An engine whose answers are the adversarial outputs (tests/adversarial.py), one per job, in turn."""
 
-from nerfleet.workers.engine import BatchedEngine, GenerationResult
+from nerfleet.workers.batched import BatchedEngine
+from nerfleet.workers.engine import GenerationResult
 from tests.adversarial import adversarial_outputs
 
 

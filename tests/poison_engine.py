@@ -2,7 +2,7 @@
 
 import os
 
-from nerfleet.workers.engine import BatchedEngine
+from nerfleet.workers.batched import BatchedEngine
 
 
 class PoisonEngine(BatchedEngine):

@@ -11,8 +11,9 @@ from sqlmodel import select
 
 from nerfleet.evaluation.prompts import load_prompt
 from nerfleet.workers.continuous import ContinuousEngine, SlotConfig
-from nerfleet.workers.engine import GenerationRequest, SimpleEngine
+from nerfleet.workers.engine import GenerationRequest
 from nerfleet.workers.models import load, resolve
+from nerfleet.workers.simple import SimpleEngine
 from tests.test_engine import requests
 
 

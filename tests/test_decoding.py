@@ -79,9 +79,9 @@ def test_bounds_and_split_plan():
 def test_bounds_compiled_as_in_the_step_equal_eager():
     """The step computes the bounds inside its compiled graph. Under inductor on CUDA an argmax over
     the mask gave ends past the last live key (session 11). The CPU's inductor computes them right
-    either way, so the compiled code is also checked for the argmax itself; the GPU check is
-    ``bench/decode_attention.py --bounds``. Masks of a generation's steps, left padding and holes:
-    each compiled bound equal to eager."""
+    either way, so the compiled code is also checked for the argmax itself; the GPU check was
+    ``bench/decode_attention.py --bounds`` (session 11, bench/NOTES.md). Masks of a generation's
+    steps, left padding and holes: each compiled bound equal to eager."""
     from torch._inductor.utils import run_and_get_code
 
     from nerfleet.workers.decoding import bounds_of

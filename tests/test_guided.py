@@ -5,7 +5,9 @@ import pytest
 from nerfleet.evaluation.corpus import build_corpus, read_test_ids
 from nerfleet.evaluation.parsing import parse
 from nerfleet.evaluation.prompts import load_prompt
-from nerfleet.workers.engine import BatchedEngine, GenerationRequest, SimpleEngine
+from nerfleet.workers.batched import BatchedEngine
+from nerfleet.workers.engine import GenerationRequest
+from nerfleet.workers.simple import SimpleEngine
 from tests.conftest import DEMO_CORPUS, SHARED_DATA
 
 pytest.importorskip("xgrammar")

@@ -115,8 +115,10 @@ def test_batched_equals_simple_in_bfloat16_in_invariant_mode(tiny_models, monkey
     """The property the mode exists for, end to end through both engines (tiny model, bf16)."""
     from nerfleet.settings import get_settings
     from nerfleet.workers import invariant
-    from nerfleet.workers.engine import BatchedEngine, CompiledEngine, SimpleEngine
+    from nerfleet.workers.batched import BatchedEngine
+    from nerfleet.workers.continuous import ContinuousEngine, SlotConfig
     from nerfleet.workers.models import load, resolve
+    from nerfleet.workers.simple import SimpleEngine
 
     model, tok = load(resolve(str(tiny_models["tiny-b"])), device="cpu", dtype="bfloat16")
     # short prompts: the interpreter runs every kernel program in Python
@@ -137,8 +139,8 @@ def test_batched_equals_simple_in_bfloat16_in_invariant_mode(tiny_models, monkey
         together = batched.generate(reqs)
         assert {"matmul", "mean", "attention"} <= set(calls)
         assert (simple.name, batched.name) == ("simple+invariant", "batched+invariant")  # as stored
-        with pytest.raises(ValueError, match="not batch-invariant"):
-            CompiledEngine(model, tok)
+        with pytest.raises(ValueError, match="no batch-invariant mode"):
+            ContinuousEngine(model, tok, config=SlotConfig(slots=1, slot_len=256))
     finally:
         get_settings.cache_clear()
     assert [r.output for r in together] == [r.output for r in alone]
@@ -151,14 +153,16 @@ def test_batched_equals_simple_in_bfloat16_in_invariant_mode(tiny_models, monkey
 
 def test_the_mode_is_on_by_default_wherever_it_can_run(tiny_models, monkeypatch):
     """On by default on CUDA with Triton for models without a sliding window; never for the
-    compiled engine; off on the CPU (where the interpreter would run every kernel in Python)."""
+    continuous engine (its fixed slot shapes keep answers apart); off on the CPU (where the
+    interpreter would run every kernel in Python)."""
     from types import SimpleNamespace
 
     from transformers import MistralConfig
 
-    from nerfleet.workers.engine import CompiledEngine, SimpleEngine
+    from nerfleet.workers.continuous import ContinuousEngine, SlotConfig
     from nerfleet.workers.invariant import by_default
     from nerfleet.workers.models import load, resolve
+    from nerfleet.workers.simple import SimpleEngine
     from nerfleet.workers.triton_support import triton_missing
 
     model, tok = load(resolve(str(tiny_models["tiny-a"])), device="cpu", dtype="float32")
@@ -168,19 +172,20 @@ def test_the_mode_is_on_by_default_wherever_it_can_run(tiny_models, monkeypatch)
     assert by_default(on_gpu) == (triton_missing() is None)
     on_gpu.config = MistralConfig(sliding_window=4096)
     assert not by_default(on_gpu)
-    assert not CompiledEngine(model, tok, decode_attention="sdpa").invariant
-    model.config._attn_implementation = "sdpa"
+    assert not ContinuousEngine(model, tok, config=SlotConfig(slots=1, slot_len=256)).invariant
+    model.set_attn_implementation("sdpa")
     # The engines follow the rule: where it says yes (here, through the interpreter), the simple
-    # and batched engines are invariant unless the settings say no, and the compiled one never is.
+    # and batched engines are invariant unless the settings say no, and the continuous one never is.
     from nerfleet.settings import get_settings
     from nerfleet.workers import invariant
-    from nerfleet.workers.engine import BatchedEngine
+    from nerfleet.workers.batched import BatchedEngine
 
     monkeypatch.setattr(invariant, "by_default", lambda m: True)
     try:
         assert SimpleEngine(model, tok).name == "simple+invariant"
         assert BatchedEngine(model, tok).invariant
-        assert not CompiledEngine(model, tok, decode_attention="sdpa").invariant
+        assert not ContinuousEngine(model, tok, config=SlotConfig(slots=1, slot_len=256)).invariant
+        model.set_attn_implementation("sdpa")
         monkeypatch.setenv("NERFLEET_BATCH_INVARIANT", "false")
         get_settings.cache_clear()
         assert not SimpleEngine(model, tok).invariant

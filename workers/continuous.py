@@ -5,7 +5,7 @@ positions (cache column = token position). One decoding step runs every slot at 
 is compiled and captured as one CUDA graph at start, so a run never compiles. When a request
 ends (a stop token, its own ``max_new_tokens``, the slot's length) its result is handed back at
 once, and a waiting request is prefilled into the freed row while the others keep their state:
-no slot waits for the longest answer of a batch, as in :class:`~nerfleet.workers.engine.BatchedEngine`.
+no slot waits for the longest answer of a batch, as in :class:`~nerfleet.workers.batched.BatchedEngine`.
 
 The design follows vLLM's scheduler at its simplest: requests wait in arrival order; between
 windows of decoding steps, free slots are filled by prefills of up to ``prefill_tokens`` prompt
@@ -24,6 +24,7 @@ loop thread owns the GPU and serves them all.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import queue
@@ -38,12 +39,13 @@ import torch.nn.functional as F
 from nerfleet.workers.engine import (
     GenerationRequest,
     GenerationResult,
-    SimpleEngine,
     kv_bytes_per_token,
     kv_heads_and_dim,
+    left_padded,
     on_cuda,
     round_up,
 )
+from nerfleet.workers.simple import SimpleEngine
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,7 @@ class ContinuousEngine(SimpleEngine):
         batch_size: int = 8,
         config: SlotConfig | None = None,
     ):
-        super().__init__(model, tokenizer, chat, context, invariant=False)
+        super().__init__(model, tokenizer, chat, context)  # refuses NERFLEET_BATCH_INVARIANT=true
         self.config = config or SlotConfig()
         cfg, cuda = self.config, on_cuda(model)
         if getattr(model.config.get_text_config(), "attn_logit_softcapping", None):
@@ -310,18 +312,17 @@ class ContinuousEngine(SimpleEngine):
         if not self.graph:
             return self._step
         self._compile_prefill()
-        from nerfleet.workers.engine import preferred_blas
 
         step = torch.compile(self._step, fullgraph=False, dynamic=False)
         saved = (self.tokens.clone(), self.positions.clone())
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), preferred_blas("cublaslt"):
+        with torch.cuda.stream(stream), cublaslt():
             for _ in range(3):
                 step()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with preferred_blas("cublaslt"), torch.cuda.graph(graph):
+        with cublaslt(), torch.cuda.graph(graph):
             step()
         self.tokens.copy_(saved[0])
         self.positions.copy_(saved[1])
@@ -440,8 +441,6 @@ class ContinuousEngine(SimpleEngine):
             self._prefill(group, free[: len(group)], width)
 
     def _prefill(self, group: list[_Request], slots: list[int], width: int) -> None:
-        from nerfleet.workers.engine import left_padded
-
         start = time.perf_counter()
         dev = self.model.device
         pad = self.tokenizer.pad_token_id or 0
@@ -546,6 +545,19 @@ class ContinuousEngine(SimpleEngine):
         near = [(r, item.req.guide) for r, item in live if item.budget - len(item.out) <= RESERVE]
         prefer_closing(self.grammars, bitmask, near)
         xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), vocab_size=self.grammars.vocab_size)
+
+
+@contextlib.contextmanager
+def cublaslt():
+    """cuBLASLt for the products captured in the step's graph (the graph keeps the kernels it
+    captured): it runs a decoding step's thin down product without cuBLAS's separate split-K
+    reduction (46 against 54 us for Mistral-7B on an H100, bench/NOTES.md, session 8)."""
+    before = torch.backends.cuda.preferred_blas_library()
+    torch.backends.cuda.preferred_blas_library("cublaslt")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.preferred_blas_library(before)
 
 
 def _no_mask(*args, **kwargs):

@@ -1,10 +1,10 @@
 """Split-KV decoding attention: one decoding step over a static cache, reading only live keys.
 
-FlexAttention's decoding kernel (``decode_attention=flex``) applies only to power-of-two query
-groups without a sliding window, and its per-block mask bookkeeping costs time at every layer; SDPA
-reads the whole static cache. This op reads each row's live key range once per key/value head for
-all the heads of its group, any group size, and is a ``torch.library.triton_op``, so the compiled
-step keeps it inside its CUDA graphs. The kernels are in :mod:`nerfleet.workers.decoding_kernels`.
+FlexAttention's decoding kernel applied only to power-of-two query groups without a sliding window,
+and its per-block mask bookkeeping cost time at every layer; SDPA reads the whole static cache
+(both measured and retired, bench/NOTES.md). This op reads each row's live key range once per key/value head for
+all the heads of its group, any group size, and is a ``torch.library.triton_op``, so the continuous
+engine's compiled step keeps it inside its CUDA graph. The kernels are in :mod:`nerfleet.workers.decoding_kernels`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from nerfleet.workers.triton_support import kernel_flags
 
 #: Keys per tile; also the granularity of a split. With the warps and pipeline stages below,
-#: chosen by ``bench/decode_attention.py`` on an H100.
+#: chosen on an H100 by the kernel sweep of session 10 (bench/NOTES.md; its script is retired).
 KEY_TILE = 64
 NUM_WARPS = 4
 NUM_STAGES = 2

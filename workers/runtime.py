@@ -12,8 +12,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from nerfleet.settings import get_settings
-from nerfleet.workers.engine import BatchedEngine, CompiledEngine, Engine, SimpleEngine, on_cuda
+from nerfleet.workers.batched import BatchedEngine
+from nerfleet.workers.engine import Engine, on_cuda
 from nerfleet.workers.models import ModelSpec, load
+from nerfleet.workers.simple import SimpleEngine
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ def current() -> Runtime:
 
 
 #: ``nerfleet worker --engine``: the engines by name (``auto``: continuous on CUDA, else batched).
-ENGINES = ("auto", "continuous", "batched", "simple", "compiled")
+ENGINES = ("auto", "continuous", "batched", "simple")
 
 
 def engine_kind(kind: str, cuda: bool) -> str:
@@ -54,8 +56,6 @@ def make_engine(kind: str, model, tokenizer, spec: ModelSpec, batch_size: int) -
         return SimpleEngine(model, tokenizer, chat=spec.chat)
     if kind == "batched":
         return BatchedEngine(model, tokenizer, chat=spec.chat, batch_size=batch_size)
-    if kind == "compiled":
-        return CompiledEngine(model, tokenizer, chat=spec.chat, batch_size=batch_size)
     if kind == "continuous":
         from nerfleet.workers.continuous import ContinuousEngine, SlotConfig
 
