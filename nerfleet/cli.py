@@ -542,13 +542,13 @@ def finetune(
             for jid in ids:
                 run_training_job(jid)
         else:
-            from nerfleet.tasks.app import TRAIN_QUEUE
             from nerfleet.tasks.app import app as celery_app
             from nerfleet.tasks.dispatch import RETRY_POLICY
+            from nerfleet.tasks.queues import train_queue
 
             for jid in ids:
                 celery_app.send_task(
-                    "nerfleet.train", args=[jid], queue=TRAIN_QUEUE, retry=True, retry_policy=RETRY_POLICY
+                    "nerfleet.train", args=[jid], queue=train_queue(), retry=True, retry_policy=RETRY_POLICY
                 )
     except USER_ERRORS as exc:
         fail(exc)

@@ -16,6 +16,9 @@ class Settings(BaseSettings):
     #: None means: the default Redis, else an embedded one (``nerfleet demo``).
     broker_url: str = "redis://127.0.0.1:6379/0"
     result_backend: str | None = None
+    #: Prefix of every queue name: fleets with different namespaces share one Redis without
+    #: taking each other's jobs (nerfleet.tasks.queues).
+    namespace: str = ""
     database_url: str | None = None
 
     #: Jobs per Celery message: the worker generates one message as one batch.
@@ -26,6 +29,9 @@ class Settings(BaseSettings):
     #: A running job whose lease is not renewed for this long is re-enqueued.
     lease_s: int = 30
     heartbeat_s: float = 10.0
+    #: A queued job not (re)sent for this long while its model's queue holds no message has lost
+    #: its message (a broker restarted without persistence, flushed): the sweeper sends it again.
+    orphan_s: float = 120.0
     sweep_interval_s: float = 15.0
     max_attempts: int = 3
     max_new_tokens: int = 512

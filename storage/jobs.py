@@ -160,6 +160,19 @@ def claim_aggregation(session: Session, run_id: str) -> bool:
     return bool(res.rowcount)
 
 
+def stale_queued(session: Session, older_than_s: float, limit: int = 10_000) -> list[Job]:
+    """Queued jobs not enqueued (or re-sent) for ``older_than_s``: their message may be lost."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    stmt = select(Job).where(Job.state == "queued", Job.updated_at < cutoff).limit(limit)
+    return list(session.exec(stmt))
+
+
+def mark_resent(session: Session, hashes: Sequence[str]) -> int:
+    """Stamp re-sent queued jobs, so each is re-sent once per staleness bound, not at every sweep."""
+    res = session.exec(update(Job).where(Job.hash.in_(list(hashes)), Job.state == "queued").values(updated_at=utcnow()))
+    return res.rowcount or 0
+
+
 def expired(session: Session, limit: int = 10_000) -> list[Job]:
     stmt = select(Job).where(Job.state == "running", Job.lease_until < utcnow()).limit(limit)
     return list(session.exec(stmt))

@@ -11,9 +11,8 @@ import ssl
 from celery import Celery
 
 from nerfleet.settings import Settings, get_settings
+from nerfleet.tasks.queues import aggregate_queue, train_queue
 
-AGGREGATE_QUEUE = "nerfleet.aggregate"
-TRAIN_QUEUE = "nerfleet.train"
 NORMAL_PRIORITY = 5
 RETRY_PRIORITY = 0
 
@@ -56,9 +55,9 @@ def make_app(settings: Settings | None = None) -> Celery:
         broker_connection_max_retries=None,
         broker_transport_options=transport,
         result_backend_transport_options=transport,
-        task_default_queue=AGGREGATE_QUEUE,
+        task_default_queue=aggregate_queue(),
         task_default_priority=NORMAL_PRIORITY,
-        task_routes={"nerfleet.aggregate": {"queue": AGGREGATE_QUEUE}, "nerfleet.train": {"queue": TRAIN_QUEUE}},
+        task_routes={"nerfleet.aggregate": {"queue": aggregate_queue()}, "nerfleet.train": {"queue": train_queue()}},
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     if s.broker_url.startswith("rediss://"):

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable
 
 from celery import Celery
 
-from nerfleet.tasks.app import AGGREGATE_QUEUE, NORMAL_PRIORITY
-from nerfleet.workers.models import queue_name
+from nerfleet.tasks.app import NORMAL_PRIORITY
+from nerfleet.tasks.queues import aggregate_queue, generation_queue
 
 RETRY_POLICY = {"max_retries": 30, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 10.0}
 
@@ -32,7 +32,7 @@ def enqueue_jobs(
             app.send_task(
                 "nerfleet.generate",
                 args=[run_id, model, chunk],
-                queue=queue_name(model),
+                queue=generation_queue(model),
                 priority=priority,
                 producer=producer,
                 retry=True,
@@ -52,4 +52,15 @@ def enqueue_jobs(
 
 
 def enqueue_aggregation(app: Celery, run_id: str) -> None:
-    app.send_task("nerfleet.aggregate", args=[run_id], queue=AGGREGATE_QUEUE, retry=True, retry_policy=RETRY_POLICY)
+    app.send_task("nerfleet.aggregate", args=[run_id], queue=aggregate_queue(), retry=True, retry_policy=RETRY_POLICY)
+
+
+def waiting_messages(app: Celery, queue: str) -> int:
+    """Messages waiting in a queue (all its priorities); 0 for a queue the broker does not have."""
+    from kombu.exceptions import ChannelError
+
+    with app.connection_for_write() as conn:
+        try:
+            return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+        except ChannelError:
+            return 0

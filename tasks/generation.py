@@ -12,7 +12,8 @@ from nerfleet.storage.db import session_scope
 from nerfleet.storage.jobs import claim, claim_aggregation, finish, release, runs_of
 from nerfleet.storage.tables import Document, PromptText
 from nerfleet.tasks.app import app
-from nerfleet.tasks.dispatch import enqueue_aggregation
+from nerfleet.tasks.dispatch import enqueue_aggregation, enqueue_jobs
+from nerfleet.tasks.queues import generation_queue
 from nerfleet.workers import runtime
 from nerfleet.workers.engine import GenerationRequest
 
@@ -35,10 +36,14 @@ def generate(self, run_id: str, model: str, jobs: list[str]) -> dict:
     s = get_settings()
     rt = runtime.current()
     if model != rt.spec.name:
+        # A message on the wrong queue (queue names of two models that collide, a hand-sent
+        # message): its jobs go to their own model's queue, untouched here.
         log.error(
-            "message for model %s reached a worker holding %s; its jobs are left to the sweeper", model, rt.spec.name
+            "message for model %s reached a worker holding %s: sent to %s", model, rt.spec.name, generation_queue(model)
         )
-        return {"claimed": 0}
+        if generation_queue(model) != generation_queue(rt.spec.name):
+            enqueue_jobs(app, run_id, [(model, h) for h in jobs], len(jobs))
+        return {"claimed": 0, "forwarded": len(jobs)}
     with session_scope() as session:
         claimed, failed_now = claim(session, jobs, model, rt.worker, s.lease_s, s.max_attempts)
         requests = requests_for(session, claimed)

@@ -1,4 +1,11 @@
-"""Re-enqueues jobs whose lease expired (their worker died) and aggregates finished runs nobody claimed."""
+"""The database is the truth of what is owed; the sweeper makes the broker agree with it.
+
+It re-enqueues jobs whose lease expired (their worker died), re-sends queued jobs whose message
+was lost (a Redis restarted without its append-only file, flushed, or evicting: queued for longer
+than ``NERFLEET_ORPHAN_S`` while their model's queue holds no message), and aggregates finished
+runs nobody claimed. Every re-send is harmless if the original message still lives: claiming is
+conditional in the database, so a job runs and is stored once.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +17,18 @@ from sqlmodel import select
 
 from nerfleet.settings import get_settings
 from nerfleet.storage.db import session_scope
-from nerfleet.storage.jobs import claim_aggregation, expired, requeue_expired, runs_of
-from nerfleet.storage.tables import Run
+from nerfleet.storage.jobs import (
+    claim_aggregation,
+    expired,
+    mark_resent,
+    requeue_expired,
+    runs_of,
+    stale_queued,
+)
+from nerfleet.storage.tables import Job, Run
 from nerfleet.tasks.app import RETRY_PRIORITY
-from nerfleet.tasks.dispatch import enqueue_aggregation, enqueue_jobs
+from nerfleet.tasks.dispatch import enqueue_aggregation, enqueue_jobs, waiting_messages
+from nerfleet.tasks.queues import generation_queue
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +48,7 @@ def sweep(app: Celery) -> dict[str, int]:
     for run_id, jobs in requeued.items():
         # One job per message: if one of them kills its worker every time, the others are not dragged along.
         enqueue_jobs(app, run_id, jobs, 1, priority=RETRY_PRIORITY)
+    resent = resend_orphans(app, s.orphan_s)
     aggregated = 0
     with session_scope() as session:
         unclaimed = session.exec(select(Run.id).where(Run.aggregation_claimed_at.is_(None))).all()
@@ -41,14 +57,40 @@ def sweep(app: Celery) -> dict[str, int]:
         enqueue_aggregation(app, run_id)
         aggregated += 1
     n = sum(len(v) for v in requeued.values())
-    if n or failed or aggregated:
+    if n or failed or aggregated or resent:
         log.info(
-            "sweep: %d jobs re-enqueued, %d failed after max attempts, %d runs sent to aggregation",
+            "sweep: %d jobs re-enqueued, %d whose message was lost re-sent, %d failed after max attempts, "
+            "%d runs sent to aggregation",
             n,
+            resent,
             failed,
             aggregated,
         )
-    return {"requeued": n, "failed": failed, "aggregations": aggregated}
+    return {"requeued": n, "resent": resent, "failed": failed, "aggregations": aggregated}
+
+
+def resend_orphans(app: Celery, older_than_s: float) -> int:
+    """Queued jobs older than the bound whose model's queue is empty: their message is gone (or
+    about to be taken, which a re-send does not harm). Re-sent at the front, stamped, so each is
+    re-sent once per bound."""
+    with session_scope() as session:
+        stale = stale_queued(session, older_than_s)
+    by_model: dict[str, list[Job]] = {}
+    for job in stale:
+        by_model.setdefault(job.model, []).append(job)
+    sent = 0
+    for model, jobs in by_model.items():
+        if waiting_messages(app, generation_queue(model)):
+            continue  # a backlog, not a loss: its messages are still there
+        with session_scope() as session:
+            runs = {h: (runs_of(session, [h]) or ["?"])[0] for h in (j.hash for j in jobs)}
+            mark_resent(session, list(runs))
+        by_run: dict[str, list[tuple[str, str]]] = {}
+        for h, run_id in runs.items():
+            by_run.setdefault(run_id, []).append((model, h))
+        for run_id, pairs in by_run.items():
+            sent += enqueue_jobs(app, run_id, pairs, get_settings().batch_size, priority=RETRY_PRIORITY)
+    return sent
 
 
 def start_sweeper(app: Celery) -> threading.Event:

@@ -86,7 +86,8 @@ def start_worker(model: str, gpu: str | None, engine: str, loglevel: str = "INFO
     where = _pin(gpu)
     # Only now may torch be imported.
     from nerfleet.settings import get_settings
-    from nerfleet.tasks.app import AGGREGATE_QUEUE, app
+    from nerfleet.tasks.app import app
+    from nerfleet.tasks.queues import aggregate_queue, generation_queue
     from nerfleet.tasks.sweeper import start_sweeper
     from nerfleet.workers import runtime
     from nerfleet.workers.models import resolve
@@ -99,7 +100,7 @@ def start_worker(model: str, gpu: str | None, engine: str, loglevel: str = "INFO
     slots = f", {rt.engine.slots} slots, {tasks} tasks in flight" if tasks > 1 else ""
     print(
         f"nerfleet worker {rt.worker}: model {spec.name} loaded ({rt.engine.name} engine{slots}) "
-        f"in {time.time() - started:.1f} s, queue {spec.queue}",
+        f"in {time.time() - started:.1f} s, queue {generation_queue(spec.name)}",
         flush=True,
     )
     if hasattr(rt.engine, "on_first_token"):
@@ -107,11 +108,12 @@ def start_worker(model: str, gpu: str | None, engine: str, loglevel: str = "INFO
             f"nerfleet worker {rt.worker}: first token {at - started:.1f} s after start", flush=True
         )
     start_sweeper(app)
-    _run_celery_worker(app, f"{spec.queue},{AGGREGATE_QUEUE}", node, loglevel, tasks)
+    _run_celery_worker(app, f"{generation_queue(spec.name)},{aggregate_queue()}", node, loglevel, tasks)
 
 
 def start_train_worker(gpu: str | None, loglevel: str = "INFO") -> None:
     where = _pin(gpu)
-    from nerfleet.tasks.app import TRAIN_QUEUE, app
+    from nerfleet.tasks.app import app
+    from nerfleet.tasks.queues import train_queue
 
-    _run_celery_worker(app, TRAIN_QUEUE, f"train-{where}@%h", loglevel)
+    _run_celery_worker(app, train_queue(), f"train-{where}@%h", loglevel)

@@ -13,22 +13,13 @@ from nerfleet.settings import get_settings
 from nerfleet.workers.catalog import ALIASES, CATALOG, ModelInfo
 
 
-def queue_name(model_name: str) -> str:
-    """Each model has its own queue, so a worker holding model M only receives M's jobs."""
-    return "gen." + re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
-
-
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str  # short name shown in reports and used for the queue
+    name: str  # short name shown in reports and used for the queue (nerfleet.tasks.queues)
     source: str  # Hugging Face id, local folder, or .gguf file
     chat: bool | None = None  # None: use the chat template when the tokenizer has one
     revision: str = "main"
     gguf_file: str | None = None
-
-    @property
-    def queue(self) -> str:
-        return queue_name(self.name)
 
     def fingerprint(self) -> str:
         """Identity of the weights, part of every job hash."""
