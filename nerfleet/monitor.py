@@ -1,9 +1,16 @@
-"""Flower for the fleet, with authentication on by default beyond loopback."""
+"""Flower for the fleet, with authentication on by default beyond loopback.
+
+Secrets never reach a command line (``ps`` shows argv to every local user): Flower reads its
+basic-auth credentials from ``FLOWER_BASIC_AUTH`` and the app its broker URL from
+``NERFLEET_BROKER_URL``, both in the child's environment. Flower stops with ``nerfleet monitor``:
+on SIGTERM/SIGINT it is stopped first, and the kernel ends it if the monitor dies (``PDEATHSIG``).
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import subprocess
 import sys
 
@@ -33,18 +40,37 @@ def flower_command(address: str, port: int) -> tuple[list[str], dict[str, str]]:
         "celery",
         "-A",
         "nerfleet.tasks.app:app",
-        "--broker",
-        get_settings().broker_url,
         "flower",
         f"--address={address}",
         f"--port={port}",
         "--max_tasks=10000",
     ]
-    if auth:
-        cmd.append(f"--basic-auth={auth}")
+    env["NERFLEET_BROKER_URL"] = get_settings().broker_url
     return cmd, env
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def start_flower(address: str, port: int) -> None:
     cmd, env = flower_command(address, port)
-    raise SystemExit(subprocess.call(cmd, env=env))
+    child = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+    def stop(signum, _frame):
+        child.terminate()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    raise SystemExit(child.wait())

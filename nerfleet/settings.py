@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     orphan_s: float = 120.0
     sweep_interval_s: float = 15.0
     max_attempts: int = 3
+    #: How long a worker waits for the broker and the database at start before it gives up.
+    connect_timeout_s: float = 30.0
     max_new_tokens: int = 512
     #: Simple and batched engines compute every row with batch-invariant kernels (CUDA, Triton):
     #: a document's tokens do not depend on its batch, in bf16 too (nerfleet.workers.invariant).

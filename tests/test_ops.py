@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
+from pathlib import Path
 
 import pytest
 from sqlmodel import select
@@ -151,9 +152,18 @@ def test_flower_lists_the_live_worker_and_requires_auth(fleet, tiny_models, brok
             lambda: (r := get(True))[0] == 200 and "watched@" in r[1] and r, 60, what="worker listed by Flower"
         )
         assert any(name.startswith("watched@") for name in json.loads(body))
+        # no secret on any command line: ps shows argv to every local user
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                assert b"s3cret" not in cmdline.read_bytes(), cmdline
+            except OSError:
+                continue
+        flower.send_signal(signal.SIGTERM)  # the monitor alone: its Flower goes with it
+        flower.wait(timeout=20)
+        wait_for(lambda: get(False)[0] is None, 20, what="Flower stopped with the monitor")
     finally:
-        os.killpg(flower.pid, signal.SIGTERM)
-        flower.wait(timeout=10)
+        if flower.poll() is None:
+            os.killpg(flower.pid, signal.SIGKILL)
 
 
 def test_monitor_refuses_open_flower_beyond_loopback(monkeypatch):
@@ -166,7 +176,7 @@ def test_monitor_refuses_open_flower_beyond_loopback(monkeypatch):
     assert env["FLOWER_UNAUTHENTICATED_API"] == "true"
     monkeypatch.setenv("FLOWER_BASIC_AUTH", "u:p")
     cmd, env = flower_command("0.0.0.0", 5555)
-    assert "--basic-auth=u:p" in cmd
+    assert env["FLOWER_BASIC_AUTH"] == "u:p" and not any("u:p" in part for part in cmd)
 
 
 def _netns_available() -> str | None:

@@ -140,3 +140,19 @@ def test_two_namespaced_fleets_on_one_redis_do_not_cross(home, broker, demo_corp
         db = sqlite3.connect(tmp_path / name / "nerfleet.db")
         workers_seen = {w for (w,) in db.execute("SELECT worker FROM job")}
         assert workers_seen == {f"{name}@{os.uname().nodename}"}, workers_seen
+
+
+def test_a_worker_with_an_unreachable_broker_says_so_in_one_line_before_loading(home, tiny_models, tmp_path):
+    from tests.helpers import free_port
+
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    env = {**os.environ, "NERFLEET_BROKER_URL": url, "NERFLEET_CONNECT_TIMEOUT_S": "2"}
+    cli = [sys.executable, "-m", "nerfleet.cli", "worker", "--model", str(tiny_models["tiny-a"])]
+    out = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"error: broker redis://:***@127.0.0.1:{url.rsplit(':', 1)[1]} does not answer "
+        "(tried for 2 s; NERFLEET_CONNECT_TIMEOUT_S)"
+    ], out.stderr
+    assert "hunter2" not in out.stdout + out.stderr and "loaded" not in out.stdout

@@ -84,8 +84,12 @@ def _run_celery_worker(app, queues: str, node: str, loglevel: str, tasks: int = 
 def start_worker(model: str, gpu: str | None, engine: str, loglevel: str = "INFO", name: str | None = None) -> None:
     started = time.time() - process_age()
     where = _pin(gpu)
-    # Only now may torch be imported.
+    from nerfleet.broker import wait_for_services
     from nerfleet.settings import get_settings
+
+    s = get_settings()
+    wait_for_services(s.broker_url, s.db_url, s.connect_timeout_s)  # before minutes of model loading
+    # Only now may torch be imported.
     from nerfleet.tasks.app import app
     from nerfleet.tasks.queues import aggregate_queue, generation_queue
     from nerfleet.tasks.sweeper import start_sweeper
