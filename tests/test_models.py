@@ -98,3 +98,26 @@ def test_models_list_shows_each_model_once(home):
     assert by_name["mistral-7b-v0.1"]["installed"] == "hub"
     bad = CliRunner().invoke(app, ["models", "fetch", "nope"])
     assert bad.exit_code == 2 and "unknown model 'nope'" in bad.stderr
+
+
+def test_a_moved_branch_gives_a_new_job_identity(tmp_path, monkeypatch):
+    """The fingerprint holds the commit the branch points at in the local Hugging Face cache:
+    when `main` moves, the jobs are new; a commit or tag given with @ pins it."""
+    from huggingface_hub import constants
+
+    from nerfleet.workers.models import resolve
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    refs = tmp_path / "models--acme--clinical-7b" / "refs"
+    refs.mkdir(parents=True)
+    spec = resolve("acme/clinical-7b")
+    assert spec.fingerprint() == "acme__clinical-7b:acme/clinical-7b@main"  # nothing cached: unpinned
+    (refs / "main").write_text("a" * 40)
+    before = spec.fingerprint()
+    (refs / "main").write_text("b" * 40)
+    after = spec.fingerprint()
+    assert before.endswith("@" + "a" * 40) and after.endswith("@" + "b" * 40)
+    pinned = resolve("acme/clinical-7b@" + "c" * 40)
+    assert pinned.name == spec.name and pinned.revision == "c" * 40  # the same queue, its own identity
+    assert pinned.fingerprint().endswith("@" + "c" * 40)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -38,10 +39,39 @@ class ModelSpec:
                         fh.seek(max(0, size - (1 << 20)))
                         h.update(fh.read(1 << 20))
             return f"{self.name}:local:{h.hexdigest()[:16]}"
-        return f"{self.name}:{self.source}@{self.revision}"
+        commit = pinned_commit(self.source, self.revision)
+        return f"{self.name}:{self.source}@{commit or self.revision}"
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def pinned_commit(repo: str, revision: str) -> str | None:
+    """The commit a Hugging Face revision (branch, tag or commit) points at: read from the local
+    Hugging Face cache, else asked of the hub unless offline; None when neither can say. A branch
+    moves; the job identity holds the commit, so a resumed run after an upstream update gets new
+    jobs instead of mixing two models' outputs under one hash."""
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return None
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "refs" / revision
+    if ref.is_file():
+        return ref.read_text().strip() or None
+    return None if constants.HF_HUB_OFFLINE else _hub_commit(repo, revision)
+
+
+@functools.lru_cache(maxsize=256)
+def _hub_commit(repo: str, revision: str) -> str | None:
+    """Asked once per process: a run hashes thousands of jobs of one model."""
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(repo, revision=revision, timeout=10).sha
+    except Exception:  # noqa: BLE001 - no network, no such repo: the revision stays unpinned
+        return None
 
 
 def _smollm2_gguf() -> str:
@@ -75,7 +105,8 @@ def catalog_spec(info: ModelInfo) -> ModelSpec:
 
 
 def resolve(ref: str) -> ModelSpec:
-    """A catalog name (``nerfleet models list``), a local folder or .gguf file, or a Hugging Face id (org/name)."""
+    """A catalog name (``nerfleet models list``), a local folder or .gguf file, or a Hugging Face id
+    (``org/name``, or ``org/name@revision`` for a branch, tag or commit)."""
     name = ALIASES.get(ref, ref)
     if name in CATALOG:
         return catalog_spec(CATALOG[name])
@@ -86,8 +117,9 @@ def resolve(ref: str) -> ModelSpec:
         if not (path / "config.json").is_file() and not list(path.glob("*.gguf")):
             raise LookupError(f"model folder {path} has no config.json (not a transformers model)")
         return ModelSpec(path.name, str(path.resolve()))
-    if _HF_ID.match(ref) and not path.exists() and not ref.startswith((".", "/")):
-        return ModelSpec(ref.replace("/", "__"), ref)
+    hf_id, _, revision = ref.partition("@")
+    if _HF_ID.match(hf_id) and not path.exists() and not ref.startswith((".", "/")):
+        return ModelSpec(hf_id.replace("/", "__"), hf_id, revision=revision or "main")
     raise LookupError(
         f"unknown model {ref!r}: not a catalog name (known: {', '.join(CATALOG)}), "
         "a local folder or .gguf file, or a Hugging Face id (org/name)"
