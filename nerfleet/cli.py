@@ -382,6 +382,7 @@ def status(run_id: str | None = typer.Argument(None), as_json: bool = typer.Opti
         return
     typer.echo(
         f"run {st['run']} ({st['name']}): {st['done']}/{st['total']} done, {st['failed']} failed, "
+        f"{st['retried']} tried more than once (at most {st['max_attempts']} tries a job), "
         f"aggregated: {'yes' if st['aggregated'] else 'no'}"
     )
     typer.echo(f"{'model':<28}{'prompt':<8}" + "".join(f"{s:>9}" for s in STATES))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+from sqlalchemy import func
 from sqlmodel import Session, select
 
+from nerfleet.settings import get_settings
 from nerfleet.storage.jobs import run_counts
 from nerfleet.storage.metrics import rows_to_scores
 from nerfleet.storage.tables import Generation, Job, Metric, Run, RunJob
@@ -30,11 +32,21 @@ def run_status(session: Session, run: Run) -> dict:
     for model, prompt, state, n in run_counts(session, run.id):
         cells.setdefault(model, {}).setdefault(prompt, dict.fromkeys(STATES, 0))[state] = n
         totals[state] += n
+    attempts = session.exec(
+        select(func.count(), func.coalesce(func.max(Job.attempts), 0))
+        .select_from(RunJob)
+        .join(Job, Job.hash == RunJob.job_hash)
+        .where(RunJob.run_id == run.id, Job.attempts > 1)
+    ).one()
     return {
         "run": run.id,
         "name": run.name,
         "total": run.total,
         **totals,
+        # the one retry budget: a job is tried at most NERFLEET_MAX_ATTEMPTS times
+        "retried": attempts[0],
+        "most_attempts": attempts[1],
+        "max_attempts": get_settings().max_attempts,
         "aggregated": run.aggregated_at is not None,
         "aggregation_count": run.aggregation_count,
         "cells": cells,

@@ -11,7 +11,7 @@ from nerfleet.settings import get_settings
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.jobs import claim, claim_aggregation, finish, release, runs_of
 from nerfleet.storage.tables import Document, PromptText
-from nerfleet.tasks.app import app
+from nerfleet.tasks.app import RETRY_PRIORITY, app
 from nerfleet.tasks.dispatch import enqueue_aggregation, enqueue_jobs
 from nerfleet.tasks.queues import generation_queue
 from nerfleet.workers import runtime
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
     retry_backoff=2,
     retry_backoff_max=120,
     retry_jitter=True,
-    max_retries=20,
+    max_retries=20,  # transient database errors only; engine errors count in the job's attempts
 )
 def generate(self, run_id: str, model: str, jobs: list[str]) -> dict:
     """Arguments are ids only (run, model, job hashes): Flower shows them, messages stay small."""
@@ -54,13 +54,19 @@ def generate(self, run_id: str, model: str, jobs: list[str]) -> dict:
             try:
                 results = rt.engine.generate(requests)
             except Exception as exc:
+                # One retry budget: the database's attempts. The jobs go back to the queue (or fail
+                # once their attempts are spent), each in a message of its own, so a job that
+                # breaks the engine every time does not drag the others along.
                 with session_scope() as session:
                     failed_now += release(session, hashes, f"{type(exc).__name__}: {exc}", s.max_attempts)
-                log.warning("run %s: generation failed (%s); jobs released", run_id, type(exc).__name__)
+                again = [h for h in hashes if h not in set(failed_now)]
+                log.warning(
+                    "run %s: generation failed (%s: %s); %d jobs sent again, %d failed after %d attempts",
+                    run_id, type(exc).__name__, str(exc)[:200], len(again), len(failed_now), s.max_attempts,
+                )  # fmt: skip
+                enqueue_jobs(app, run_id, [(model, h) for h in again], 1, priority=RETRY_PRIORITY)
                 _after(finished=failed_now)
-                raise self.retry(
-                    exc=exc, countdown=min(60, 2**self.request.retries), max_retries=s.max_attempts
-                ) from exc
+                return {"claimed": len(hashes), "failed": len(failed_now), "sent_again": len(again)}
         rows = [
             {
                 "job_hash": r.key,

@@ -120,6 +120,32 @@ def test_pickled_message_is_refused(fleet, tiny_models):  # noqa: F811
     assert "Task nerfleet.generate" not in w.log.read_text()
 
 
+def test_an_engine_error_spends_the_job_attempts_only(fleet, tiny_models, tmp_path, monkeypatch):  # noqa: F811
+    """One retry budget: the database's attempts. A job whose batch raises every time is tried
+    NERFLEET_MAX_ATTEMPTS times, alone after the first failure, then failed; its batch-mates are
+    sent again and done; status says how many were tried more than once."""
+    release = tmp_path / "raising"
+    shutil.copytree(DEMO_CORPUS, release)
+    for corpus in ("distemist", "symptemist", "medprocner"):
+        txt = release / corpus / "txt" / "en-demo-002.txt"
+        txt.write_text(txt.read_text() + "POISON\n")
+    assert CliRunner().invoke(cli, ["corpus", "build", str(release), "--name", "raising"]).exit_code == 0
+    fleet.corpus = "raising"
+    monkeypatch.setenv("NERFLEET_MAX_ATTEMPTS", "3")
+    fleet.env["NERFLEET_MAX_ATTEMPTS"] = "3"
+    get_settings.cache_clear()
+    fleet.worker(tiny_models["tiny-a"], "raising", engine="tests.poison_engine:RaisingEngine").wait_ready()
+    plan = fleet.run([tiny_models["tiny-a"]], prompts=["v1"], limit=4)
+    fleet.wait_aggregated(plan.run_id)
+    jobs = _jobs(plan.run_id)
+    (bad,) = [j for j in jobs if j.doc_id == "en-demo-002"]
+    assert bad.state == "failed" and bad.attempts == 3 and "engine broke" in bad.error
+    assert all(j.state == "done" for j in jobs if j is not bad)
+    status = json.loads(CliRunner().invoke(cli, ["status", plan.run_id, "--json"]).stdout)
+    assert status["failed"] == 1 and status["most_attempts"] == 3 and status["max_attempts"] == 3
+    assert status["retried"] >= 1
+
+
 def test_flower_lists_the_live_worker_and_requires_auth(fleet, tiny_models, broker):  # noqa: F811
     fleet.worker(tiny_models["tiny-a"], "watched").wait_ready()
     port = free_port()

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import redis
@@ -156,3 +157,22 @@ def test_a_worker_with_an_unreachable_broker_says_so_in_one_line_before_loading(
         "(tried for 2 s; NERFLEET_CONNECT_TIMEOUT_S)"
     ], out.stderr
     assert "hunter2" not in out.stdout + out.stderr and "loaded" not in out.stdout
+
+
+def test_the_soak_loses_nothing_under_all_faults_at_once(tmp_path):
+    """The CI-sized soak (bench/soak.py): 3 workers, 120 jobs, a SIGKILL every 8 s, Redis restarted,
+    the broker flushed, its own PostgreSQL restarted (SQLite where PostgreSQL is not installed), a
+    wrong-model message; 0 lost, 0 duplicated, one aggregation."""
+    out = tmp_path / "soak.json"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(root / "bench" / "soak.py"), "--jobs", "120", "--kill-every", "8", "--limit-s", "400",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["jobs"] == 120 and result["done"] == 120
+    assert result["lost"] == 0 and result["duplicate_generations"] == 0 and result["aggregations"] == 1
+    injected = {f["fault"] for f in result["faults"]}
+    assert {"wrong-model message", "Redis restart", "broker flushed", "worker SIGKILL"} <= injected
