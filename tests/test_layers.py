@@ -1,0 +1,48 @@
+"""The house's layers point one way: settings at the bottom, then evaluation/ and storage/, then
+workers/ (model loading and engines), then tasks/ (the app and everything about delivery), and the
+CLI package on top. No module imports one of a layer above it, not even inside a function."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Package of each folder, and its layer (a module may import its own layer and those below).
+FOLDERS = {"evaluation": "nerfleet.evaluation", "storage": "nerfleet.storage", "workers": "nerfleet.workers",
+           "tasks": "nerfleet.tasks", "nerfleet": "nerfleet"}  # fmt: skip
+LAYERS = [("nerfleet.settings",), ("nerfleet.evaluation",), ("nerfleet.storage",), ("nerfleet.workers",),
+          ("nerfleet.tasks",), ("nerfleet",)]  # fmt: skip
+
+
+def layer(module: str) -> int | None:
+    for i, packages in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in packages):
+            return i
+    return None
+
+
+def imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.lineno, node.module
+        elif isinstance(node, ast.Import):
+            yield from ((node.lineno, a.name) for a in node.names)
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    upward = []
+    for folder, package in FOLDERS.items():
+        for path in sorted((ROOT / folder).glob("*.py")):
+            me = package if path.stem == "__init__" else f"{package}.{path.stem}"
+            mine = layer(me)
+            upward += [
+                f"{path.relative_to(ROOT)}:{line} imports {module}"
+                for line, module in imports(path)
+                if (theirs := layer(module)) is not None and theirs > mine
+            ]
+    assert not upward, "\n".join(upward)
+
+
+def test_the_settings_import_nothing_of_the_project():
+    assert [m for _, m in imports(ROOT / "nerfleet" / "settings.py") if m.startswith("nerfleet")] == []
