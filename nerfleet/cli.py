@@ -280,7 +280,9 @@ def models_fetch(
 # ------------------------------------------------------------------ the fleet
 @app.command("run")
 def run(
-    model: list[str] = typer.Option(..., "--model", help="Registered name, local path, .gguf or HF id; repeatable."),
+    model: list[str] = typer.Option(
+        ..., "--model", help="Registered name, local path, .gguf or HF id (org/name[@revision]); repeatable."
+    ),
     prompt: list[str] = typer.Option(
         ["v1", "v2", "v3"], "--prompt", help="v1, v2, v3, a prompt .toml, or one with +guided; repeatable."
     ),
@@ -295,12 +297,17 @@ def run(
         help="Add the conditions v2+guided and v3+guided: the same prompts, decoding constrained to their format.",
     ),
     wait: bool = typer.Option(False, help="Follow the run until it is aggregated, then print the report."),
+    revision: str | None = typer.Option(
+        None, help="Branch, tag or commit for every Hugging Face id given without @revision."
+    ),
 ) -> None:
     """Create (or resume) a run and enqueue its jobs; the last line printed is the run id."""
     from rich.progress import Progress
 
     from nerfleet.tasks.producer import create_run
+    from nerfleet.workers.models import with_revision
 
+    model = [with_revision(m, revision) for m in model]
     if guided:
         prompt = list(prompt) + [f"{p}+guided" for p in ("v2", "v3") if f"{p}+guided" not in prompt]
     try:
@@ -340,9 +347,10 @@ def worker(
     train: bool = typer.Option(False, "--train", help="A training worker (encoder baselines) instead."),
     loglevel: str = typer.Option("INFO"),
     name: str | None = typer.Option(None, help="Celery node name (default: MODEL-gpuN@host)."),
+    revision: str | None = typer.Option(None, help="Branch, tag or commit of a Hugging Face id given without @."),
 ) -> None:
     """A Celery worker pinned to one GPU that loads ONE model once and generates."""
-    from nerfleet.workers.launch import spawn_per_gpu, start_train_worker, start_worker
+    from nerfleet.tasks.launch import spawn_per_gpu, start_train_worker, start_worker
 
     if not model and not train:
         fail(ValueError("--model is required (or --train): the one model this worker loads"))
@@ -355,7 +363,9 @@ def worker(
         if train:
             start_train_worker(gpu, loglevel)
         else:
-            start_worker(model, gpu, engine, loglevel, name)
+            from nerfleet.workers.models import with_revision
+
+            start_worker(with_revision(model, revision), gpu, engine, loglevel, name)
     except USER_ERRORS as exc:
         fail(exc)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import typer
 
-from nerfleet.broker import embedded_redis, reachable
 from nerfleet.settings import get_settings
+from nerfleet.tasks.broker import embedded_redis, reachable
 
 
 def run_demo(limit: int = 4, corpus: Path | None = None, model: str = "smollm2", max_new_tokens: int = 128) -> str:

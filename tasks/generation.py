@@ -13,6 +13,7 @@ from nerfleet.storage.jobs import claim, claim_aggregation, finish, release, run
 from nerfleet.storage.tables import Document, PromptText
 from nerfleet.tasks.app import RETRY_PRIORITY, app
 from nerfleet.tasks.dispatch import enqueue_aggregation, enqueue_jobs
+from nerfleet.tasks.leases import lease_keeper
 from nerfleet.tasks.queues import generation_queue
 from nerfleet.workers import runtime
 from nerfleet.workers.engine import GenerationRequest
@@ -50,7 +51,7 @@ def generate(self, run_id: str, model: str, jobs: list[str]) -> dict:
     hashes = [c.hash for c in claimed]
     if hashes:
         log.info("run %s: generating %d jobs of %s", run_id, len(hashes), model)
-        with runtime.lease_keeper(hashes, rt.worker):
+        with lease_keeper(hashes, rt.worker):
             try:
                 results = rt.engine.generate(requests)
             except Exception as exc:

@@ -121,3 +121,15 @@ def test_a_moved_branch_gives_a_new_job_identity(tmp_path, monkeypatch):
     pinned = resolve("acme/clinical-7b@" + "c" * 40)
     assert pinned.name == spec.name and pinned.revision == "c" * 40  # the same queue, its own identity
     assert pinned.fingerprint().endswith("@" + "c" * 40)
+
+
+def test_revision_applies_to_hugging_face_ids_given_without_one(tmp_path):
+    from nerfleet.workers.models import with_revision
+
+    assert with_revision("acme/clinical-7b", "v2") == "acme/clinical-7b@v2"
+    assert with_revision("acme/clinical-7b@main", "v2") == "acme/clinical-7b@main"  # its own wins
+    assert with_revision("smollm2", "v2") == "smollm2"  # a catalog name
+    folder = tmp_path / "acme" / "local"
+    folder.mkdir(parents=True)
+    assert with_revision(str(folder), "v2") == str(folder)
+    assert with_revision("acme/clinical-7b", None) == "acme/clinical-7b"

@@ -104,6 +104,13 @@ def catalog_spec(info: ModelInfo) -> ModelSpec:
     return ModelSpec(info.name, info.hf_id or info.source, chat=info.chat)
 
 
+def with_revision(ref: str, revision: str | None) -> str:
+    """``ref`` at ``revision`` when it is a Hugging Face id given without one (``--revision``)."""
+    if revision and "@" not in ref and _HF_ID.match(ref) and not Path(ref).expanduser().exists():
+        return f"{ref}@{revision}"
+    return ref
+
+
 def resolve(ref: str) -> ModelSpec:
     """A catalog name (``nerfleet models list``), a local folder or .gguf file, or a Hugging Face id
     (``org/name``, or ``org/name@revision`` for a branch, tag or commit)."""

@@ -1,4 +1,4 @@
-"""The one model a worker process holds, loaded once at start, and its lease keeper."""
+"""The one model a worker process holds, loaded once at start, with its engine."""
 
 from __future__ import annotations
 
@@ -6,9 +6,6 @@ import importlib
 import logging
 import os
 import socket
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from nerfleet.settings import get_settings
@@ -90,29 +87,3 @@ def install(spec: ModelSpec, kind: str = "auto", device: str | None = None, work
     host = socket.gethostname()
     _current = Runtime(spec, engine, worker or f"{spec.name}@{host}", host, gpu)
     return _current
-
-
-@contextmanager
-def lease_keeper(hashes: Sequence[str], worker: str) -> Iterator[None]:
-    """Renew the leases of the jobs in hand while they run (a heartbeat in the database)."""
-    from nerfleet.storage.db import session_scope
-    from nerfleet.storage.jobs import renew
-
-    s = get_settings()
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(s.heartbeat_s):
-            try:
-                with session_scope() as session:
-                    renew(session, hashes, worker, s.lease_s)
-            except Exception as exc:  # a missed beat is retried at the next one
-                log.warning("lease renewal failed: %s", exc)
-
-    thread = threading.Thread(target=beat, name="nerfleet-lease", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)

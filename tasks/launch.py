@@ -84,11 +84,15 @@ def _run_celery_worker(app, queues: str, node: str, loglevel: str, tasks: int = 
 def start_worker(model: str, gpu: str | None, engine: str, loglevel: str = "INFO", name: str | None = None) -> None:
     started = time.time() - process_age()
     where = _pin(gpu)
-    from nerfleet.broker import wait_for_services
     from nerfleet.settings import get_settings
+    from nerfleet.tasks.broker import wait_for_services
 
     s = get_settings()
     wait_for_services(s.broker_url, s.db_url, s.connect_timeout_s)  # before minutes of model loading
+    # Compiled kernels kept in NERFLEET_HOME, not /tmp: a restarted worker (after a reboot too) reads
+    # them instead of compiling its engine's step again.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(s.home / "compile-cache" / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(s.home / "compile-cache" / "triton"))
     # Only now may torch be imported.
     from nerfleet.tasks.app import app
     from nerfleet.tasks.queues import aggregate_queue, generation_queue
