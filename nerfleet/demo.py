@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from nerfleet.settings import get_settings
-from nerfleet.tasks.broker import embedded_redis, reachable
+from nerfleet.tasks.broker import embedded_redis, reachable, redacted
 
 
 def run_demo(limit: int = 4, corpus: Path | None = None, model: str = "smollm2", max_new_tokens: int = 128) -> str:
@@ -27,7 +27,7 @@ def run_demo(limit: int = 4, corpus: Path | None = None, model: str = "smollm2",
             typer.echo(f"broker: {broker} (configured)")
         else:
             if configured:
-                typer.echo(f"broker {configured} unreachable: starting an embedded Redis instead", err=True)
+                typer.echo(f"broker {redacted(configured)} unreachable: starting an embedded Redis instead", err=True)
             broker, stop = embedded_redis(home / "redis")
             stops.append(stop)
             typer.echo(f"broker: embedded Redis at {broker}")

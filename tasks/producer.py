@@ -16,6 +16,7 @@ from nerfleet.storage.corpus_store import get_corpus, load_documents
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.jobs import claim_aggregation, insert_ignore, job_hash
 from nerfleet.storage.tables import Document, Job, PromptText, Run, RunJob, utcnow
+from nerfleet.tasks.broker import redacted
 from nerfleet.workers.models import ModelSpec, resolve
 
 
@@ -155,7 +156,7 @@ def _check_broker(app) -> None:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=3, interval_start=0.2, interval_step=0.5, timeout=5)
     except Exception as exc:
-        raise ConnectionError(f"broker {app.conf.broker_url} unreachable: {exc}") from None
+        raise ConnectionError(f"broker {redacted(app.conf.broker_url)} unreachable: {exc}") from None
 
 
 def _chunks(items, size: int):

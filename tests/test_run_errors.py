@@ -30,10 +30,11 @@ def test_bad_run_arguments(home, demo_corpus, broker, args, message):
 def test_unreachable_broker_writes_nothing(home, demo_corpus, monkeypatch):
     from nerfleet.settings import get_settings
 
-    monkeypatch.setenv("NERFLEET_BROKER_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("NERFLEET_BROKER_URL", "redis://:hunter2@127.0.0.1:1/0")
     get_settings.cache_clear()
     result = runner.invoke(app, ["run", "--model", "smollm2", "--limit", "1"])
-    assert result.exit_code == 2 and "unreachable" in result.stderr
+    assert result.exit_code == 2 and "broker redis://:***@127.0.0.1:1/0 unreachable" in result.stderr
+    assert "hunter2" not in result.stderr  # a password is never printed
     with session_scope() as s:
         assert s.exec(select(Run)).all() == []
 
