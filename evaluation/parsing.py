@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from nerfleet.evaluation.spans import LABELS
+from nerfleet.registry import Registry
 
 #: What of one output is parsed; an answer past this is a degenerate one (256–512 new tokens ≈ 2–4 KB).
 MAX_OUTPUT_CHARS = 100_000
@@ -336,7 +337,7 @@ def parse_json(output: str) -> Parsed:
     return result
 
 
-PARSERS = {"dict": parse_dict, "json": parse_json}
+PARSERS: Registry[Callable[[str], Parsed]] = Registry("structure", {"dict": parse_dict, "json": parse_json})
 
 
 def parse(output: str, fmt: str) -> Parsed | None:

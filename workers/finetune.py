@@ -18,18 +18,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from nerfleet.evaluation.spans import LABELS, Span, Token, iob_to_spans, spans_to_iob, tokenize, tokenize_for_spans
+from nerfleet.registry import Registry
 
 log = logging.getLogger(__name__)
 TAGS = ["O"] + [f"{p}-{lab}" for lab in LABELS for p in ("B", "I")]
 TAG_ID = {t: i for i, t in enumerate(TAGS)}
-ENCODERS = {  # Table 6 models by their Hugging Face ids; "minilm" is the embedded default
-    "bert": "bert-base-cased",
-    "roberta": "roberta-base",
-    "xlm-roberta": "xlm-roberta-base",
-    "biobert": "dmis-lab/biobert-v1.1",
-    "bio-clinical-bert": "emilyalsentzer/Bio_ClinicalBERT",
-    "biomed-roberta": "allenai/biomed_roberta_base",
-}
+# Table 6 models by their Hugging Face ids; "minilm" is the embedded default
+ENCODERS: Registry[str] = Registry(
+    "encoder",
+    {
+        "bert": "bert-base-cased",
+        "roberta": "roberta-base",
+        "xlm-roberta": "xlm-roberta-base",
+        "biobert": "dmis-lab/biobert-v1.1",
+        "bio-clinical-bert": "emilyalsentzer/Bio_ClinicalBERT",
+        "biomed-roberta": "allenai/biomed_roberta_base",
+    },
+)
 
 
 @dataclass(frozen=True)

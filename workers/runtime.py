@@ -6,8 +6,10 @@ import importlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from nerfleet.registry import Registry
 from nerfleet.settings import get_settings
 from nerfleet.workers.batched import BatchedEngine
 from nerfleet.workers.engine import Engine, on_cuda
@@ -35,8 +37,27 @@ def current() -> Runtime:
     return _current
 
 
-#: ``nerfleet worker --engine``: the engines by name (``auto``: continuous on CUDA, else batched).
-ENGINES = ("auto", "continuous", "batched", "simple")
+def _simple(model, tokenizer, spec: ModelSpec, batch_size: int) -> Engine:
+    return SimpleEngine(model, tokenizer, chat=spec.chat)
+
+
+def _batched(model, tokenizer, spec: ModelSpec, batch_size: int) -> Engine:
+    return BatchedEngine(model, tokenizer, chat=spec.chat, batch_size=batch_size)
+
+
+def _continuous(model, tokenizer, spec: ModelSpec, batch_size: int) -> Engine:
+    from nerfleet.workers.continuous import ContinuousEngine, SlotConfig
+
+    s = get_settings()
+    config = SlotConfig(slots=s.slots, slot_len=s.slot_len)
+    return ContinuousEngine(model, tokenizer, chat=spec.chat, batch_size=batch_size, config=config)
+
+
+#: ``nerfleet worker --engine``: the engines by name, each a factory (``auto``: continuous on CUDA,
+#: else batched); ``module:Class`` names a class of one's own taking BatchedEngine's arguments.
+ENGINES: Registry[Callable[..., Engine]] = Registry(
+    "engine", {"continuous": _continuous, "batched": _batched, "simple": _simple}
+)
 
 
 def engine_kind(kind: str, cuda: bool) -> str:
@@ -47,23 +68,13 @@ def engine_kind(kind: str, cuda: bool) -> str:
 
 
 def make_engine(kind: str, model, tokenizer, spec: ModelSpec, batch_size: int) -> Engine:
-    """One of :data:`ENGINES`, or 'module:Class' (a class taking the same arguments as BatchedEngine)."""
+    """An engine of :data:`ENGINES` (or ``auto``), or 'module:Class'."""
     kind = engine_kind(kind, on_cuda(model))
-    if kind == "simple":
-        return SimpleEngine(model, tokenizer, chat=spec.chat)
-    if kind == "batched":
-        return BatchedEngine(model, tokenizer, chat=spec.chat, batch_size=batch_size)
-    if kind == "continuous":
-        from nerfleet.workers.continuous import ContinuousEngine, SlotConfig
-
-        s = get_settings()
-        config = SlotConfig(slots=s.slots, slot_len=s.slot_len)
-        return ContinuousEngine(model, tokenizer, chat=spec.chat, batch_size=batch_size, config=config)
     if ":" in kind:
         module, _, attr = kind.partition(":")
         cls = getattr(importlib.import_module(module), attr)
         return cls(model, tokenizer, chat=spec.chat, batch_size=batch_size)
-    raise ValueError(f"unknown engine {kind!r}: use {', '.join(ENGINES)} or module:Class")
+    return ENGINES[kind](model, tokenizer, spec, batch_size)
 
 
 def tasks_in_flight(engine: Engine, batch_size: int) -> int:
