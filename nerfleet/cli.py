@@ -395,6 +395,8 @@ def status(run_id: str | None = typer.Argument(None), as_json: bool = typer.Opti
         f"{st['retried']} tried more than once (at most {st['max_attempts']} tries a job), "
         f"aggregated: {'yes' if st['aggregated'] else 'no'}"
     )
+    if st.get("aggregation_error"):
+        typer.echo(f"aggregation failed: {st['aggregation_error']} (retried; `nerfleet aggregate {st['run']}` by hand)")
     typer.echo(f"{'model':<28}{'prompt':<8}" + "".join(f"{s:>9}" for s in STATES))
     for model_name, cells in sorted(st["cells"].items()):
         for p, counts in sorted(cells.items()):

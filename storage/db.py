@@ -52,7 +52,11 @@ def get_engine(url: str | None = None) -> Engine:
 
 #: Columns added after a table first shipped: (table, column, SQL type). create_all makes
 #: missing tables only, so a database made by an older nerfleet gets these here, once.
-ADDED_COLUMNS = (("metric", "ci_json", "TEXT"), ("prompttext", "guided", "BOOLEAN NOT NULL DEFAULT FALSE"))
+ADDED_COLUMNS = (
+    ("metric", "ci_json", "TEXT"),
+    ("prompttext", "guided", "BOOLEAN NOT NULL DEFAULT FALSE"),
+    ("run", "aggregation_error", "TEXT"),
+)
 
 
 def _add_missing_columns(engine: Engine) -> None:

@@ -49,6 +49,7 @@ def run_status(session: Session, run: Run) -> dict:
         "max_attempts": get_settings().max_attempts,
         "aggregated": run.aggregated_at is not None,
         "aggregation_count": run.aggregation_count,
+        "aggregation_error": run.aggregation_error if run.aggregated_at is None else None,
         "cells": cells,
     }
 

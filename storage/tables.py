@@ -59,6 +59,8 @@ class Run(SQLModel, table=True):
     aggregation_claimed_at: NaiveDatetime | None = None
     aggregated_at: NaiveDatetime | None = None
     aggregation_count: int = 0
+    #: The last aggregation's failure, kept until one succeeds (status shows it).
+    aggregation_error: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class Job(SQLModel, table=True):

@@ -64,7 +64,9 @@ def aggregate_run(run_id: str, force: bool = False) -> dict | None:
     with session_scope() as session:
         cond = [Run.id == run_id] + ([] if force else [Run.aggregated_at.is_(None)])
         res = session.exec(
-            update(Run).where(*cond).values(aggregated_at=utcnow(), aggregation_count=Run.aggregation_count + 1)
+            update(Run)
+            .where(*cond)
+            .values(aggregated_at=utcnow(), aggregation_count=Run.aggregation_count + 1, aggregation_error=None)
         )
         if not res.rowcount:
             return None
@@ -83,4 +85,15 @@ def aggregate_run(run_id: str, force: bool = False) -> dict | None:
     max_retries=10,
 )
 def aggregate(run_id: str) -> None:
-    aggregate_run(run_id)
+    """A failure is stored with the run (``status`` shows it) and retried with backoff; the run's
+    jobs and generations stay as they are, so a retry (or ``nerfleet aggregate RUN`` once the cause
+    is fixed) can succeed."""
+    try:
+        aggregate_run(run_id)
+    except Exception as exc:
+        with session_scope() as session:
+            session.exec(
+                update(Run).where(Run.id == run_id).values(aggregation_error=f"{type(exc).__name__}: {exc}"[:2000])
+            )
+        log.warning("run %s: aggregation failed (%s: %s); retried", run_id, type(exc).__name__, exc)
+        raise

@@ -88,3 +88,29 @@ def test_status_of_an_empty_database_is_not_an_error(home):
     assert result.exit_code == 0 and "no runs yet" in result.stdout
     assert runner.invoke(app, ["status", "--json"]).stdout.strip() == "null"
     assert runner.invoke(app, ["status", "nope"]).exit_code == 2  # a named run that is not there still is
+
+
+def test_a_failed_aggregation_is_shown_and_a_retry_can_succeed(home, broker, demo_corpus, monkeypatch):
+    """The aggregation never holds a run hostage: its failure is stored and shown by status, the
+    jobs stay as they are, and the next try succeeds and clears it."""
+    from nerfleet.storage.tables import Run
+    from nerfleet.tasks import aggregation
+    from nerfleet.tasks.app import make_app
+    from nerfleet.tasks.producer import create_run
+
+    plan = create_run(["smollm2"], ["v1"], "all", 1, 4, None, str(demo_corpus), app=make_app())
+
+    def broken(run_id):
+        raise RuntimeError("scoring broke")
+
+    original = aggregation.score_run
+    monkeypatch.setattr(aggregation, "score_run", broken)
+    with pytest.raises(RuntimeError):
+        aggregation.aggregate.run(plan.run_id)
+    status = runner.invoke(app, ["status", plan.run_id])
+    assert "aggregation failed: RuntimeError: scoring broke" in status.stdout
+    monkeypatch.setattr(aggregation, "score_run", original)  # the cause fixed
+    assert aggregation.aggregate_run(plan.run_id) is not None
+    with session_scope() as s:
+        run = s.get(Run, plan.run_id)
+        assert run.aggregated_at is not None and run.aggregation_error is None
