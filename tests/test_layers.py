@@ -67,3 +67,37 @@ def test_an_unknown_name_lists_the_known_ones():
     with pytest.raises(LookupError, match="unknown structure 'xml': known structures: dict, json"):
         PARSERS["xml"]
     assert CATALOG.lookup("smollm2-135m-instruct") is CATALOG["smollm2"]
+
+
+def _module_level_imports(path: Path):
+    """Imports run when the module is imported (not those inside functions)."""
+    tree = ast.parse(path.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+            yield from (f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+
+
+def test_no_import_cycle_between_modules():
+    modules = {}
+    for folder, package in FOLDERS.items():
+        for path in sorted((ROOT / folder).glob("*.py")):
+            modules[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+    graph = {m: {i for i in _module_level_imports(p) if i in modules and i != m} for m, p in modules.items()}
+    cycles, state = [], {}
+
+    def visit(m, stack):
+        state[m] = "open"
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                cycles.append(" -> ".join([*stack[stack.index(n) :], n]))
+            elif n not in state:
+                visit(n, [*stack, n])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "\n".join(cycles)
