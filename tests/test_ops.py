@@ -75,14 +75,19 @@ def test_redis_restart_during_a_run(fleet, tiny_models, redis_server, monkeypatc
     assert all(j.state == "done" for j in _jobs(plan.run_id))
 
 
-def test_poison_job_fails_after_max_attempts_and_the_rest_completes(fleet, tiny_models, tmp_path, monkeypatch):  # noqa: F811
-    release = tmp_path / "poisoned"
+def _poisoned_corpus(tmp_path, name: str) -> str:
+    """The demo corpus with POISON in note en-demo-002, built and stored under ``name``."""
+    release = tmp_path / name
     shutil.copytree(DEMO_CORPUS, release)
     for corpus in ("distemist", "symptemist", "medprocner"):
         txt = release / corpus / "txt" / "en-demo-002.txt"
         txt.write_text(txt.read_text() + "POISON\n")
-    assert CliRunner().invoke(cli, ["corpus", "build", str(release), "--name", "poisoned"]).exit_code == 0
-    fleet.corpus = "poisoned"
+    assert CliRunner().invoke(cli, ["corpus", "build", str(release), "--name", name]).exit_code == 0
+    return name
+
+
+def test_poison_job_fails_after_max_attempts_and_the_rest_completes(fleet, tiny_models, tmp_path, monkeypatch):  # noqa: F811
+    fleet.corpus = _poisoned_corpus(tmp_path, "poisoned")
     for key, value in {"NERFLEET_MAX_ATTEMPTS": "2", "NERFLEET_LEASE_S": "3"}.items():
         monkeypatch.setenv(key, value)
         fleet.env[key] = value
@@ -124,13 +129,7 @@ def test_an_engine_error_spends_the_job_attempts_only(fleet, tiny_models, tmp_pa
     """One retry budget: the database's attempts. A job whose batch raises every time is tried
     NERFLEET_MAX_ATTEMPTS times, alone after the first failure, then failed; its batch-mates are
     sent again and done; status says how many were tried more than once."""
-    release = tmp_path / "raising"
-    shutil.copytree(DEMO_CORPUS, release)
-    for corpus in ("distemist", "symptemist", "medprocner"):
-        txt = release / corpus / "txt" / "en-demo-002.txt"
-        txt.write_text(txt.read_text() + "POISON\n")
-    assert CliRunner().invoke(cli, ["corpus", "build", str(release), "--name", "raising"]).exit_code == 0
-    fleet.corpus = "raising"
+    fleet.corpus = _poisoned_corpus(tmp_path, "raising")
     monkeypatch.setenv("NERFLEET_MAX_ATTEMPTS", "3")
     fleet.env["NERFLEET_MAX_ATTEMPTS"] = "3"
     get_settings.cache_clear()
