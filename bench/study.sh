@@ -16,6 +16,8 @@ CORPUS=$(realpath "$CORPUS")
 mkdir -p "$OUT"
 export NERFLEET_HOME=${NERFLEET_HOME:-$OUT/home}
 export NERFLEET_BATCH_SIZE=${NERFLEET_BATCH_SIZE:-64}
+# the models share one GPU: each continuous-engine worker takes an equal share of its memory
+export NERFLEET_GPU_MEMORY_FRACTION=${NERFLEET_GPU_MEMORY_FRACTION:-$(python3 -c "print(round(0.9 / max(1, $#), 3))")}
 PORT=${PORT:-6391}
 export NERFLEET_BROKER_URL=redis://127.0.0.1:$PORT/0
 export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error HF_HUB_OFFLINE=1

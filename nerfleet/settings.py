@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     slots: int | None = None
     #: Cache positions per slot (prompt and answer); None: the model's context, at most 4,096.
     slot_len: int | None = None
+    #: Share of its GPU's memory a continuous-engine worker may hold, weights included (workers
+    #: sharing one GPU: e.g. 0.2 each for four).
+    gpu_memory_fraction: float = 0.9
     redis_ssl_cert_reqs: str = "required"
 
     @property

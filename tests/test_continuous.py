@@ -213,3 +213,17 @@ def test_close_answers_what_is_in_hand_then_frees_the_slots(tiny_models, referen
     assert [r.output for r in engine.generate(reqs)] == [r.output for r in reference.generate(reqs)]
     engine.close()
     assert engine._thread is None and engine.keys == []
+
+
+def test_workers_sharing_a_gpu_each_take_their_share_of_its_memory():
+    from nerfleet.workers.continuous import slots_that_fit
+
+    gib = 2**30
+    # an 80 GiB GPU, a worker holding 14 GiB of weights, 1 GiB reserved, 0.25 GiB a slot
+    assert slots_that_fit(66 * gib, 80 * gib, 14 * gib, 0.9, gib, gib // 4, 512) == 228
+    # four workers at 0.2 each: the same slots whichever starts first (free memory aside)
+    assert slots_that_fit(60 * gib, 80 * gib, 2 * gib, 0.2, gib, gib // 4, 512) == 52
+    assert slots_that_fit(20 * gib, 80 * gib, 2 * gib, 0.2, gib, gib // 4, 512) == 52
+    assert slots_that_fit(80 * gib, 80 * gib, 0, 0.9, 0, 2**20, 512) == 512  # at most max_slots
+    with pytest.raises(torch.OutOfMemoryError, match="NERFLEET_GPU_MEMORY_FRACTION"):
+        slots_that_fit(80 * gib, 80 * gib, 15 * gib, 0.2, gib, gib // 4, 512)

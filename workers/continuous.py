@@ -60,6 +60,8 @@ class SlotConfig:
     max_slots: int = 512
     #: Cache positions per slot (prompt + answer); None: the model's context, at most 4,096.
     slot_len: int | None = None
+    #: Share of the GPU's memory this worker may hold, its weights included: several workers on
+    #: one GPU each take their share (NERFLEET_GPU_MEMORY_FRACTION), whatever order they start in.
     memory_fraction: float = 0.9
     #: Prompt tokens (rows × padded width) and rows per prefill call.
     prefill_tokens: int = 65536
@@ -160,20 +162,15 @@ class ContinuousEngine(SimpleEngine):
         cfg = self.config
         if not on_cuda(self.model):
             return min(cfg.max_slots, 8)
-        free, _ = torch.cuda.mem_get_info(self.model.device)
+        free, total = torch.cuda.mem_get_info(self.model.device)
         text = self.model.config.get_text_config()
         width = torch.finfo(self.model.dtype).bits // 8
         # a prefill's activations: its hidden states, MLP intermediates and the per-row logits
         prefill = cfg.prefill_tokens * (6 * text.hidden_size + 3 * text.intermediate_size) * width
         prefill += cfg.prefill_rows * text.vocab_size * 4
         per_slot = self.slot_len * kv_bytes_per_token(text, self.model.dtype)
-        fits = int((cfg.memory_fraction * free - prefill - 2**30) // per_slot)
-        if fits < 1:
-            raise torch.OutOfMemoryError(
-                f"not one slot of {self.slot_len} positions fits in {free / 2**30:.1f} GiB free: "
-                "lower NERFLEET_SLOT_LEN"
-            )
-        return min(cfg.max_slots, fits)
+        held = torch.cuda.memory_allocated(self.model.device)
+        return slots_that_fit(free, total, held, cfg.memory_fraction, prefill + 2**30, per_slot, cfg.max_slots)
 
     def _allocate(self) -> None:
         text = self.model.config.get_text_config()
@@ -545,6 +542,21 @@ class ContinuousEngine(SimpleEngine):
         near = [(r, item.req.guide) for r, item in live if item.budget - len(item.out) <= RESERVE]
         prefer_closing(self.grammars, bitmask, near)
         xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), vocab_size=self.grammars.vocab_size)
+
+
+def slots_that_fit(free: int, total: int, held: int, fraction: float, reserve: int, per_slot: int, most: int) -> int:
+    """Slots whose caches fit in this worker's share of the GPU (``fraction`` of ``total``, less
+    what it already ``held``: the weights), within what is ``free`` now, after ``reserve`` bytes
+    for the prefill; at most ``most``. Too little memory for one slot is a one-line error."""
+    budget = min(free, fraction * total - held) - reserve
+    fits = int(budget // per_slot)
+    if fits < 1:
+        raise torch.OutOfMemoryError(
+            f"not one slot of {per_slot / 2**20:.0f} MiB fits: {free / 2**30:.1f} GiB free, a share of "
+            f"{fraction:.2f} of {total / 2**30:.0f} GiB with {held / 2**30:.1f} GiB held; raise "
+            "NERFLEET_GPU_MEMORY_FRACTION or lower NERFLEET_SLOT_LEN"
+        )
+    return min(most, fits)
 
 
 @contextlib.contextmanager
