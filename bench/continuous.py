@@ -31,8 +31,6 @@ from nerfleet.workers.engine import GenerationRequest  # noqa: E402
 
 
 def random_model(arch: str):
-    from types import SimpleNamespace
-
     from transformers import AutoModelForCausalLM
 
     cls, kwargs, _ = ARCHS[arch]
@@ -40,7 +38,7 @@ def random_model(arch: str):
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(cls(**kwargs), dtype=torch.bfloat16).eval()
     model.generation_config.eos_token_id = None  # random weights: every request runs to its budget
-    return model, None, SimpleNamespace
+    return model
 
 
 def notes(corpus: Path, docs: int) -> list[str]:
@@ -111,7 +109,7 @@ def main() -> None:
         from tokenizers import Tokenizer, models, pre_tokenizers, trainers
         from transformers import PreTrainedTokenizerFast
 
-        model, _, _ = random_model(args.arch)
+        model = random_model(args.arch)
         raw = Tokenizer(models.BPE(unk_token="<unk>"))
         raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         raw.train_from_iterator(

@@ -29,11 +29,10 @@ def fail(exc: BaseException) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     if isinstance(exc, SQLAlchemyError):
-        from sqlalchemy.engine import make_url
-
         from nerfleet.settings import get_settings
+        from nerfleet.tasks.broker import redacted
 
-        url = make_url(get_settings().db_url).render_as_string(hide_password=True)
+        url = redacted(get_settings().db_url)
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         typer.echo(f"error: database {url}: {reason}", err=True)
         raise typer.Exit(2)

@@ -134,6 +134,12 @@ def release(session: Session, hashes: Sequence[str], error: str, max_attempts: i
     return failed
 
 
+def run_of_each(session: Session, hashes: Sequence[str]) -> dict[str, str]:
+    """A run holding each job (one query for them all; a job in several runs gets one of them)."""
+    rows = session.exec(select(RunJob.job_hash, RunJob.run_id).where(RunJob.job_hash.in_(list(hashes))))
+    return dict(rows.all())
+
+
 def runs_of(session: Session, hashes: Sequence[str]) -> list[str]:
     return list(session.exec(select(RunJob.run_id).where(RunJob.job_hash.in_(hashes)).distinct()))
 

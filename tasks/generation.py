@@ -60,7 +60,8 @@ def generate(self, run_id: str, model: str, jobs: list[str]) -> dict:
                 # breaks the engine every time does not drag the others along.
                 with session_scope() as session:
                     failed_now += release(session, hashes, f"{type(exc).__name__}: {exc}", s.max_attempts)
-                again = [h for h in hashes if h not in set(failed_now)]
+                gave_up = set(failed_now)
+                again = [h for h in hashes if h not in gave_up]
                 log.warning(
                     "run %s: generation failed (%s: %s); %d jobs sent again, %d failed after %d attempts",
                     run_id, type(exc).__name__, str(exc)[:200], len(again), len(failed_now), s.max_attempts,

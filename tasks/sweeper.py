@@ -22,7 +22,7 @@ from nerfleet.storage.jobs import (
     expired,
     mark_resent,
     requeue_expired,
-    runs_of,
+    run_of_each,
     stale_queued,
 )
 from nerfleet.storage.tables import Job, Run
@@ -38,11 +38,12 @@ def sweep(app: Celery) -> dict[str, int]:
     requeued: dict[str, list[tuple[str, str]]] = {}
     failed = 0
     with session_scope() as session:
-        for job in expired(session):
+        jobs = expired(session)
+        runs = run_of_each(session, [j.hash for j in jobs])
+        for job in jobs:
             outcome = requeue_expired(session, job, s.max_attempts)
             if outcome == "queued":
-                run = (runs_of(session, [job.hash]) or ["?"])[0]
-                requeued.setdefault(run, []).append((job.model, job.hash))
+                requeued.setdefault(runs.get(job.hash, "?"), []).append((job.model, job.hash))
             elif outcome == "failed":
                 failed += 1
     for run_id, jobs in requeued.items():
@@ -83,11 +84,12 @@ def resend_orphans(app: Celery, older_than_s: float) -> int:
         if waiting_messages(app, generation_queue(model)):
             continue  # a backlog, not a loss: its messages are still there
         with session_scope() as session:
-            runs = {h: (runs_of(session, [h]) or ["?"])[0] for h in (j.hash for j in jobs)}
-            mark_resent(session, list(runs))
+            hashes = [j.hash for j in jobs]
+            runs = run_of_each(session, hashes)
+            mark_resent(session, hashes)
         by_run: dict[str, list[tuple[str, str]]] = {}
-        for h, run_id in runs.items():
-            by_run.setdefault(run_id, []).append((model, h))
+        for h in hashes:
+            by_run.setdefault(runs.get(h, "?"), []).append((model, h))
         for run_id, pairs in by_run.items():
             sent += enqueue_jobs(app, run_id, pairs, get_settings().batch_size, priority=RETRY_PRIORITY)
     return sent

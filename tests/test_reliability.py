@@ -15,22 +15,14 @@ from sqlmodel import select
 from nerfleet.settings import get_settings
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.tables import Generation, Job, Run
-from tests.helpers import Worker, wait_for
+from tests.helpers import FLEET_ENV, Worker, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def env(home, broker, demo_corpus, monkeypatch):
-    for key, value in {
-        "NERFLEET_LEASE_S": "6",
-        "NERFLEET_HEARTBEAT_S": "1",
-        "NERFLEET_SWEEP_INTERVAL_S": "1",
-        "NERFLEET_ORPHAN_S": "2",
-        "NERFLEET_BATCH_SIZE": "2",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_VERBOSITY": "error",
-    }.items():
+    for key, value in {**FLEET_ENV, "NERFLEET_ORPHAN_S": "2"}.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     return dict(os.environ)

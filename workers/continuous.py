@@ -139,6 +139,8 @@ class ContinuousEngine(SimpleEngine):
         self.slot_len = min(self.context, cfg.slot_len or 4096)
         self.context = self.slot_len  # prompts are cut to fit a slot with their answer
         self.slots = cfg.slots or self._fit_slots()
+        #: Tokens that end an answer (not kept in it): the model's stop tokens and the pad token.
+        self.stops = self._stop_ids() | {self.tokenizer.pad_token_id}
         self.graph = cuda if cfg.graph is None else cfg.graph
         self._allocate()
         self._use_slot_attention()
@@ -486,7 +488,7 @@ class ContinuousEngine(SimpleEngine):
     def _take(self, slot: int, tokens: list[int]) -> None:
         """Append a slot's new tokens; a request that has ended is answered and its slot freed."""
         item = self._held[slot]
-        stops = self._stops
+        stops = self.stops
         for token in tokens:
             if token in stops:
                 self._finish(slot)
@@ -504,12 +506,6 @@ class ContinuousEngine(SimpleEngine):
         self._held[slot] = None
         latency = time.perf_counter() - item.arrived
         item.call.deliver(item.index, self._result(item.req, item.ids, item.out, item.truncated, latency))
-
-    @property
-    def _stops(self) -> set[int]:
-        if not hasattr(self, "_stop_set"):
-            self._stop_set = self._stop_ids() | {self.tokenizer.pad_token_id}
-        return self._stop_set
 
     # -- guided decoding: the slots' masks filled on the host, applied to the step's logits ------
 
