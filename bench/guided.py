@@ -1,10 +1,12 @@
 """What guided decoding costs: generated tokens/s with and without it, same model, notes and batch.
 
-Runs the batched engine on the same N real notes with the v3 prompt, unguided and then as
-``v3+guided`` (and v2 likewise), and reports generated tokens/s of each, the overhead
-(1 − guided/unguided tokens/s) and the time spent in the grammar's logits processor per step.
+Runs an engine on the same N real notes with the v3 prompt, unguided and then as ``v3+guided``
+(and v2 likewise), and reports generated tokens/s of each, the overhead (1 − guided/unguided
+tokens/s) and the host time spent on the grammar per step: the batched engine's logits processor,
+or the continuous engine's slot masks (``--engine continuous``, ``--batch`` slots).
 
     python bench/guided.py --model qwen2.5-coder-0.5b-instruct --corpus PATH --docs 64 --batch 64 --json OUT
+    python bench/guided.py --engine continuous --model ... --docs 512 --batch 256 --json OUT
 """
 
 from __future__ import annotations
@@ -50,13 +52,20 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=16)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--engine", choices=("batched", "continuous"), default="batched")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     import torch
 
     spec = resolve(args.model)
     model, tok = load(spec)
-    engine = BatchedEngine(model, tok, chat=spec.chat, batch_size=args.batch, invariant=False)
+    if args.engine == "continuous":
+        from nerfleet.workers.continuous import ContinuousEngine, SlotConfig
+
+        engine = ContinuousEngine(model, tok, chat=spec.chat, config=SlotConfig(slots=args.batch))
+    else:
+        engine = BatchedEngine(model, tok, chat=spec.chat, batch_size=args.batch, invariant=False)
+    stats = getattr(engine, "stats", None)
     docs = sorted(build_corpus(args.corpus).documents, key=lambda d: d.doc_id)[: args.docs]
     spent = timed_processor()
     rows = []
@@ -68,6 +77,8 @@ def main() -> None:
                 for i, d in enumerate(docs)
             ]
             spent.clear()
+            before = dict(stats or {})
+            step_ms = None
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             t = time.perf_counter()
@@ -76,6 +87,10 @@ def main() -> None:
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t
             tokens = sum(r.output_tokens for r in results)
+            if stats is not None:  # the continuous engine: its own count of guided host time and steps
+                steps = stats["steps"] - before.get("steps", 0)
+                spent[:] = [stats["guide_s"] - before.get("guide_s", 0.0)] + [0.0] * max(0, steps - 1)
+                step_ms = 1000 * (stats["decode_s"] - before.get("decode_s", 0.0)) / max(1, steps)
             strict = sum(parse(r.output, p.format).strict for r in results) / len(results)
             rows.append(
                 {
@@ -86,17 +101,24 @@ def main() -> None:
                     "strict_ratio": strict,
                     "processor_ms_per_step": 1000 * sum(spent) / max(1, len(spent)),
                     "processor_share": sum(spent) / dt,
+                    # the continuous engine: a decoding step's time, mask included (answers of other
+                    # lengths change tokens/s; they do not change what a step costs)
+                    "step_ms": step_ms if stats is not None else None,
                 }
             )
             r = rows[-1]
             print(
                 f"{name:<12}{dt:>8.2f} s{tokens:>8} tok{r['tok_per_s']:>10.0f} tok/s  strict {strict:.2f}"
                 f"  processor {r['processor_ms_per_step']:.2f} ms/step ({100 * r['processor_share']:.1f}%)"
+                + (f"  step {step_ms:.2f} ms" if step_ms is not None else "")
             )
     for base in ("v2", "v3"):
         free = next(r for r in reversed(rows) if r["condition"] == base)
         g = next(r for r in rows if r["condition"] == base + "+guided")
-        print(f"{base}: guided runs at {g['tok_per_s'] / free['tok_per_s']:.3f} of the unguided tokens/s")
+        line = f"{base}: guided runs at {g['tok_per_s'] / free['tok_per_s']:.3f} of the unguided tokens/s"
+        if free["step_ms"]:
+            line += f"; a step costs {g['step_ms'] / free['step_ms']:.3f} of the unguided one"
+        print(line)
     if args.json:
         import transformers
         import xgrammar  # noqa: F401
@@ -106,6 +128,7 @@ def main() -> None:
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "model": args.model,
+            "engine": args.engine,
             "docs": len(docs),
             "batch": args.batch,
             "max_new_tokens": args.max_new_tokens,

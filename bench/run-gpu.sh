@@ -9,10 +9,13 @@
 # Steps: fleet-7b (Mistral-7B architecture through the whole fleet, then the engine alone and the
 # workload's floor), fleet-smollm2 (the real SmolLM2 through the fleet), engine-smollm2 (the engine
 # alone against the static batched engine, 256 new tokens), engine-vary (budgets drawn from 16-512),
-# same-answers, invariance.
+# same-answers, invariance, guided-continuous (guided decoding's cost in the continuous engine, real
+# Qwen2.5-Coder-0.5B), restart-7b (a worker's first token from a cold compile cache, then warm),
+# study (the four real models x v1-v3 and both guided conditions over all documents, bench/study.sh),
+# encoder (the MiniLM baseline on the same split, early stopping on dev F1).
 set -u
 OUT=$(realpath -m "${OUT:-bench/results/run-$(date +%Y%m%d-%H%M%S)}")
-LIMIT=${LIMIT:-540}
+STEP_LIMIT_S=${STEP_LIMIT_S:-540}  # not LIMIT: bench/study.sh reads that as its document limit
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -22,12 +25,12 @@ need() {
   [ -n "${!1:-}" ] || { echo "$2 needs $1 (see the top of bench/run-gpu.sh)"; return 1; }
 }
 
-run() {  # run NAME COMMAND...: under LIMIT seconds, warnings left out, line by line
+run() {  # run NAME COMMAND...: under STEP_LIMIT_S seconds, warnings left out, line by line
   local name=$1
   shift
   echo "== $name: $*"
   local start=$SECONDS
-  timeout "$LIMIT" "$@" 2>&1 | grep --line-buffered -v -i "warn" | tee "$OUT/$name.txt"
+  timeout "$STEP_LIMIT_S" "$@" 2>&1 | grep --line-buffered -v -i "warn" | tee "$OUT/$name.txt"
   echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
 }
 
@@ -49,6 +52,21 @@ for step in "$@"; do
       need MODEL "$step" && need CORPUS "$step" &&
         run "$step" "$PY" bench/same_answers.py --model "$MODEL" --corpus "$CORPUS" --docs 50 --out "$OUT/$step.json" ;;
     invariance) run "$step" "$PY" bench/invariance.py --out "$OUT/invariance.json" ;;
+    guided-continuous)
+      need CORPUS "$step" && run "$step" "$PY" bench/guided.py --engine continuous --model qwen2.5-coder-0.5b-instruct \
+        --corpus "$CORPUS" --docs 512 --batch 256 --max-new-tokens 256 --json "$OUT/$step.json" ;;
+    restart-7b)  # the same worker twice over one NERFLEET_HOME: the second start reads the compile cache
+      need CORPUS "$step" && for k in cold warm; do
+        run "$step-$k" "$PY" bench/fleet.py --arch mistral-7b --corpus "$CORPUS" --jobs 30 --new 16 \
+          --slot-len 2048 --home "$OUT/home-7b" --out "$OUT/$step-$k.json"
+      done ;;
+    study)
+      need CORPUS "$step" && run "$step" env SPLIT=all PROMPTS="v1 v2 v3 v2+guided v3+guided" OUT="$OUT/study" \
+        bash bench/study.sh smollm2 gemma-3-270m qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct ;;
+    encoder)
+      need CORPUS "$step" && run "$step" bash -c "cd /tmp && $PY -m nerfleet.cli corpus build $CORPUS >/dev/null &&
+        $PY -m nerfleet.cli finetune --local --encoder minilm --epochs 40 --patience 3 --batch-size 32 &&
+        $PY -m nerfleet.cli training --json > $OUT/encoder.json" ;;
     *) echo "unknown step $step" ;;
   esac
 done

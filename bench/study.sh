@@ -7,7 +7,7 @@
 #       bash bench/study.sh smollm2 gemma-3-270m qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct
 #
 # The models must be loadable here: `nerfleet models fetch NAME` first. Env: SPLIT (test, train or
-# all), PROMPTS (default "v1 v2 v3"; add v2+guided v3+guided), LIMIT (first N documents),
+# all), PROMPTS (default "v1 v2 v3"; add v2+guided v3+guided), LIMIT (first N documents), ENGINE,
 # MAX_NEW_TOKENS, NERFLEET_BATCH_SIZE (jobs per message = batch).
 set -euo pipefail
 : "${CORPUS:?set CORPUS to the corpus folder}"
@@ -38,7 +38,7 @@ trap cleanup EXIT
 nf corpus build "$CORPUS" | tee "$OUT/corpus.txt"
 started=$SECONDS
 for m in "$@"; do
-  setsid "$PY" -m nerfleet.cli worker --model "$m" --name "$m@%h" >"$OUT/worker-$m.log" 2>&1 &
+  setsid "$PY" -m nerfleet.cli worker --model "$m" --name "$m@%h" --engine "${ENGINE:-auto}" >"$OUT/worker-$m.log" 2>&1 &
   pids+=($!)
 done
 models=()

@@ -511,7 +511,10 @@ def finetune(
     encoder: list[str] = typer.Option(
         ["minilm"], "--encoder", help="minilm (embedded), a Table 6 name, HF id or path."
     ),
-    epochs: int = typer.Option(TrainParams.epochs),
+    epochs: int = typer.Option(TrainParams.epochs, help="Most epochs (the learning rate decays over them)."),
+    patience: int = typer.Option(
+        TrainParams.patience, help="Stop after this many epochs without a better dev F1 and keep the best; 0: off."
+    ),
     seed: int = typer.Option(TrainParams.seed),
     lr: float = typer.Option(TrainParams.lr),
     batch_size: int = typer.Option(TrainParams.batch_size),
@@ -526,7 +529,9 @@ def finetune(
     from nerfleet.storage.tables import TrainJob
     from nerfleet.workers.finetune import encoder_source, job_id_for, run_training_job
 
-    params = TrainParams(epochs=epochs, seed=seed, lr=lr, batch_size=batch_size, max_length=max_length)
+    params = TrainParams(
+        epochs=epochs, patience=patience, seed=seed, lr=lr, batch_size=batch_size, max_length=max_length
+    )
     ids = []
     try:
         with session_scope() as session:

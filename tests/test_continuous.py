@@ -99,32 +99,47 @@ def test_callers_in_several_threads_share_the_slots(reference, continuous):
     assert [[r.output for r in g] for g in got] == [[r.output for r in w] for w in want]
 
 
-def test_a_sliding_window_model_matches_the_reference(tmp_path):
-    """Mistral with a window shorter than the prompts: the prefill's window mask and the decoding
-    step's windowed bounds give transformers' own tokens."""
+def _mistral(common):
     from transformers import MistralConfig, MistralForCausalLM
 
+    return MistralForCausalLM(MistralConfig(sliding_window=48, **common))
+
+
+def _qwen2(common):
+    # biases on the q/k/v projections, as in the Qwen2.5-Coder models of the study
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return Qwen2ForCausalLM(Qwen2Config(**common))
+
+
+def _gemma3(common):
+    # sliding and global layers with their own rotary, q/k norms, a query scalar: Gemma 3 270M's shape
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        sliding_window=48, layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=24,
+        head_dim=16, **common,
+    )
+    return Gemma3ForCausalLM(config)
+
+
+@pytest.mark.parametrize("build", [_mistral, _qwen2, _gemma3], ids=["mistral-window", "qwen2", "gemma3"])
+def test_each_served_architecture_matches_the_reference(tmp_path, build):
+    """The study's architectures with windows shorter than the prompts: the prefill's window mask,
+    the decoding step's windowed bounds, biases, norms and scalings give transformers' own tokens."""
     from tests.helpers import make_tiny_model
 
-    base = make_tiny_model(tmp_path / "llama")
-    model, tok = _load(base)
-    config = MistralConfig(
-        vocab_size=model.config.vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=48,
-        max_position_embeddings=2048,
-        eos_token_id=model.config.eos_token_id,
-        pad_token_id=model.config.pad_token_id,
+    model, tok = _load(make_tiny_model(tmp_path / "llama"))
+    common = dict(
+        vocab_size=model.config.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id,
     )
     torch.manual_seed(3)
-    windowed = MistralForCausalLM(config).eval()
-    windowed.generation_config.eos_token_id = None  # run to the budget: 40 tokens cross the window
-    folder = tmp_path / "mistral"
-    windowed.save_pretrained(folder)
+    served = build(common).eval()
+    served.generation_config.eos_token_id = None  # run to the budget: 40 tokens cross the window
+    folder = tmp_path / "served"
+    served.save_pretrained(folder)
     tok.save_pretrained(folder)
     reqs = requests(3, 40)
     assert all(len(SimpleEngine(*_load(folder)).encode(r)[0]) > 48 for r in reqs)

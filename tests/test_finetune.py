@@ -104,3 +104,36 @@ def test_interrupted_training_resumes_from_last_checkpoint(home, demo_corpus, ti
     assert seen == [2]  # epoch 1 was not trained again
     assert [h["epoch"] for h in result["history"]] == [1, 2]
     assert (out / "final" / "nerfleet.json").is_file()
+
+
+def test_early_stopping_keeps_the_epoch_of_the_best_dev_f1(home, demo_corpus, tiny_encoder, tmp_path, monkeypatch):
+    """Real training; the dev F1 of each epoch scripted (0.2, 0.5, 0.4, 0.3, …) so the rule is what is
+    tested: with patience 2 it stops after epoch 4 and the saved model is epoch 2's."""
+    import torch
+
+    from nerfleet.workers import finetune
+
+    with session_scope() as s:
+        train_docs = load_documents(s, demo_corpus, "train")
+        test_docs = load_documents(s, demo_corpus, "test")
+    real_evaluate = finetune.evaluate
+    scripted = iter([0.2, 0.5, 0.4, 0.3, 0.1, 0.1])
+    weights = {}
+
+    def evaluate(model, tokenizer, docs, p):
+        if docs is test_docs:
+            return real_evaluate(model, tokenizer, docs, p)
+        f1 = next(scripted)
+        weights[f1] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return {"micro": {"f1": f1}}
+
+    monkeypatch.setattr(finetune, "evaluate", evaluate)
+    params = TrainParams(epochs=6, patience=2, max_length=64, batch_size=4, lr=1e-3)
+    result = train("t", str(tiny_encoder), train_docs, test_docs, params, tmp_path / "ck")
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4]
+    assert [h.get("kept", False) for h in result["history"]] == [False, True, False, False]
+    from transformers import AutoModelForTokenClassification
+
+    saved = AutoModelForTokenClassification.from_pretrained(result["final"]).state_dict()
+    assert all(torch.equal(saved[k], weights[0.5][k]) for k in saved)
+    assert not all(torch.equal(saved[k], weights[0.3][k]) for k in saved)  # not the last epoch's

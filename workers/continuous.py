@@ -152,6 +152,7 @@ class ContinuousEngine(SimpleEngine):
         self._replay: Callable[[], None] | None = None
         self._closing = False
         self._prefilling = False
+        self._masks = None  # guided slots' matchers and masks (workers/guided.py), made when first needed
         #: Called once, with the time, when the engine has generated its first token.
         self.on_first_token: Callable[[float], None] | None = None
         #: What the engine did, for the benchmarks' floors: decoding steps, prompt tokens prefilled
@@ -496,7 +497,7 @@ class ContinuousEngine(SimpleEngine):
             item.out.append(token)
             self.stats["generated"] += 1
             if item.matcher is not None:
-                item.matcher.accept_token(token)
+                self._masks.accept(item.matcher, token)
             if len(item.out) >= item.budget:
                 self._finish(slot)
                 return
@@ -513,31 +514,26 @@ class ContinuousEngine(SimpleEngine):
         rows = [k for k, item in enumerate(group) if item.req.guide]
         if not rows:
             return
-        import xgrammar as xgr
+        if self._masks is None:
+            from nerfleet.workers.guided import SlotMasks
 
+            self._masks = SlotMasks(self.grammars, max(self.slots, self.config.prefill_rows))
         for k in rows:
-            group[k].matcher = xgr.GrammarMatcher(self.grammars.compiled(group[k].req.guide))
-        self._mask_rows(logits, [group[k] for k in rows], rows)
+            group[k].matcher = self._masks.matcher(group[k].req.guide)
+        masked = logits[rows]
+        self._mask(masked, [group[k] for k in rows])
+        logits[rows] = masked
 
     def _guide_step(self) -> None:
         """After a step: the guided slots' logits masked to their grammars, their tokens chosen again."""
         slots = [s for s, item in enumerate(self._held) if item is not None and item.matcher is not None]
         logits = self.logits[slots].float()
-        self._mask_rows(logits, [self._held[s] for s in slots], list(range(len(slots))))
+        self._mask(logits, [self._held[s] for s in slots])
         self.tokens[slots] = logits.argmax(-1)
 
-    def _mask_rows(self, logits: torch.Tensor, items: list[_Request], rows: list[int]) -> None:
-        import xgrammar as xgr
-
-        from nerfleet.workers.guided import RESERVE, prefer_closing
-
-        bitmask = xgr.allocate_token_bitmask(logits.shape[0], self.grammars.vocab_size)
-        live = [(r, item) for r, item in zip(rows, items) if not item.matcher.is_terminated()]
-        for r, item in live:
-            item.matcher.fill_next_token_bitmask(bitmask, r)
-        near = [(r, item.req.guide) for r, item in live if item.budget - len(item.out) <= RESERVE]
-        prefer_closing(self.grammars, bitmask, near)
-        xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), vocab_size=self.grammars.vocab_size)
+    def _mask(self, logits: torch.Tensor, items: list[_Request]) -> None:
+        self._masks.apply(logits, [(item.matcher, item.req.guide, item.budget - len(item.out)) for item in items])
+        self.stats["guide_s"] = self._masks.seconds
 
 
 def slots_that_fit(free: int, total: int, held: int, fraction: float, reserve: int, per_slot: int, most: int) -> int:

@@ -49,6 +49,7 @@ class TrainParams:
     attention_dropout: float = 0.0  # dropout on attention probabilities (half the step time on CPU)
     warmup: float = 0.1
     dev_fraction: float = 0.1
+    patience: int = 0  # stop after this many epochs without a better dev F1, keep the best (0: off)
 
 
 def encoder_source(ref: str) -> str:
@@ -206,6 +207,7 @@ def train(job_id: str, source: str, train_docs, test_docs, p: TrainParams, out_d
     )
     history: list[dict] = []
     start_epoch = 0
+    best: dict | None = None  # early stopping: the best dev F1's epoch and weights
     last = latest_checkpoint(out_dir)
     if last is not None:
         state = torch.load(last / "trainer.pt", map_location=device, weights_only=False)
@@ -215,6 +217,7 @@ def train(job_id: str, source: str, train_docs, test_docs, p: TrainParams, out_d
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         history, start_epoch = state["history"], state["epoch"]
+        best = state.get("best")
         log.info("train %s: resumed after epoch %d from %s", job_id, start_epoch, last)
     for epoch in range(start_epoch + 1, p.epochs + 1):
         model.train()
@@ -239,6 +242,12 @@ def train(job_id: str, source: str, train_docs, test_docs, p: TrainParams, out_d
             dev_f1,
             history[-1]["seconds"],
         )
+        if p.patience and (best is None or dev_f1 > best["dev_f1"]):
+            best = {
+                "epoch": epoch,
+                "dev_f1": dev_f1,
+                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            }
         ck = out_dir / f"epoch-{epoch}"
         tmp = ck.with_name(ck.name + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
@@ -251,6 +260,7 @@ def train(job_id: str, source: str, train_docs, test_docs, p: TrainParams, out_d
                 "torch_rng": torch.get_rng_state(),
                 "history": history,
                 "epoch": epoch,
+                "best": best,
             },
             tmp / "trainer.pt",
         )
@@ -262,6 +272,14 @@ def train(job_id: str, source: str, train_docs, test_docs, p: TrainParams, out_d
                 old.rmdir()
         if progress:
             progress(epoch, history)
+        if best is not None and epoch - best["epoch"] >= p.patience:
+            log.info(
+                "train %s: no better dev F1 for %d epochs: stopped, epoch %d kept", job_id, p.patience, best["epoch"]
+            )
+            break
+    if best is not None:
+        model.load_state_dict(best["model"])
+        history[best["epoch"] - 1]["kept"] = True
     final = out_dir / "final"
     model.save_pretrained(final)
     tokenizer.save_pretrained(final)
