@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nerfleet.evaluation.corpus_reader import CorpusError, SourceCorpus, find_corpora, read_corpus
+from nerfleet.evaluation.corpus_reader import CorpusError, SourceCorpus, find_corpora, read_corpus, read_utf8
 from nerfleet.evaluation.spans import LABELS, Span, boundary_splits, keep_longest, tokenize_for_spans
 
 #: The study's proportion: 90 test documents of 1000.
@@ -159,7 +159,7 @@ def build_corpus(
 
 
 def read_test_ids(path: Path) -> list[str]:
-    ids = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    ids = [line.strip() for line in read_utf8("test ids", Path(path)).splitlines() if line.strip()]
     if not ids:
         raise CorpusError(f"{path}: no document id in the test id file")
     return ids

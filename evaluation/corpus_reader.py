@@ -7,6 +7,7 @@ a mentions TSV (two header variants exist) or brat ``.ann`` files.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,20 @@ class SourceCorpus:
     skipped: list[str] = field(default_factory=list)
 
 
+def read_utf8(name: str, path: Path) -> str:
+    """A file's text; bytes that are not UTF-8 are reported with the corpus, file, line and column."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise CorpusError(
+            f"{name}: {path} line {line}, column {column}: not UTF-8 (byte 0x{raw[exc.start]:02x}); "
+            "re-encode the file as UTF-8"
+        ) from None
+
+
 def _fail(msg: str, lenient: bool, skipped: list[str]) -> None:
     if not lenient:
         raise CorpusError(msg)
@@ -109,11 +124,7 @@ def _source_name(folder: Path) -> str:
 def read_corpus(folder: Path, lang: str | None = None, lenient: bool = False) -> SourceCorpus:
     folder = Path(folder)
     name = _source_name(folder)
-    texts = {
-        p.stem: p.read_text(encoding="utf-8")
-        for p in sorted((folder / "txt").glob("*.txt"))
-        if _doc_filter(p.stem, lang)
-    }
+    texts = {p.stem: read_utf8(name, p) for p in sorted((folder / "txt").glob("*.txt")) if _doc_filter(p.stem, lang)}
     skipped: list[str] = []
     tsvs = sorted(folder.glob("*.tsv"))
     if tsvs:
@@ -138,7 +149,7 @@ Row = tuple[str, str, str, int, int, str]
 
 def _read_tsv(name: str, path: Path, lenient: bool, skipped: list[str]) -> list[Row]:
     rows: list[Row] = []
-    with path.open(encoding="utf-8", newline="") as fh:
+    with io.StringIO(read_utf8(name, path), newline="") as fh:
         reader = csv.reader(fh, delimiter="\t")
         header = next(reader, None)
         if header is None or tuple(h.strip() for h in header) not in TSV_HEADERS:
@@ -165,7 +176,7 @@ def _read_tsv(name: str, path: Path, lenient: bool, skipped: list[str]) -> list[
 
 def _read_ann(name: str, path: Path, lenient: bool, skipped: list[str]) -> list[Row]:
     rows: list[Row] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_utf8(name, path).splitlines(), start=1):
         if not line.startswith("T"):
             continue  # notes, relations, normalisations
         where = f"{name}: {path.name} line {lineno}"

@@ -37,7 +37,9 @@ def read_outputs(path: Path, known_docs: Container[str]) -> list[Response]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise OutputsError(f"{where}: not JSON ({exc.msg} at column {exc.colno})") from None
+                problem = exc.msg.removesuffix(" at")  # json's "Invalid control character at"
+                hint = " (escape tabs, newlines and control characters in strings)" if "control" in problem else ""
+                raise OutputsError(f"{where}: not JSON: {problem} at column {exc.colno}{hint}") from None
             if not isinstance(obj, dict):
                 raise OutputsError(f"{where}: not a JSON object")
             missing = [f for f in FIELDS if f not in obj]

@@ -4,6 +4,7 @@ demo | monitor | finetune | training | tag."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -46,7 +47,11 @@ def corpus_build(
     src: Path = typer.Argument(..., help="Release folder holding distemist/, symptemist/, medprocner/ (or 'demo')."),
     lang: str | None = typer.Option(None, help="Language folder/prefix to read (en, es, …)."),
     seed: int = typer.Option(13, help="Seed of the train/test split."),
-    test_ids: Path | None = typer.Option(None, "--test-ids", help="File of test document ids, one per line."),
+    test_ids: Path | None = typer.Option(
+        None,
+        "--test-ids",
+        help="File of test document ids, one per line (default: the folder's test_ids.txt, else a seeded split).",
+    ),
     name: str | None = typer.Option(None, help="Corpus name (default: the folder name)."),
     lenient: bool = typer.Option(False, help="Skip bad rows (counted in stats) instead of failing."),
 ) -> None:
@@ -326,12 +331,34 @@ def run(
     except USER_ERRORS as exc:
         fail(exc)
     typer.echo(f"run {plan.run_id}: {plan.total} jobs, {plan.already_done} already finished, {plan.enqueued} enqueued")
+    if plan.enqueued:
+        warn_unserved(plan.models)
     if wait:
         from nerfleet.follow import follow
 
         follow(plan.run_id)
         report(plan.run_id, fmt="table", out=None, errors=None, compare=None)
     typer.echo(plan.run_id)
+
+
+def warn_unserved(models) -> None:
+    """One line on stderr per model whose queue no live worker consumes: its jobs wait until one starts."""
+    from nerfleet.tasks.app import make_app
+    from nerfleet.tasks.dispatch import consumers
+    from nerfleet.tasks.queues import generation_queue
+
+    try:
+        live = consumers(make_app(), models)
+    except Exception as exc:  # noqa: BLE001 - a warning about warnings must not fail the run
+        typer.echo(f"warning: could not ask the workers which queues they consume ({exc})", err=True)
+        return
+    for m in models:
+        if not live[m]:
+            typer.echo(
+                f"warning: no live worker consumes {generation_queue(m)}: its jobs wait there until one starts "
+                f"(`nerfleet worker --model {m}`; is the name right?)",
+                err=True,
+            )
 
 
 @app.command("worker")
@@ -396,10 +423,31 @@ def status(run_id: str | None = typer.Argument(None), as_json: bool = typer.Opti
     )
     if st.get("aggregation_error"):
         typer.echo(f"aggregation failed: {st['aggregation_error']} (retried; `nerfleet aggregate {st['run']}` by hand)")
-    typer.echo(f"{'model':<28}{'prompt':<8}" + "".join(f"{s:>9}" for s in STATES))
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(100, shutil.get_terminal_size().columns))
+    table = Table("model", "prompt", *STATES)
     for model_name, cells in sorted(st["cells"].items()):
         for p, counts in sorted(cells.items()):
-            typer.echo(f"{model_name:<28}{p:<8}" + "".join(f"{counts[s]:>9}" for s in STATES))
+            table.add_row(model_name, p, *(str(counts[s]) for s in STATES))
+    console.print(table)
+    waiting = sorted(m for m, cells in st["cells"].items() if any(c["queued"] + c["running"] for c in cells.values()))
+    if waiting:  # which queue each unfinished model waits on, and who consumes it
+        from nerfleet.tasks.app import make_app
+        from nerfleet.tasks.dispatch import consumers
+        from nerfleet.tasks.queues import generation_queue
+
+        try:
+            live = consumers(make_app(), waiting)
+        except Exception as exc:  # noqa: BLE001 - the counts above stand without it
+            typer.echo(f"(workers not asked: {exc})")
+            return
+        queues = Table("model", "queue", "live workers", title="Waiting")
+        for m in waiting:
+            workers = ", ".join(sorted(live[m])) or "none: start `nerfleet worker --model`"
+            queues.add_row(m, generation_queue(m), workers)
+        console.print(queues)
 
 
 @app.command("report")

@@ -40,8 +40,7 @@ def run_demo(limit: int = 4, corpus: Path | None = None, model: str = "smollm2",
         # 2. Corpus.
         from nerfleet.storage.corpus_store import build_and_save
 
-        ids_file = corpus / "test_ids.txt" if corpus else None
-        saved, build = build_and_save(corpus or "demo", test_ids=ids_file if ids_file and ids_file.is_file() else None)
+        saved, build = build_and_save(corpus or "demo")  # the folder's own test_ids.txt, if any
         typer.echo(
             f"corpus: {saved.corpus.name} v{saved.corpus.version}, {build.stats['documents']} documents "
             f"({build.stats['test_documents']} test)"

@@ -67,11 +67,12 @@ def build_and_save(
     lenient: bool = False,
     name: str | None = None,
 ) -> tuple[SavedCorpus, CorpusBuild]:
-    """Read a release ("demo": the bundled corpus and its test ids), merge, split and store it."""
-    if str(src) == "demo":
-        src = bundled_corpus()
-        test_ids = test_ids or src / "test_ids.txt"
-    src = Path(src)
+    """Read a release ("demo": the bundled corpus), merge, split and store it. One split rule
+    wherever a folder is built: its own ``test_ids.txt`` when it has one (unless ``test_ids`` names
+    another file), else the seeded split."""
+    src = bundled_corpus() if str(src) == "demo" else Path(src)
+    if test_ids is None and (src / "test_ids.txt").is_file():
+        test_ids = src / "test_ids.txt"
     build = build_corpus(src, lang, seed, read_test_ids(test_ids) if test_ids else None, lenient)
     return save_corpus(build, name or src.name, str(src), lang, seed), build
 

@@ -206,3 +206,18 @@ def run_counts(session: Session, run_id: str) -> list[tuple[str, str, str, int]]
         .group_by(Job.model, Job.prompt, Job.state)
     )
     return [tuple(r) for r in session.exec(stmt)]
+
+
+def leaseholders(session: Session, models: Sequence[str]) -> dict[str, set[str]]:
+    """Workers that hold a live lease on a running job, by model: alive and on its queue, even when
+    too busy to answer a broadcast (a solo pool answers only between tasks)."""
+    rows = session.exec(
+        select(Job.model, Job.worker)
+        .where(Job.model.in_(list(models)), Job.state == "running", Job.lease_until > utcnow())
+        .distinct()
+    )
+    found: dict[str, set[str]] = {}
+    for model, worker in rows:
+        if worker:
+            found.setdefault(model, set()).add(worker)
+    return found

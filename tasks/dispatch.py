@@ -64,3 +64,19 @@ def waiting_messages(app: Celery, queue: str) -> int:
             return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
         except ChannelError:
             return 0
+
+
+def consumers(app: Celery, models: Iterable[str], timeout: float = 1.0) -> dict[str, set[str]]:
+    """The live workers on each model's queue: those that answer Celery's broadcast within
+    ``timeout`` (``inspect().active_queues()``) and those holding a live lease on one of its jobs."""
+    from nerfleet.storage.db import session_scope
+    from nerfleet.storage.jobs import leaseholders
+
+    models = list(models)
+    by_queue: dict[str, set[str]] = defaultdict(set)
+    for worker, queues in (app.control.inspect(timeout=timeout).active_queues() or {}).items():
+        for q in queues:
+            by_queue[q["name"]].add(worker)
+    with session_scope() as session:
+        busy = leaseholders(session, models)
+    return {m: by_queue.get(generation_queue(m), set()) | busy.get(m, set()) for m in models}

@@ -27,6 +27,7 @@ class RunPlan:
     already_done: int
     enqueued: int
     aggregation_enqueued: bool
+    models: tuple[str, ...] = ()  # the models' names, as their queues know them
 
 
 def plan_id(spec: dict) -> str:
@@ -148,7 +149,7 @@ def create_run(
         agg = claim_aggregation(session, run_id)
     if agg:
         enqueue_aggregation(app, run_id)
-    return RunPlan(run_id, total, done, enqueued, agg)
+    return RunPlan(run_id, total, done, enqueued, agg, tuple(m.name for m in specs))
 
 
 def _check_broker(app) -> None:

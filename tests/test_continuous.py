@@ -117,8 +117,11 @@ def _gemma3(common):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     config = Gemma3TextConfig(
-        sliding_window=48, layer_types=["sliding_attention", "full_attention"], query_pre_attn_scalar=24,
-        head_dim=16, **common,
+        sliding_window=48,
+        layer_types=["sliding_attention", "full_attention"],
+        query_pre_attn_scalar=24,
+        head_dim=16,
+        **common,
     )
     return Gemma3ForCausalLM(config)
 
@@ -131,9 +134,15 @@ def test_each_served_architecture_matches_the_reference(tmp_path, build):
 
     model, tok = _load(make_tiny_model(tmp_path / "llama"))
     common = dict(
-        vocab_size=model.config.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id,
+        vocab_size=model.config.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        eos_token_id=model.config.eos_token_id,
+        pad_token_id=model.config.pad_token_id,
     )
     torch.manual_seed(3)
     served = build(common).eval()

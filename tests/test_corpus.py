@@ -166,3 +166,39 @@ def test_real_corpus_counts_and_round_trip():
 def test_unknown_test_ids_is_an_error():
     with pytest.raises(CorpusError, match="unknown document ids"):
         build_corpus(DEMO_CORPUS, test_ids=["nope"])
+
+
+def test_a_note_that_is_not_utf8_is_named_with_its_file_line_and_column(tmp_path):
+    import shutil
+
+    from nerfleet.evaluation.corpus import build_corpus
+    from nerfleet.evaluation.corpus_reader import CorpusError
+    from nerfleet.storage.corpus_store import bundled_corpus
+
+    release = tmp_path / "release"
+    shutil.copytree(bundled_corpus(), release)
+    note = sorted((release / "symptemist" / "txt").glob("*.txt"))[0]
+    note.write_bytes(b"first line\ncaf\xe1 con leche\n")
+    with pytest.raises(CorpusError) as err:
+        build_corpus(release)
+    assert str(err.value) == (
+        f"symptemist: {note} line 2, column 4: not UTF-8 (byte 0xe1); re-encode the file as UTF-8"
+    )
+    note.unlink()  # a mentions table that is not UTF-8 is named the same way
+    tsv = release / "distemist" / "distemist_mentions.tsv"
+    tsv.write_bytes(tsv.read_bytes() + b"bad\xff\n")
+    with pytest.raises(CorpusError, match=r"distemist: .*\.tsv line \d+, column 4: not UTF-8 \(byte 0xff\)"):
+        build_corpus(release)
+
+
+def test_one_split_rule_the_folders_own_test_ids_by_name_or_by_path(home):
+    from nerfleet.storage.corpus_store import build_and_save, bundled_corpus
+
+    _, by_name = build_and_save("demo")
+    _, by_path = build_and_save(bundled_corpus(), name="demo-by-path")
+    wanted = {line.strip() for line in (bundled_corpus() / "test_ids.txt").read_text().splitlines() if line.strip()}
+
+    def test_ids(build):
+        return {d.doc_id for d in build.documents if d.split == "test"}
+
+    assert test_ids(by_name) == test_ids(by_path) == wanted

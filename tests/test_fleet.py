@@ -243,3 +243,27 @@ def test_a_real_packaged_model_answers_through_the_worker(fleet, tmp_path):
         gens = s.exec(select(Generation).where(Generation.job_hash.in_([j.hash for j in jobs]))).all()
     assert all(g.output_tokens > 0 and g.output.strip() for g in gens)
     assert any(any(c.isalpha() for c in g.output) for g in gens)
+
+
+def test_run_warns_of_a_queue_no_live_worker_consumes_and_status_shows_it(fleet, tiny_models):
+    """A mistyped or unserved model is accepted (its jobs wait for a worker), but `run` says so in
+    one line per model and `status` lists the waiting queue with nobody on it."""
+    from typer.testing import CliRunner
+
+    from nerfleet.cli import app
+
+    a, b = tiny_models["tiny-a"], tiny_models["tiny-b"]
+    fleet.worker(a, "tiny-a-worker").wait_ready()
+    args = ["run", "--model", str(a), "--model", str(b), "--prompt", "v1", "--split", "all", "--limit", "2"]
+    result = CliRunner().invoke(app, [*args, "--corpus", fleet.corpus])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: no live worker consumes gen.tiny-b: its jobs wait there until one starts "
+        "(`nerfleet worker --model tiny-b`; is the name right?)"
+    ]
+    run_id = result.stdout.strip().splitlines()[-1]
+    shown = CliRunner().invoke(app, ["status", run_id]).stdout
+    waiting = shown[shown.index("Waiting") :]
+    row = next(line for line in waiting.splitlines() if "tiny-b" in line)
+    assert "gen.tiny-b" in row and "none" in row

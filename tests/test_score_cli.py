@@ -51,7 +51,11 @@ def test_score_json_shape_and_report_files(built, tmp_path):
 @pytest.mark.parametrize(
     "bad,message",
     [
-        ("not json", "line 2: not JSON"),
+        ("not json", "line 2: not JSON: Expecting value at column 1"),
+        (
+            '{"doc_id": "en-demo-001", "model": "m", "prompt": "v1", "output": "a\tb"}',
+            "line 2: not JSON: Invalid control character at column 69 (escape tabs, newlines and control characters",
+        ),
         (json.dumps({"doc_id": "en-demo-001", "model": "m"}), "line 2: missing field prompt, output"),
         (json.dumps({"doc_id": "nope", "model": "m", "prompt": "v1", "output": ""}), "line 2: unknown document 'nope'"),
     ],
@@ -60,7 +64,7 @@ def test_bad_lines_name_the_line_and_score_nothing(built, tmp_path, bad, message
     good = json.dumps({"doc_id": "en-demo-001", "model": "m", "prompt": "v1", "output": "fever"})
     result = runner.invoke(app, ["score", str(write(tmp_path, [good, bad])), "--json"])
     assert result.exit_code == 2
-    assert message in result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert result.stdout == ""
 
 
