@@ -306,30 +306,47 @@ def write_reports(scores: dict, out_dir: Path, encoders: dict | None = None) -> 
     return written
 
 
+def f1_series(scores: dict) -> tuple[list[str], list[tuple[str, list[float]]], list[tuple[int, int]]]:
+    """What ``f1.png`` draws: the models, each (label, F1 per model) series, and the (series,
+    model) bars of strategy 2 that are empty because no answer parsed (lenient parse ratio 0)."""
+    models = model_order(scores["strategy1"], scores.get("calibration", []))
+    series = [
+        (f"S1 {p}", [scores["strategy1"][m].get(p, {}).get("f1", 0) for m in models])
+        for p in _prompts(scores["strategy1"])
+    ]
+    unparsed = []
+    for p in _prompts(scores.get("strategy2", {})):
+        k = len(series)
+        series.append(
+            (f"S2 {p}", [scores["strategy2"].get(m, {}).get(p, {}).get("micro", {}).get("f1", 0) for m in models])
+        )
+        for i, m in enumerate(models):
+            ratio = scores.get("parse_ratio", {}).get(m, {}).get(p, {})
+            if ratio and ratio.get("lenient", 0) == 0:
+                unparsed.append((k, i))
+    return models, series, unparsed
+
+
 def plot_f1(scores: dict, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = model_order(scores["strategy1"], scores.get("calibration", []))
-    series = [
-        (f"S1 {p}", [scores["strategy1"][m].get(p, {}).get("f1", 0) for m in models])
-        for p in _prompts(scores["strategy1"])
-    ]
-    series += [
-        (f"S2 {p}", [scores["strategy2"].get(m, {}).get(p, {}).get("micro", {}).get("f1", 0) for m in models])
-        for p in _prompts(scores.get("strategy2", {}))
-    ]
+    models, series, unparsed = f1_series(scores)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(models) + 3), 4))
     width = 0.8 / max(1, len(series))
     for k, (label, values) in enumerate(series):
-        ax.bar([i + k * width for i in range(len(models))], values, width, label=label)
+        # a series with no bar above zero stays out of the legend
+        ax.bar([i + k * width for i in range(len(models))], values, width, label=label if any(values) else None)
+    for k, i in unparsed:
+        ax.text(i + k * width, 0.01, "no parsed output", rotation=90, fontsize=6, ha="center", va="bottom")
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(models))], models, rotation=15, ha="right")
     ax.set_ylabel("F1")
     ax.set_ylim(0, 1)
     ax.set_title("F1 by model and prompt (S1: strategy 1, S2: strategy 2 micro)")
-    ax.legend(fontsize=8)
+    if any(any(values) for _, values in series):
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -88,6 +88,8 @@ def run_demo(limit: int = 4, corpus: Path | None = None, model: str = "smollm2",
         typer.echo("")
         typer.echo(render_text(scores))
         typer.echo("")
+        if why := why_structured_tables_are_empty(scores):
+            typer.echo(why)
         typer.echo(f"database: {settings.db_url}")
         typer.echo(f"reports:  {out}")
         return plan.run_id
@@ -100,3 +102,22 @@ def run_demo(limit: int = 4, corpus: Path | None = None, model: str = "smollm2",
                 worker.kill()
         for stop in stops:
             stop()
+
+
+def why_structured_tables_are_empty(scores: dict) -> str | None:
+    """One sentence for a demo whose Tables 4-5 are all zeros: no model wrote the structures."""
+    calibration = set(scores.get("calibration", []))
+    cells = [
+        ratio.get("lenient", 0)
+        for model, prompts in scores.get("parse_ratio", {}).items()
+        if model not in calibration
+        for ratio in prompts.values()
+    ]
+    if not cells or any(cells):
+        return None
+    models = sorted(m for m in scores.get("parse_ratio", {}) if m not in calibration)
+    return (
+        f"Tables 4 and 5 are zeros because {', '.join(models)} wrote none of its answers in the requested "
+        "structures (a tiny English model mostly echoes the note); the README's Findings show real models "
+        "that do (`nerfleet demo --model qwen2.5-coder-0.5b-instruct`)."
+    )

@@ -25,6 +25,8 @@ def test_demo_runs_three_documents_with_smollm2(tmp_path):
     for title in ("Table 3", "Table 4", "Table 5"):
         assert title in out
     assert "smollm2" in out and "3 documents" in out
+    # the closing lines say why a tiny model's structured tables are zeros
+    assert "Tables 4 and 5 are zeros because smollm2 wrote none of its answers in the requested structures" in out
     assert (tmp_path / "home" / "nerfleet.db").is_file()
     reports = list((tmp_path / "home" / "reports").glob("*/f1.png"))
     assert reports and reports[0].stat().st_size > 1000

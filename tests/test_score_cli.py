@@ -88,3 +88,30 @@ def test_report_shows_table6_and_comparison():
     text = render_text(scores, {"minilm": {"precision": 0.5, "recall": 0.6, "f1": 0.545}})
     assert "Table 6" in text and "minilm" in text
     assert "Best zero-shot cell vs encoders: m v2 (strategy2)" in text and "0.245" in text
+
+
+def _scores(lenient_m: float, f1_m: float) -> dict:
+    cell = {"precision": f1_m, "recall": f1_m, "f1": f1_m}
+    return {
+        "strategy1": {"m": {"v1": cell}, "echo": {"v1": {"f1": 0.99}}},
+        "strategy2": {"m": {"v2": {"micro": cell}}, "echo": {"v2": {"micro": {"f1": 0.0}}}},
+        "parse_ratio": {"m": {"v2": {"lenient": lenient_m, "strict": 0.0}}, "echo": {"v2": {"lenient": 0.0}}},
+        "calibration": ["echo"],
+    }
+
+
+def test_the_plot_marks_strategy_2_bars_with_no_parsed_output():
+    from nerfleet.evaluation.report import f1_series
+
+    models, series, unparsed = f1_series(_scores(0.0, 0.0))
+    assert models == ["m", "echo"]
+    assert [label for label, _ in series] == ["S1 v1", "S2 v2"]
+    assert unparsed == [(1, 0), (1, 1)]  # series S2 v2: the model's bar and the echo row's
+    assert f1_series(_scores(0.5, 0.2))[2] == [(1, 1)]  # an answer parsed: only the echo row is marked
+
+
+def test_the_demo_explains_zeros_in_tables_4_and_5_only_when_nothing_parsed():
+    from nerfleet.demo import why_structured_tables_are_empty
+
+    assert why_structured_tables_are_empty(_scores(0.0, 0.0)).startswith("Tables 4 and 5 are zeros because m wrote")
+    assert why_structured_tables_are_empty(_scores(0.5, 0.2)) is None
