@@ -28,6 +28,13 @@ def layer(module: str) -> int | None:
     return None
 
 
+def _modules(folder: str, package: str):
+    """(path, module name) of every module in a folder and its subfolders (nerfleet/commands/)."""
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        parts = [package, *path.relative_to(ROOT / folder).with_suffix("").parts]
+        yield path, ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def imports(path: Path):
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -39,8 +46,7 @@ def imports(path: Path):
 def test_no_module_imports_a_layer_above_its_own():
     upward = []
     for folder, package in FOLDERS.items():
-        for path in sorted((ROOT / folder).glob("*.py")):
-            me = package if path.stem == "__init__" else f"{package}.{path.stem}"
+        for path, me in _modules(folder, package):
             mine = layer(me)
             upward += [
                 f"{path.relative_to(ROOT)}:{line} imports {module}"
@@ -81,10 +87,7 @@ def _module_level_imports(path: Path):
 
 
 def test_no_import_cycle_between_modules():
-    modules = {}
-    for folder, package in FOLDERS.items():
-        for path in sorted((ROOT / folder).glob("*.py")):
-            modules[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+    modules = {me: path for folder, package in FOLDERS.items() for path, me in _modules(folder, package)}
     graph = {m: {i for i in _module_level_imports(p) if i in modules and i != m} for m, p in modules.items()}
     cycles, state = [], {}
 
