@@ -24,14 +24,12 @@ loop thread owns the GPU and serves them all.
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -46,68 +44,14 @@ from nerfleet.workers.engine import (
     round_up,
 )
 from nerfleet.workers.simple import SimpleEngine
+from nerfleet.workers.slots import Call, CompiledStep, SlotConfig, SlotRequest, no_mask, slots_that_fit
+
+__all__ = ["ContinuousEngine", "SlotConfig", "slots_that_fit"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SlotConfig:
-    """How a :class:`ContinuousEngine` uses its GPU (the benchmarks pass their variants in here)."""
-
-    #: Slots (requests decoded at once); None: as many as ``memory_fraction`` of free memory holds,
-    #: at most ``max_slots``.
-    slots: int | None = None
-    max_slots: int = 512
-    #: Cache positions per slot (prompt + answer); None: the model's context, at most 4,096.
-    slot_len: int | None = None
-    #: Share of the GPU's memory this worker may hold, its weights included: several workers on
-    #: one GPU each take their share (NERFLEET_GPU_MEMORY_FRACTION), whatever order they start in.
-    memory_fraction: float = 0.9
-    #: Prompt tokens (rows × padded width) and rows per prefill call.
-    prefill_tokens: int = 65536
-    prefill_rows: int = 128
-    #: Prefill widths are rounded up to a multiple of this.
-    bucket: int = 32
-    #: Decoding steps between looks at the tokens (one host synchronisation each look).
-    check_every: int = 8
-    #: Compile the step and capture it as a CUDA graph; None: on CUDA.
-    graph: bool | None = None
-
-
-@dataclass
-class _Call:
-    """One :meth:`ContinuousEngine.generate` call waiting for its results."""
-
-    results: list
-    left: int
-    done: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
-
-    def deliver(self, index: int, result: GenerationResult) -> None:
-        self.results[index] = result
-        self.left -= 1
-        if self.left == 0:
-            self.done.set()
-
-    def fail(self, error: BaseException) -> None:
-        self.error = error
-        self.done.set()
-
-
-@dataclass
-class _Request:
-    req: GenerationRequest
-    ids: list[int]
-    truncated: bool
-    call: _Call
-    index: int
-    budget: int
-    arrived: float
-    out: list[int] = field(default_factory=list)
-    matcher: object | None = None  # xgrammar's GrammarMatcher for a guided request
-
-
-class ContinuousEngine(SimpleEngine):
+class ContinuousEngine(CompiledStep, SimpleEngine):
     """Continuous batching over a static slot cache (see the module's docstring)."""
 
     name = "continuous"
@@ -144,9 +88,9 @@ class ContinuousEngine(SimpleEngine):
         self.graph = cuda if cfg.graph is None else cfg.graph
         self._allocate()
         self._use_slot_attention()
-        self._inbox: queue.SimpleQueue[_Request] = queue.SimpleQueue()
-        self._waiting: collections.deque[_Request] = collections.deque()
-        self._held: list[_Request | None] = [None] * self.slots
+        self._inbox: queue.SimpleQueue[SlotRequest] = queue.SimpleQueue()
+        self._waiting: collections.deque[SlotRequest] = collections.deque()
+        self._held: list[SlotRequest | None] = [None] * self.slots
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._replay: Callable[[], None] | None = None
@@ -202,8 +146,8 @@ class ContinuousEngine(SimpleEngine):
 
         name = f"nerfleet_slots_{id(self):x}"
         self._attention_names = (name, name + "_prefill")
-        use(self.model, name + "_prefill", self._prefill_attention, _no_mask)
-        use(self.model, name, self._attention, _no_mask)
+        use(self.model, name + "_prefill", self._prefill_attention, no_mask)
+        use(self.model, name, self._attention, no_mask)
 
     def _attention(self, module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         layer = module.layer_idx
@@ -279,55 +223,6 @@ class ContinuousEngine(SimpleEngine):
             config._attn_implementation = self._attention_names[0]
         return self.head(hidden[torch.arange(rows, device=ids.device), lengths - 1])
 
-    def _compile_prefill(self) -> None:
-        """The prefill's decoder layers compiled once for all of them and for any rows and width
-        (regional compilation: the layers share their code; the attention stays outside), each
-        shape class compiled now, on dummy prompts written into slots that hold nothing yet."""
-        import types
-
-        engine = self
-
-        def forward(layer, *args, **kwargs):
-            if engine._prefilling:
-                return compiled(layer, *args, **kwargs)
-            return type(layer).forward(layer, *args, **kwargs)
-
-        layers = self.decoder.layers
-        compiled = torch.compile(type(layers[0]).forward, dynamic=True)
-        for layer in layers:
-            layer.forward = types.MethodType(forward, layer)
-        dev = self.model.device
-        widths = [self.config.bucket, 2 * self.config.bucket]
-        if self.window:
-            widths.append(round_up(self.window + 1, self.config.bucket))
-        for rows in (1, 2):
-            for width in widths:
-                if rows <= self.slots and width <= self.slot_len:
-                    self._prefill_slots = self.rows[:rows]
-                    ids = torch.zeros(rows, width, dtype=torch.long, device=dev)
-                    self._prefill_forward(ids, torch.full((rows,), width, device=dev))
-
-    def _capture(self) -> Callable[[], None]:
-        """The step compiled and captured as one CUDA graph (warmed up on a side stream first)."""
-        if not self.graph:
-            return self._step
-        self._compile_prefill()
-
-        step = torch.compile(self._step, fullgraph=False, dynamic=False)
-        saved = (self.tokens.clone(), self.positions.clone())
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), cublaslt():
-            for _ in range(3):
-                step()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with cublaslt(), torch.cuda.graph(graph):
-            step()
-        self.tokens.copy_(saved[0])
-        self.positions.copy_(saved[1])
-        return graph.replay
-
     # -- serving --------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -356,11 +251,11 @@ class ContinuousEngine(SimpleEngine):
         if not requests:
             return []
         self.start()
-        call = _Call([None] * len(requests), len(requests))
+        call = Call([None] * len(requests), len(requests))
         now = time.perf_counter()
         for i, (req, (ids, truncated)) in enumerate(zip(requests, self.encode_all(requests))):
             budget = max(1, min(req.max_new_tokens, self.slot_len - len(ids)))
-            self._inbox.put(_Request(req, ids, truncated, call, i, budget, now))
+            self._inbox.put(SlotRequest(req, ids, truncated, call, i, budget, now))
         call.done.wait()
         if call.error is not None:
             raise call.error
@@ -426,7 +321,7 @@ class ContinuousEngine(SimpleEngine):
                 return
             # of the next requests in line, those of similar length together: little padding
             ahead = sorted(itertools.islice(self._waiting, 4 * cfg.prefill_rows), key=lambda x: len(x.ids))
-            group: list[_Request] = []
+            group: list[SlotRequest] = []
             width = 0
             for item in ahead:
                 if len(group) == min(len(free), cfg.prefill_rows):
@@ -440,7 +335,7 @@ class ContinuousEngine(SimpleEngine):
             self._waiting = collections.deque(x for x in self._waiting if id(x) not in taken)
             self._prefill(group, free[: len(group)], width)
 
-    def _prefill(self, group: list[_Request], slots: list[int], width: int) -> None:
+    def _prefill(self, group: list[SlotRequest], slots: list[int], width: int) -> None:
         start = time.perf_counter()
         dev = self.model.device
         pad = self.tokenizer.pad_token_id or 0
@@ -510,7 +405,7 @@ class ContinuousEngine(SimpleEngine):
 
     # -- guided decoding: the slots' masks filled on the host, applied to the step's logits ------
 
-    def _guide_prefill(self, group: list[_Request], logits: torch.Tensor) -> None:
+    def _guide_prefill(self, group: list[SlotRequest], logits: torch.Tensor) -> None:
         rows = [k for k, item in enumerate(group) if item.req.guide]
         if not rows:
             return
@@ -531,39 +426,6 @@ class ContinuousEngine(SimpleEngine):
         self._mask(logits, [self._held[s] for s in slots])
         self.tokens[slots] = logits.argmax(-1)
 
-    def _mask(self, logits: torch.Tensor, items: list[_Request]) -> None:
+    def _mask(self, logits: torch.Tensor, items: list[SlotRequest]) -> None:
         self._masks.apply(logits, [(item.matcher, item.req.guide, item.budget - len(item.out)) for item in items])
         self.stats["guide_s"] = self._masks.seconds
-
-
-def slots_that_fit(free: int, total: int, held: int, fraction: float, reserve: int, per_slot: int, most: int) -> int:
-    """Slots whose caches fit in this worker's share of the GPU (``fraction`` of ``total``, less
-    what it already ``held``: the weights), within what is ``free`` now, after ``reserve`` bytes
-    for the prefill; at most ``most``. Too little memory for one slot is a one-line error."""
-    budget = min(free, fraction * total - held) - reserve
-    fits = int(budget // per_slot)
-    if fits < 1:
-        raise torch.OutOfMemoryError(
-            f"not one slot of {per_slot / 2**20:.0f} MiB fits: {free / 2**30:.1f} GiB free, a share of "
-            f"{fraction:.2f} of {total / 2**30:.0f} GiB with {held / 2**30:.1f} GiB held; raise "
-            "NERFLEET_GPU_MEMORY_FRACTION or lower NERFLEET_SLOT_LEN"
-        )
-    return min(most, fits)
-
-
-@contextlib.contextmanager
-def cublaslt():
-    """cuBLASLt for the products captured in the step's graph (the graph keeps the kernels it
-    captured): it runs a decoding step's thin down product without cuBLAS's separate split-K
-    reduction (46 against 54 us for Mistral-7B on an H100, bench/NOTES.md, session 8)."""
-    before = torch.backends.cuda.preferred_blas_library()
-    torch.backends.cuda.preferred_blas_library("cublaslt")
-    try:
-        yield
-    finally:
-        torch.backends.cuda.preferred_blas_library(before)
-
-
-def _no_mask(*args, **kwargs):
-    """The slot attention builds its own masks from the slots' bounds: transformers builds none."""
-    return None
