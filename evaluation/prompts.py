@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from nerfleet.registry import Registry
+
 SLOT = "{clinical_text}"
 FORMATS = ("none", "dict", "json")
-BUILTIN = ("v1", "v2", "v3")
 
 
 #: A condition of its own: the same prompt text, decoding constrained to the structure it asks for.
@@ -55,25 +57,37 @@ def _parse(text: str, origin: str) -> Prompt:
     return Prompt(data["name"], fmt, data["template"])
 
 
+def _builtin(name: str) -> Callable[[], Prompt]:
+    def read() -> Prompt:
+        text = resources.files("nerfleet.evaluation").joinpath("prompts", f"{name}.toml").read_text("utf-8")
+        return _parse(text, name)
+
+    return read
+
+
+#: The named prompts, each a loader (the paper's three ship as TOML files in the package); add your
+#: own with ``PROMPTS.register("mine")(lambda: Prompt(...))`` or pass a .toml path instead.
+PROMPTS: Registry[Callable[[], Prompt]] = Registry("prompt", {name: _builtin(name) for name in ("v1", "v2", "v3")})
+
+
 def load_prompt(ref: str) -> Prompt:
-    """A built-in name (v1, v2, v3), the path of a prompt TOML file, or either with ``+guided``."""
+    """A registered name (v1, v2, v3 built in), the path of a prompt TOML file, or either with ``+guided``."""
     if ref.endswith(GUIDED):
         base = load_prompt(ref.removesuffix(GUIDED))
         if base.format == "none":
             raise ValueError(f"prompt {ref!r}: {base.name} asks for no structure, so there is nothing to guide")
         return Prompt(base.name + GUIDED, base.format, base.template, guided=True)
-    if ref in BUILTIN:
-        text = resources.files("nerfleet.evaluation").joinpath("prompts", f"{ref}.toml").read_text("utf-8")
-        return _parse(text, ref)
+    if ref in PROMPTS:
+        return PROMPTS[ref]()
     path = Path(ref)
     if path.suffix == ".toml" and path.is_file():
         return _parse(path.read_text("utf-8"), str(path))
-    raise ValueError(f"unknown prompt {ref!r}: use one of {', '.join(BUILTIN)} or a path to a .toml prompt file")
+    raise ValueError(f"unknown prompt {ref!r}: use one of {', '.join(PROMPTS)} or a path to a .toml prompt file")
 
 
 def prompt_format(ref: str) -> str:
     """The structure a prompt asked for; "none" for a name that is neither built in nor a TOML file."""
     base = ref.removesuffix(GUIDED)
-    if base in BUILTIN or (base.endswith(".toml") and Path(base).is_file()):
+    if base in PROMPTS or (base.endswith(".toml") and Path(base).is_file()):
         return load_prompt(base).format
     return "none"

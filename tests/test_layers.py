@@ -73,6 +73,16 @@ def test_an_unknown_name_lists_the_known_ones():
     with pytest.raises(LookupError, match="unknown structure 'xml': known structures: dict, json"):
         PARSERS["xml"]
     assert CATALOG.lookup("smollm2-135m-instruct") is CATALOG["smollm2"]
+    from nerfleet.evaluation.prompts import PROMPTS, Prompt, load_prompt
+
+    with pytest.raises(LookupError, match="unknown prompt 'v4': known prompts: v1, v2, v3"):
+        PROMPTS["v4"]
+    mine = Prompt("mine", "json", 'Return {"annotations": []} for: {clinical_text}')
+    PROMPTS.register("mine")(lambda: mine)  # a prompt registered in code is a name like the built-in ones
+    try:
+        assert load_prompt("mine") is mine and load_prompt("mine+guided").guided
+    finally:
+        del PROMPTS["mine"]
 
 
 def _module_level_imports(path: Path):
