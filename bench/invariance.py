@@ -5,7 +5,7 @@ For each operation of a decoder layer that reduces over something (matrix produc
 attention), the same rows are computed once alone and once inside a larger batch (attention: inside
 a left-padded batch), and the largest bitwise difference is printed with the time per call.
 
-    python bench/invariance.py [--dtype bfloat16] [--out bench/results/invariance-h100.json]
+    python bench/invariance.py [--dtype bfloat16] [--out bench/results/DATE-DEVICE/invariance.json]
 """
 
 from __future__ import annotations
