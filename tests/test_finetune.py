@@ -137,3 +137,51 @@ def test_early_stopping_keeps_the_epoch_of_the_best_dev_f1(home, demo_corpus, ti
     saved = AutoModelForTokenClassification.from_pretrained(result["final"]).state_dict()
     assert all(torch.equal(saved[k], weights[0.5][k]) for k in saved)
     assert not all(torch.equal(saved[k], weights[0.3][k]) for k in saved)  # not the last epoch's
+
+
+def test_the_trainer_path_trains_resumes_and_scores_like_the_loop(home, demo_corpus, tiny_encoder, tmp_path):
+    """workers/encoder_trainer.py: the same task on transformers' Trainer; interrupted after epoch 1
+    (its checkpoint on disk), it resumes with epoch 2 only, and reports the loop's metric shape."""
+    from nerfleet.workers import encoder_trainer
+
+    with session_scope() as s:
+        train_docs = load_documents(s, demo_corpus, "train")
+        test_docs = load_documents(s, demo_corpus, "test")
+    params = TrainParams(epochs=2, max_length=64, batch_size=4, lr=1e-3)
+    out = tmp_path / "ck"
+
+    def crash_after_first(epoch, history):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encoder_trainer.train("t", str(tiny_encoder), train_docs, test_docs, params, out, crash_after_first)
+    seen = []
+    result = encoder_trainer.train(
+        "t", str(tiny_encoder), train_docs, test_docs, params, out, lambda e, h: seen.append(e)
+    )
+    assert seen == [2]
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    assert all(h["loss"] is not None and 0 <= h["dev_f1"] <= 1 for h in result["history"])
+    assert set(result["metrics"]) == {"DISEASE", "SYMPTOM", "PROCEDURE", "micro", "macro"}
+    assert (out / "final" / "nerfleet.json").is_file()
+
+
+def test_trainer_windows_label_each_word_once_on_its_first_sub_word(home, demo_corpus, tiny_encoder):
+    from transformers import AutoTokenizer
+
+    from nerfleet.evaluation.spans import spans_to_iob, tokenize_for_spans
+    from nerfleet.workers.encoder_trainer import windows_of
+    from nerfleet.workers.finetune import TAG_ID
+
+    with session_scope() as s:
+        docs = load_documents(s, demo_corpus, "train")
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_encoder))
+    params = TrainParams(max_length=32)
+    examples = windows_of(tokenizer, docs[:1], params)
+    assert len(examples) > 1 and all(len(x["input_ids"]) <= 32 for x in examples)  # cut into windows
+    tokens = tokenize_for_spans(docs[0].text, docs[0].spans)
+    labels = [label for x in examples for label in x["labels"] if label != -100]
+    # no overlap by default: each word labelled once, in order (a word cut at a window edge keeps its first)
+    assert labels == [TAG_ID[t] for t in spans_to_iob(tokens, docs[0].spans)][: len(labels)]
+    assert len(labels) >= len(tokens) - len(examples)
