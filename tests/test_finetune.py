@@ -85,7 +85,13 @@ def test_one_epoch_stores_metrics_and_tags_text(home, demo_corpus, tiny_encoder,
         assert 0 <= int(start) < int(end) <= len(text) and text[int(start) : int(end)] == span
 
 
-def test_interrupted_training_resumes_from_last_checkpoint(home, demo_corpus, tiny_encoder, tmp_path):
+@pytest.mark.parametrize("path", ["loop", "trainer"])
+def test_interrupted_training_resumes_from_last_checkpoint(home, demo_corpus, tiny_encoder, tmp_path, path):
+    """Both training paths (the loop, transformers' Trainer in workers/encoder_trainer.py): stopped
+    after epoch 1's checkpoint, a job resumes with epoch 2 only and reports the same metric shape."""
+    from nerfleet.workers import encoder_trainer
+
+    run = train if path == "loop" else encoder_trainer.train
     with session_scope() as s:
         train_docs = load_documents(s, demo_corpus, "train")
         test_docs = load_documents(s, demo_corpus, "test")
@@ -97,12 +103,15 @@ def test_interrupted_training_resumes_from_last_checkpoint(home, demo_corpus, ti
             raise KeyboardInterrupt  # the machine goes down after epoch 1's checkpoint
 
     with pytest.raises(KeyboardInterrupt):
-        train("t", str(tiny_encoder), train_docs, test_docs, params, out, crash_after_first)
-    assert latest_checkpoint(out).name == "epoch-1"
+        run("t", str(tiny_encoder), train_docs, test_docs, params, out, crash_after_first)
+    if path == "loop":
+        assert latest_checkpoint(out).name == "epoch-1"
     seen = []
-    result = train("t", str(tiny_encoder), train_docs, test_docs, params, out, lambda e, h: seen.append(e))
+    result = run("t", str(tiny_encoder), train_docs, test_docs, params, out, lambda e, h: seen.append(e))
     assert seen == [2]  # epoch 1 was not trained again
     assert [h["epoch"] for h in result["history"]] == [1, 2]
+    assert all(h["loss"] > 0 and 0 <= h["dev_f1"] <= 1 for h in result["history"])
+    assert set(result["metrics"]) == {"DISEASE", "SYMPTOM", "PROCEDURE", "micro", "macro"}
     assert (out / "final" / "nerfleet.json").is_file()
 
 
@@ -137,34 +146,6 @@ def test_early_stopping_keeps_the_epoch_of_the_best_dev_f1(home, demo_corpus, ti
     saved = AutoModelForTokenClassification.from_pretrained(result["final"]).state_dict()
     assert all(torch.equal(saved[k], weights[0.5][k]) for k in saved)
     assert not all(torch.equal(saved[k], weights[0.3][k]) for k in saved)  # not the last epoch's
-
-
-def test_the_trainer_path_trains_resumes_and_scores_like_the_loop(home, demo_corpus, tiny_encoder, tmp_path):
-    """workers/encoder_trainer.py: the same task on transformers' Trainer; interrupted after epoch 1
-    (its checkpoint on disk), it resumes with epoch 2 only, and reports the loop's metric shape."""
-    from nerfleet.workers import encoder_trainer
-
-    with session_scope() as s:
-        train_docs = load_documents(s, demo_corpus, "train")
-        test_docs = load_documents(s, demo_corpus, "test")
-    params = TrainParams(epochs=2, max_length=64, batch_size=4, lr=1e-3)
-    out = tmp_path / "ck"
-
-    def crash_after_first(epoch, history):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        encoder_trainer.train("t", str(tiny_encoder), train_docs, test_docs, params, out, crash_after_first)
-    seen = []
-    result = encoder_trainer.train(
-        "t", str(tiny_encoder), train_docs, test_docs, params, out, lambda e, h: seen.append(e)
-    )
-    assert seen == [2]
-    assert [h["epoch"] for h in result["history"]] == [1, 2]
-    assert all(h["loss"] is not None and 0 <= h["dev_f1"] <= 1 for h in result["history"])
-    assert set(result["metrics"]) == {"DISEASE", "SYMPTOM", "PROCEDURE", "micro", "macro"}
-    assert (out / "final" / "nerfleet.json").is_file()
 
 
 def test_trainer_windows_label_each_word_once_on_its_first_sub_word(home, demo_corpus, tiny_encoder):
