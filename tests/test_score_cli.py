@@ -115,3 +115,31 @@ def test_the_demo_explains_zeros_in_tables_4_and_5_only_when_nothing_parsed():
 
     assert why_structured_tables_are_empty(_scores(0.0, 0.0)).startswith("Tables 4 and 5 are zeros because m wrote")
     assert why_structured_tables_are_empty(_scores(0.5, 0.2)) is None
+
+
+def test_report_csvs_load_as_clean_tables(built, tmp_path):
+    """metrics.csv is long form (one row per strategy × model × prompt × category × metric, every
+    cell filled where it applies); the table CSVs have a named column each and the model on every row."""
+    import csv
+
+    lines = [
+        json.dumps({"doc_id": "en-demo-001", "model": m, "prompt": p, "output": "fever; renal hydatid disease"})
+        for m in ("m1", "m2")
+        for p in ("v1", "v2", "v3")
+    ]
+    out = tmp_path / "report"
+    assert runner.invoke(app, ["score", str(write(tmp_path, lines)), "--out", str(out)]).exit_code == 0
+    with (out / "metrics.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and set(rows[0]) == {
+        "strategy", "model", "prompt", "category", "metric", "value", "ci_low", "ci_high", "n", "calibration",
+    }  # fmt: skip
+    keys = [(r["strategy"], r["model"], r["prompt"], r["category"], r["metric"]) for r in rows]
+    assert len(keys) == len(set(keys))  # one row per number
+    assert all(r["model"] and r["strategy"] and r["metric"] and 0 <= float(r["value"]) <= 1 for r in rows)
+    assert {r["model"] for r in rows} >= {"m1", "m2", "echo", "oracle"}
+    for name in ("table3.csv", "table4.csv", "table5.csv"):
+        with (out / name).open(newline="") as fh:
+            header, *body = list(csv.reader(fh))
+        assert all(h.strip() for h in header), f"{name}: an unnamed column"
+        assert body and all(len(r) == len(header) and r[0] for r in body), f"{name}: a row without its model"
