@@ -27,50 +27,19 @@ def finetune(
     local: bool = typer.Option(False, "--local", help="Train here, in this process, instead of on a training worker."),
 ) -> None:
     """Enqueue one training job per encoder (Table 6 baselines) for `nerfleet worker --train`."""
-    from nerfleet.storage.corpus_store import get_corpus
-    from nerfleet.storage.db import session_scope
-    from nerfleet.storage.jobs import insert_ignore
-    from nerfleet.storage.tables import TrainJob
-    from nerfleet.workers.finetune import encoder_source, job_id_for, run_training_job
+    from nerfleet.tasks.training import create_training_jobs, send_training_jobs
+    from nerfleet.workers.finetune import run_training_job
 
     params = TrainParams(
         epochs=epochs, patience=patience, seed=seed, lr=lr, batch_size=batch_size, max_length=max_length
     )
-    ids = []
     try:
-        with session_scope() as session:
-            c = get_corpus(session, corpus)
-            for enc in encoder:
-                jid = job_id_for(enc, c.id, params)
-                insert_ignore(
-                    session,
-                    TrainJob,
-                    [
-                        {
-                            "id": jid,
-                            "encoder": enc,
-                            "source": encoder_source(enc),
-                            "corpus_id": c.id,
-                            "params_json": json.dumps(params.__dict__),
-                            "state": "queued",
-                            "epoch": 0,
-                            "history_json": "[]",
-                        }
-                    ],
-                )
-                ids.append(jid)
+        ids = create_training_jobs(encoder, corpus, params)
         if local:
             for jid in ids:
                 run_training_job(jid)
         else:
-            from nerfleet.tasks.app import app as celery_app
-            from nerfleet.tasks.dispatch import RETRY_POLICY
-            from nerfleet.tasks.queues import train_queue
-
-            for jid in ids:
-                celery_app.send_task(
-                    "nerfleet.train", args=[jid], queue=train_queue(), retry=True, retry_policy=RETRY_POLICY
-                )
+            send_training_jobs(ids)
     except USER_ERRORS as exc:
         fail(exc)
     for jid in ids:
