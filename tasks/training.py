@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
 
 from nerfleet.tasks.app import app
 from nerfleet.workers.finetune import TrainParams
@@ -12,8 +14,6 @@ from nerfleet.workers.finetune import TrainParams
 
 @app.task(name="nerfleet.train", acks_late=True, ignore_result=True)
 def train(train_job_id: str) -> None:
-    from nerfleet.workers.finetune import run_training_job
-
     run_training_job(train_job_id)
 
 
@@ -53,3 +53,46 @@ def send_training_jobs(ids: Sequence[str]) -> None:
 
     for jid in ids:
         app.send_task("nerfleet.train", args=[jid], queue=train_queue(), retry=True, retry_policy=RETRY_POLICY)
+
+
+def run_training_job(job_id: str) -> None:
+    from nerfleet.settings import get_settings
+    from nerfleet.storage.corpus_store import load_documents
+    from nerfleet.storage.db import session_scope
+    from nerfleet.storage.metrics import encoder_rows, replace_metrics
+    from nerfleet.storage.tables import TrainJob, utcnow
+    from nerfleet.workers.encoder_trainer import train as train_encoder
+
+    with session_scope() as s:
+        job = s.get(TrainJob, job_id)
+        if job is None or job.state == "done":
+            return
+        job.state, job.updated_at = "running", utcnow()
+        out_dir = Path(job.checkpoint_dir or get_settings().home / "checkpoints" / job_id)
+        job.checkpoint_dir = str(out_dir)
+        s.add(job)
+        params = TrainParams(**json.loads(job.params_json))
+        train_docs = load_documents(s, job.corpus_id, "train")
+        test_docs = load_documents(s, job.corpus_id, "test")
+        source, encoder = job.source, job.encoder
+
+    def progress(epoch, history):
+        with session_scope() as s2:
+            row = s2.get(TrainJob, job_id)
+            row.epoch, row.history_json, row.updated_at = epoch, json.dumps(history), utcnow()
+            s2.add(row)
+
+    try:
+        result = train_encoder(job_id, source, train_docs, test_docs, params, out_dir, progress)
+    except Exception as exc:
+        with session_scope() as s:
+            row = s.get(TrainJob, job_id)
+            row.state, row.error = "failed", f"{type(exc).__name__}: {exc}"
+            s.add(row)
+        raise
+    with session_scope() as s:  # metrics and "done" in one transaction
+        params_record = {"train": asdict(params), "seqeval": {"mode": "strict", "scheme": "IOB2"}}
+        replace_metrics(s, job_id, encoder_rows(job_id, encoder, result["metrics"], params_record))
+        row = s.get(TrainJob, job_id)
+        row.state, row.history_json, row.updated_at = "done", json.dumps(result["history"]), utcnow()
+        s.add(row)

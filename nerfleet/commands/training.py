@@ -27,8 +27,7 @@ def finetune(
     local: bool = typer.Option(False, "--local", help="Train here, in this process, instead of on a training worker."),
 ) -> None:
     """Enqueue one training job per encoder (Table 6 baselines) for `nerfleet worker --train`."""
-    from nerfleet.tasks.training import create_training_jobs, send_training_jobs
-    from nerfleet.workers.finetune import run_training_job
+    from nerfleet.tasks.training import create_training_jobs, run_training_job, send_training_jobs
 
     params = TrainParams(
         epochs=epochs, patience=patience, seed=seed, lr=lr, batch_size=batch_size, max_length=max_length
