@@ -4,7 +4,7 @@ Three worker processes (the tiny random model, CPU) work through a run of at lea
 the script kills a random worker with SIGKILL every ``--kill-every`` seconds (and starts a new
 one), restarts Redis once, flushes the broker once, restarts its own PostgreSQL once (started in a
 temporary folder, never the machine's) and sends one message for a model nobody serves to a
-worker's queue, each of these at a point of the run's progress (5, 20, 40, 60% of its jobs
+worker's queue, each of these (and one more SIGKILL) at a point of the run's progress (5, 10, 20, 40, 60% of its jobs
 stored), so each meets a run in flight. Then it prints a table: faults injected, jobs done, lost,
 duplicated, aggregations, and each recovery's time (from the fault to the next stored
 generation). Bounded in time and count.
@@ -118,6 +118,7 @@ def main() -> None:
         "NERFLEET_HEARTBEAT_S": "1",
         "NERFLEET_SWEEP_INTERVAL_S": "1",
         "NERFLEET_ORPHAN_S": "5",
+        "NERFLEET_AGGREGATION_LEASE_S": "15",
         "NERFLEET_BATCH_SIZE": "4",
         "NERFLEET_MAX_ATTEMPTS": "10",
         "HF_HUB_OFFLINE": "1",
@@ -169,13 +170,21 @@ def main() -> None:
     t0 = time.time()
     # the one-off faults at points of the run's progress (share of its jobs stored), so each
     # meets a run in flight whatever the machine's speed
-    plan = [(0.05, "wrong-model message"), (0.2, "Redis restart"), (0.4, "broker flushed")]
+    # (one SIGKILL among them: a fast machine may store the whole run before the first periodic one)
+    plan = [(0.05, "wrong-model message"), (0.1, "worker SIGKILL"), (0.2, "Redis restart"), (0.4, "broker flushed")]
     if pg:
         plan.append((0.6, "PostgreSQL restart"))
     total = query(f"SELECT count(*) FROM runjob WHERE run_id = '{run_id}'")[0][0]
     next_kill = t0 + args.kill_every
     rng = random.Random(0)
     aggregated = False
+
+    def kill_one() -> None:
+        victim = rng.choice([w for w in workers if w.proc.poll() is None])
+        victim.kill()
+        workers.remove(victim)
+        start_worker()
+
     while time.time() - t0 < args.limit_s:
         now = time.time() - t0
         if plan and stored() >= plan[0][0] * total:
@@ -197,12 +206,11 @@ def main() -> None:
                 redis.Redis.from_url(redis_server.url).flushall()
             elif what == "PostgreSQL restart":
                 pg.restart()
+            elif what == "worker SIGKILL":
+                kill_one()
             faults.append({"fault": what, "at_s": round(now, 1), "stored_before": stored()})
         if time.time() >= next_kill:
-            victim = rng.choice([w for w in workers if w.proc.poll() is None])
-            victim.kill()
-            workers.remove(victim)
-            start_worker()
+            kill_one()
             faults.append({"fault": "worker SIGKILL", "at_s": round(time.time() - t0, 1), "stored_before": stored()})
             next_kill = time.time() + args.kill_every
         for f in faults:  # recovery: the first stored generation after the fault

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     #: A queued job not (re)sent for this long while its model's queue holds no message has lost
     #: its message (a broker restarted without persistence, flushed): the sweeper sends it again.
     orphan_s: float = 120.0
+    #: A run's aggregation claimed this long ago and still not stored is sent again (its message was
+    #: lost or its worker died; a duplicate is harmless: only one aggregation stores its metrics).
+    aggregation_lease_s: float = 300.0
     sweep_interval_s: float = 15.0
     max_attempts: int = 3
     #: How long a worker waits for the broker and the database at start before it gives up.

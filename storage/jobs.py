@@ -166,6 +166,23 @@ def claim_aggregation(session: Session, run_id: str) -> bool:
     return bool(res.rowcount)
 
 
+def reclaim_stale_aggregations(session: Session, older_than_s: float) -> list[str]:
+    """Runs whose aggregation was claimed over ``older_than_s`` ago and never stored, claimed again
+    (now): each is returned to exactly one caller per bound."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    stale = session.exec(select(Run.id).where(Run.aggregated_at.is_(None), Run.aggregation_claimed_at < cutoff)).all()
+    won = []
+    for run_id in stale:
+        res = session.exec(
+            update(Run)
+            .where(Run.id == run_id, Run.aggregated_at.is_(None), Run.aggregation_claimed_at < cutoff)
+            .values(aggregation_claimed_at=utcnow())
+        )
+        if res.rowcount:
+            won.append(run_id)
+    return won
+
+
 def stale_queued(session: Session, older_than_s: float, limit: int = 10_000) -> list[Job]:
     """Queued jobs not enqueued (or re-sent) for ``older_than_s``: their message may be lost."""
     cutoff = utcnow() - timedelta(seconds=older_than_s)

@@ -2,9 +2,11 @@
 
 It re-enqueues jobs whose lease expired (their worker died), re-sends queued jobs whose message
 was lost (a Redis restarted without its append-only file, flushed, or evicting: queued for longer
-than ``NERFLEET_ORPHAN_S`` while their model's queue holds no message), and aggregates finished
-runs nobody claimed. Every re-send is harmless if the original message still lives: claiming is
-conditional in the database, so a job runs and is stored once.
+than ``NERFLEET_ORPHAN_S`` while their model's queue holds no message), aggregates finished
+runs nobody claimed, and sends again an aggregation claimed over ``NERFLEET_AGGREGATION_LEASE_S``
+ago that never stored its metrics (its message lost, its worker killed). Every re-send is
+harmless if the original message still lives: claiming is conditional in the database, so a job
+runs and is stored once, and only one aggregation stores a run's metrics.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from nerfleet.storage.jobs import (
     claim_aggregation,
     expired,
     mark_resent,
+    reclaim_stale_aggregations,
     requeue_expired,
     run_of_each,
     stale_queued,
@@ -54,6 +57,7 @@ def sweep(app: Celery) -> dict[str, int]:
     with session_scope() as session:
         unclaimed = session.exec(select(Run.id).where(Run.aggregation_claimed_at.is_(None))).all()
         claimed = [r for r in unclaimed if claim_aggregation(session, r)]
+        claimed += reclaim_stale_aggregations(session, s.aggregation_lease_s)
     for run_id in claimed:
         enqueue_aggregation(app, run_id)
         aggregated += 1

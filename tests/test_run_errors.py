@@ -114,3 +114,29 @@ def test_a_failed_aggregation_is_shown_and_a_retry_can_succeed(home, broker, dem
     with session_scope() as s:
         run = s.get(Run, plan.run_id)
         assert run.aggregated_at is not None and run.aggregation_error is None
+
+
+def test_an_aggregation_claimed_and_lost_is_sent_again_once_per_lease(home, broker, demo_corpus):
+    """A run's aggregation was claimed, then its message lost or its worker killed: after
+    NERFLEET_AGGREGATION_LEASE_S the sweeper sends it again, once (the next sweep does not)."""
+    from datetime import timedelta
+
+    from nerfleet.storage.tables import Run, utcnow
+    from nerfleet.tasks.app import make_app
+    from nerfleet.tasks.dispatch import waiting_messages
+    from nerfleet.tasks.producer import create_run
+    from nerfleet.tasks.queues import aggregate_queue
+    from nerfleet.tasks.sweeper import sweep
+
+    app = make_app()
+    plan = create_run(["smollm2"], ["v1"], "all", 1, 4, None, str(demo_corpus), app=app)
+    with session_scope() as s:
+        run = s.get(Run, plan.run_id)
+        run.aggregation_claimed_at = utcnow() - timedelta(hours=1)  # claimed long ago, never stored
+        s.add(run)
+    assert waiting_messages(app, aggregate_queue()) == 0
+    assert sweep(app)["aggregations"] == 1
+    assert waiting_messages(app, aggregate_queue()) == 1
+    assert sweep(app)["aggregations"] == 0  # claimed again just now: not re-sent before the next bound
+    with session_scope() as s:
+        assert s.get(Run, plan.run_id).aggregated_at is None  # the sweeper only sends; a worker aggregates
