@@ -78,7 +78,6 @@ def main() -> None:
             ]
             spent.clear()
             before = dict(stats or {})
-            step_ms = None
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             t = time.perf_counter()
@@ -87,10 +86,12 @@ def main() -> None:
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t
             tokens = sum(r.output_tokens for r in results)
-            if stats is not None:  # the continuous engine: its own count of guided host time and steps
+            if stats is not None:  # the continuous engine counts its own steps and guided host time
                 steps = stats["steps"] - before.get("steps", 0)
-                spent[:] = [stats["guide_s"] - before.get("guide_s", 0.0)] + [0.0] * max(0, steps - 1)
+                guide_s = stats["guide_s"] - before.get("guide_s", 0.0)
                 step_ms = 1000 * (stats["decode_s"] - before.get("decode_s", 0.0)) / max(1, steps)
+            else:  # the batched engine: one timed processor call a step
+                steps, guide_s, step_ms = len(spent), sum(spent), None
             strict = sum(parse(r.output, p.format).strict for r in results) / len(results)
             rows.append(
                 {
@@ -99,11 +100,11 @@ def main() -> None:
                     "generated_tokens": tokens,
                     "tok_per_s": tokens / dt,
                     "strict_ratio": strict,
-                    "processor_ms_per_step": 1000 * sum(spent) / max(1, len(spent)),
-                    "processor_share": sum(spent) / dt,
+                    "processor_ms_per_step": 1000 * guide_s / max(1, steps),
+                    "processor_share": guide_s / dt,
                     # the continuous engine: a decoding step's time, mask included (answers of other
                     # lengths change tokens/s; they do not change what a step costs)
-                    "step_ms": step_ms if stats is not None else None,
+                    "step_ms": step_ms,
                 }
             )
             r = rows[-1]

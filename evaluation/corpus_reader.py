@@ -62,18 +62,22 @@ class SourceCorpus:
     skipped: list[str] = field(default_factory=list)
 
 
-def read_utf8(name: str, path: Path) -> str:
-    """A file's text; bytes that are not UTF-8 are reported with the corpus, file, line and column."""
-    raw = path.read_bytes()
+def decode_utf8(raw: bytes, where: str, error: type[ValueError], first_line: int = 1) -> str:
+    """``raw`` as text; bytes that are not UTF-8 raise ``error`` naming ``where``, the line and the column."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
+        line = first_line + raw.count(b"\n", 0, exc.start)
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise CorpusError(
-            f"{name}: {path} line {line}, column {column}: not UTF-8 (byte 0x{raw[exc.start]:02x}); "
-            "re-encode the file as UTF-8"
+        byte = raw[exc.start]
+        raise error(
+            f"{where} line {line}, column {column}: not UTF-8 (byte 0x{byte:02x}); re-encode the file as UTF-8"
         ) from None
+
+
+def read_utf8(name: str, path: Path) -> str:
+    """A corpus file's text (a bad byte is a :class:`CorpusError` naming corpus, file, line, column)."""
+    return decode_utf8(path.read_bytes(), f"{name}: {path}", CorpusError)
 
 
 def _fail(msg: str, lenient: bool, skipped: list[str]) -> None:

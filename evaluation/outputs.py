@@ -6,6 +6,7 @@ import json
 from collections.abc import Container
 from pathlib import Path
 
+from nerfleet.evaluation.corpus_reader import decode_utf8
 from nerfleet.evaluation.scoring import Response
 
 FIELDS = ("doc_id", "model", "prompt", "output")
@@ -26,12 +27,7 @@ def read_outputs(path: Path, known_docs: Container[str]) -> list[Response]:
     with Path(path).open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             where = f"{path}: line {lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise OutputsError(
-                    f"{where}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
-                ) from None
+            line = decode_utf8(raw, f"{path}:", OutputsError, first_line=lineno)
             if not line.strip():
                 continue
             try:

@@ -8,8 +8,16 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from nerfleet.settings import get_settings
+from nerfleet.storage.corpus_store import get_corpus, load_documents
+from nerfleet.storage.db import session_scope
+from nerfleet.storage.jobs import insert_ignore
+from nerfleet.storage.metrics import encoder_rows, replace_metrics
+from nerfleet.storage.tables import TrainJob, utcnow
 from nerfleet.tasks.app import app
-from nerfleet.workers.finetune import TrainParams
+from nerfleet.tasks.dispatch import RETRY_POLICY
+from nerfleet.tasks.queues import train_queue
+from nerfleet.workers.finetune import TrainParams, encoder_source, job_id_for
 
 
 @app.task(name="nerfleet.train", acks_late=True, ignore_result=True)
@@ -20,48 +28,33 @@ def train(train_job_id: str) -> None:
 def create_training_jobs(encoders: Sequence[str], corpus: str | None, params: TrainParams) -> list[str]:
     """One training job per encoder on a corpus; the same encoder, corpus and parameters are the
     same job (written once), so a repeated command resumes it."""
-    from nerfleet.storage.corpus_store import get_corpus
-    from nerfleet.storage.db import session_scope
-    from nerfleet.storage.jobs import insert_ignore
-    from nerfleet.storage.tables import TrainJob
-    from nerfleet.workers.finetune import encoder_source, job_id_for
-
-    ids = []
     with session_scope() as session:
         c = get_corpus(session, corpus)
-        for enc in encoders:
-            jid = job_id_for(enc, c.id, params)
-            row = {
-                "id": jid,
+        rows = [
+            {
+                "id": job_id_for(enc, c.id, params),
                 "encoder": enc,
                 "source": encoder_source(enc),
                 "corpus_id": c.id,
-                "params_json": json.dumps(params.__dict__),
+                "params_json": json.dumps(asdict(params)),
                 "state": "queued",
                 "epoch": 0,
                 "history_json": "[]",
             }
-            insert_ignore(session, TrainJob, [row])
-            ids.append(jid)
-    return ids
+            for enc in encoders
+        ]
+        insert_ignore(session, TrainJob, rows)
+    return [r["id"] for r in rows]
 
 
 def send_training_jobs(ids: Sequence[str]) -> None:
     """A message per job to the training queue, for `nerfleet worker --train`."""
-    from nerfleet.tasks.dispatch import RETRY_POLICY
-    from nerfleet.tasks.queues import train_queue
-
     for jid in ids:
         app.send_task("nerfleet.train", args=[jid], queue=train_queue(), retry=True, retry_policy=RETRY_POLICY)
 
 
 def run_training_job(job_id: str) -> None:
-    from nerfleet.settings import get_settings
-    from nerfleet.storage.corpus_store import load_documents
-    from nerfleet.storage.db import session_scope
-    from nerfleet.storage.metrics import encoder_rows, replace_metrics
-    from nerfleet.storage.tables import TrainJob, utcnow
-    from nerfleet.workers.encoder_trainer import train as train_encoder
+    from nerfleet.workers.encoder_trainer import train as train_encoder  # transformers' Trainer: heavy
 
     with session_scope() as s:
         job = s.get(TrainJob, job_id)

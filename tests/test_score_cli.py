@@ -143,3 +143,14 @@ def test_report_csvs_load_as_clean_tables(built, tmp_path):
             header, *body = list(csv.reader(fh))
         assert all(h.strip() for h in header), f"{name}: an unnamed column"
         assert body and all(len(r) == len(header) and r[0] for r in body), f"{name}: a row without its model"
+
+
+def test_a_line_that_is_not_utf8_is_named_with_its_line_and_column(built, tmp_path):
+    good = json.dumps({"doc_id": "en-demo-001", "model": "m", "prompt": "v1", "output": "fever"}).encode()
+    path = tmp_path / "outputs.jsonl"
+    path.write_bytes(good + b'\n{"doc_id": "caf\xe9"}\n')
+    result = runner.invoke(app, ["score", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"error: {path}: line 2, column 16: not UTF-8 (byte 0xe9); re-encode the file as UTF-8"
+    )

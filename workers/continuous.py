@@ -410,22 +410,19 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         if not rows:
             return
         if self._masks is None:
-            from nerfleet.workers.guided import SlotMasks
+            from nerfleet.workers.guided import Masks
 
-            self._masks = SlotMasks(self.grammars, max(self.slots, self.config.prefill_rows))
+            self._masks = Masks(self.grammars, max(self.slots, self.config.prefill_rows))
         for k in rows:
             group[k].matcher = self._masks.matcher(group[k].req.guide)
-        masked = logits[rows]
-        self._mask(masked, [group[k] for k in rows])
-        logits[rows] = masked
+        self._masks.apply(logits, [(k, group[k].matcher, group[k].req.guide, group[k].budget) for k in rows])
+        self.stats["guide_s"] = self._masks.seconds
 
     def _guide_step(self) -> None:
         """After a step: the guided slots' logits masked to their grammars, their tokens chosen again."""
         slots = [s for s, item in enumerate(self._held) if item is not None and item.matcher is not None]
+        items = [self._held[s] for s in slots]
         logits = self.logits[slots].float()
-        self._mask(logits, [self._held[s] for s in slots])
-        self.tokens[slots] = logits.argmax(-1)
-
-    def _mask(self, logits: torch.Tensor, items: list[SlotRequest]) -> None:
-        self._masks.apply(logits, [(item.matcher, item.req.guide, item.budget - len(item.out)) for item in items])
+        self._masks.apply(logits, [(i, x.matcher, x.req.guide, x.budget - len(x.out)) for i, x in enumerate(items)])
         self.stats["guide_s"] = self._masks.seconds
+        self.tokens[slots] = logits.argmax(-1)

@@ -75,9 +75,14 @@ def train(job_id: str, source: str, train_docs, test_docs, p: TrainParams, out_d
         if hasattr(config, name):
             setattr(config, name, p.attention_dropout)
     model = AutoModelForTokenClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
+    last = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = out_dir / "history.json"  # the dev F1 of each epoch, kept across a resumption
-    kept: dict = json.loads(record.read_text()) if record.is_file() else {"history": [], "best": None}
+    record = out_dir / "history.json"  # the dev F1 of each epoch (and the best), kept across a resumption
+    kept: dict = {"history": [], "best": None}
+    if last is not None and record.is_file():  # epochs recorded after the last checkpoint will run again
+        kept = json.loads(record.read_text())
+        done = round(json.loads((Path(last) / "trainer_state.json").read_text())["epoch"])
+        kept["history"] = [h for h in kept["history"] if h["epoch"] <= done]
 
     class DevF1(TrainerCallback):
         def on_epoch_begin(self, args, state, control, **kwargs):
@@ -128,12 +133,6 @@ def train(job_id: str, source: str, train_docs, test_docs, p: TrainParams, out_d
         callbacks=[DevF1()],
     )
     trainer.remove_callback(PrinterCallback)  # its log lines would mix with the command's output
-    last = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
-    if last is None:
-        kept = {"history": [], "best": None}
-    else:  # epochs recorded after the last checkpoint will run again
-        done = round(json.loads((Path(last) / "trainer_state.json").read_text())["epoch"])
-        kept["history"] = [h for h in kept["history"] if h["epoch"] <= done]
     trainer.train(resume_from_checkpoint=last)
     losses = {round(e["epoch"]): e["loss"] for e in trainer.state.log_history if "loss" in e}
     for h in kept["history"]:

@@ -66,52 +66,11 @@ class Grammars:
         return self._closing[fmt]
 
 
-class GuidedLogits:
-    """A transformers logits processor: each guided row masked to its grammar, the others untouched.
-
-    One call a step for the whole batch: the sampled tokens accepted and the next masks filled by
-    xgrammar's batch matcher (in its own threads), the closing preference applied as tensor ops.
-    """
-
-    def __init__(self, grammars: Grammars, guides: Sequence[str | None], budgets: Sequence[int]):
-        import torch
-        import xgrammar as xgr
-
-        self.grammars = grammars
-        self.guides = list(guides)
-        self.rows = [i for i, g in enumerate(self.guides) if g]
-        self.matchers = [xgr.GrammarMatcher(grammars.compiled(self.guides[i])) for i in self.rows]
-        self.budgets = torch.tensor([budgets[i] for i in self.rows])
-        self.batcher = xgr.BatchGrammarMatcher()
-        self.bitmask = xgr.allocate_token_bitmask(len(self.guides), grammars.vocab_size)
-        self.steps = 0
-
-    def __call__(self, input_ids, scores):
-        import xgrammar as xgr
-
-        if self.steps:
-            last = input_ids[self.rows, -1].tolist()
-            live = [k for k, m in enumerate(self.matchers) if not m.is_terminated()]
-            if live:
-                xgr.BatchGrammarMatcher.batch_accept_token([self.matchers[k] for k in live], [last[k] for k in live])
-        self.bitmask.fill_(-1)  # all allowed, for rows without a grammar
-        live = [k for k, m in enumerate(self.matchers) if not m.is_terminated()]  # a finished row only pads
-        if live:
-            rows = [self.rows[k] for k in live]
-            self.batcher.batch_fill_next_token_bitmask([self.matchers[k] for k in live], self.bitmask, indices=rows)
-            near = [(r, self.guides[r]) for k, r in zip(live, rows) if int(self.budgets[k]) - self.steps <= RESERVE]
-            prefer_closing(self.grammars, self.bitmask, near)
-        self.steps += 1
-        mask = self.bitmask.to(scores.device, non_blocking=True) if scores.device.type == "cuda" else self.bitmask
-        xgr.apply_token_bitmask_inplace(scores, mask, vocab_size=self.grammars.vocab_size)
-        return scores
-
-
-class SlotMasks:
-    """The continuous engine's guided slots: a matcher per guided request; each step, the tokens
-    the slots chose are accepted and the next masks filled by xgrammar's batch matcher, in one
-    threaded call each for all guided slots (one matcher call per row in Python cost a step
-    ~310 us a row for v2 on Qwen2.5's tokenizer, all of it while the GPU waited)."""
+class Masks:
+    """Guided rows' masks, for both engines: the tokens the rows chose are accepted and the next
+    masks filled by xgrammar's batch matcher, one threaded call each for all guided rows a step (one
+    matcher call per row in Python cost ~310 us a row for v2 on Qwen2.5's tokenizer, all of it while
+    the GPU waited); in a row's last :data:`RESERVE` tokens, the closing preference as tensor ops."""
 
     def __init__(self, grammars: Grammars, rows: int):
         import xgrammar as xgr
@@ -132,8 +91,9 @@ class SlotMasks:
         """Record a chosen token; accepted with the others before the next mask is filled."""
         self.pending.append((matcher, token))
 
-    def apply(self, logits, rows: Sequence[tuple[object, str, int]]) -> None:
-        """Mask ``logits`` (one row per entry of ``rows``: matcher, format, tokens left) in place."""
+    def apply(self, logits, rows: Sequence[tuple[int, object, str, int]]) -> None:
+        """Mask ``logits`` in place: each entry of ``rows`` is (row of ``logits``, matcher, format,
+        tokens left); other rows stay as they are, and so does a row whose matcher has ended."""
         import time
 
         import xgrammar as xgr
@@ -143,16 +103,36 @@ class SlotMasks:
             matchers, tokens = zip(*self.pending)
             xgr.BatchGrammarMatcher.batch_accept_token(list(matchers), list(tokens))
             self.pending.clear()
-        bitmask = self.bitmask[: len(rows)]
-        bitmask.fill_(-1)
-        live = [k for k, (m, _, _) in enumerate(rows) if not m.is_terminated()]
+        bitmask = self.bitmask[: logits.shape[0]]
+        bitmask.fill_(-1)  # all allowed
+        live = [(r, m, fmt, left) for r, m, fmt, left in rows if not m.is_terminated()]
         if live:
-            self.batcher.batch_fill_next_token_bitmask([rows[k][0] for k in live], bitmask, indices=live)
-            near = [(k, rows[k][1]) for k in live if rows[k][2] <= RESERVE]
-            prefer_closing(self.grammars, bitmask, near)
+            indices = [r for r, *_ in live]
+            self.batcher.batch_fill_next_token_bitmask([m for _, m, _, _ in live], bitmask, indices=indices)
+            prefer_closing(self.grammars, bitmask, [(r, fmt) for r, _, fmt, left in live if left <= RESERVE])
         mask = bitmask.to(logits.device, non_blocking=True) if logits.device.type == "cuda" else bitmask
         xgr.apply_token_bitmask_inplace(logits, mask, vocab_size=self.grammars.vocab_size)
         self.seconds += time.perf_counter() - start
+
+
+class GuidedLogits:
+    """A transformers logits processor: each guided row of a ``generate`` batch masked to its
+    grammar (:class:`Masks`), the others untouched; a row's budget is its own ``max_new_tokens``."""
+
+    def __init__(self, grammars: Grammars, guides: Sequence[str | None], budgets: Sequence[int]):
+        self.masks = Masks(grammars, len(guides))
+        self.rows = [(i, self.masks.matcher(g), g, budgets[i]) for i, g in enumerate(guides) if g]
+        self.steps = 0
+
+    def __call__(self, input_ids, scores):
+        if self.steps:
+            last = input_ids[[r for r, *_ in self.rows], -1].tolist()
+            for (_, matcher, _, _), token in zip(self.rows, last):
+                if not matcher.is_terminated():  # a finished row only pads
+                    self.masks.accept(matcher, token)
+        self.masks.apply(scores, [(r, m, fmt, budget - self.steps) for r, m, fmt, budget in self.rows])
+        self.steps += 1
+        return scores
 
 
 def prefer_closing(grammars: Grammars, bitmask, near: Sequence[tuple[int, str]]) -> None:

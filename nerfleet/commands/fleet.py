@@ -97,7 +97,7 @@ def worker(
     engine: str = typer.Option(
         "auto",
         help="auto (continuous on CUDA, else batched), continuous (slots refilled as answers end), "
-        "batched, simple, compiled, or module:Class",
+        "batched, simple, or module:Class",
     ),
     train: bool = typer.Option(False, "--train", help="A training worker (encoder baselines) instead."),
     loglevel: str = typer.Option("INFO"),
@@ -111,7 +111,7 @@ def worker(
         fail(ValueError("--model is required (or --train): the one model this worker loads"))
     try:
         if gpu == "all":
-            argv = [a for a in sys.argv[1:]]
+            argv = list(sys.argv[1:])
             i = argv.index("--gpu")
             del argv[i : i + 2]
             raise typer.Exit(spawn_per_gpu(argv))
