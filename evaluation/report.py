@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +37,31 @@ def model_order(block: dict, calibration: list[str]) -> list[str]:
     return sorted(m for m in block if m not in calibration) + [m for m in calibration if m in block]
 
 
-def _grid(title: str, header: list[str], rows: list[list[str]], note: str = "", rule_before: int | None = None) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+@dataclass
+class TextTable:
+    """One table of a report, as text cells: the report file writes it as a plain grid, the CLI
+    through ``rich``. The first two columns (model, prompt or category) are labels, the rest
+    numbers; a rule goes before row ``rule_before`` (the calibration rows)."""
 
-    def line(r: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    note: str = ""
+    rule_before: int | None = None
 
-    body = [line(r) for r in rows]
-    if rule_before is not None and 0 < rule_before < len(body):
-        body.insert(rule_before, "·" * len(line(header)))
-    out = [title, line(header), "-" * len(line(header)), *body]
-    if note:
-        out.append(note)
-    return "\n".join(out)
+    def text(self) -> str:
+        widths = [max(len(r[i]) for r in [self.header, *self.rows]) for i in range(len(self.header))]
+
+        def line(r: list[str]) -> str:
+            return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+        body = [line(r) for r in self.rows]
+        if self.rule_before is not None and 0 < self.rule_before < len(body):
+            body.insert(self.rule_before, "·" * len(line(self.header)))
+        out = [self.title, line(self.header), "-" * len(line(self.header)), *body]
+        if self.note:
+            out.append(self.note)
+        return "\n".join(out)
 
 
 def _prf_cells(c: dict | None) -> list[str]:
@@ -125,10 +138,16 @@ def table6_rows(encoders: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def render_text(scores: dict, encoders: dict | None = None) -> str:
+    """The report as plain text (``report.txt``)."""
+    return "\n\n".join(p.text() if isinstance(p, TextTable) else p for p in report_parts(scores, encoders))
+
+
+def report_parts(scores: dict, encoders: dict | None = None) -> list[TextTable | str]:
+    """The report's tables in order, with the paragraphs between and after them."""
     cal = scores.get("calibration", [])
     models1 = model_order(scores["strategy1"], cal)
     parts = [
-        _grid(
+        TextTable(
             "Table 3. Strategy 1 (detection, category-agnostic): precision, recall, F1",
             *table3_rows(scores),
             rule_before=_calibration_rule(models1, cal),
@@ -137,14 +156,14 @@ def render_text(scores: dict, encoders: dict | None = None) -> str:
     if scores.get("strategy2"):
         models2 = model_order(scores["strategy2"], cal)
         parts.append(
-            _grid(
+            TextTable(
                 "Table 4. Strategy 2 (structured output) by category",
                 *table4_rows(scores),
                 rule_before=_calibration_rule(models2, cal, len(CATEGORY_ROWS)),
             )
         )
         parts.append(
-            _grid(
+            TextTable(
                 "Table 5. Ratio of responses with at least one entity in the requested format",
                 *table5_rows(scores),
                 note="lenient: the paper's ratio (an entity of the three categories in the requested structure); "
@@ -155,15 +174,15 @@ def render_text(scores: dict, encoders: dict | None = None) -> str:
         )
         if scores.get("spans"):
             parts.append(
-                _grid(
+                TextTable(
                     "Character spans, strategy 2 (BSC shared-task definitions): strict and overlap",
                     *spans_rows(scores),
                     rule_before=_calibration_rule(models2, cal, 2),
                 )
             )
     if encoders:
-        parts.append(_grid("Table 6. Fine-tuned encoders, micro average on the test split", *table6_rows(encoders)))
-        parts.append(comparison_text(scores, encoders))
+        parts.append(TextTable("Table 6. Fine-tuned encoders, micro average on the test split", *table6_rows(encoders)))
+        parts.append(encoder_comparison(scores, encoders))
     failed = scores.get("failed") or {}
     if failed:
         lines = ["Failed jobs (not scored):"]
@@ -185,10 +204,10 @@ def render_text(scores: dict, encoders: dict | None = None) -> str:
             "calibration rows: echo = the note itself as the answer, oracle = the gold in each prompt's format"
         )
     parts.append("\n".join(notes))
-    return "\n\n".join(parts)
+    return parts
 
 
-def comparison_text(scores: dict, encoders: dict) -> str:
+def encoder_comparison(scores: dict, encoders: dict) -> TextTable:
     """The best zero-shot cell (strategy 2 micro F1, else strategy 1) against each encoder."""
     cal = set(scores.get("calibration", []))
     best = None
@@ -207,17 +226,17 @@ def comparison_text(scores: dict, encoders: dict) -> str:
         for name, m in sorted(encoders.items())
     ]
     title = f"Best zero-shot cell vs encoders: {best[1] if best else 'none'}"
-    return _grid(title, ["Encoder", "", "F1", "zero-shot F1", "difference"], rows)
+    return TextTable(title, ["Encoder", "", "F1", "zero-shot F1", "difference"], rows)
 
 
-def comparison_lines(result: dict) -> str:
+def comparison_table(result: dict) -> TextTable:
     """``report --compare``: a paired bootstrap p-value per metric."""
     rows = [
         [name, "", _f(m["a"]), _f(m["b"]), f"{m['difference']:+.3f}", f"{m['p_value']:.3f}"]
         for name, m in result["metrics"].items()
     ]
     title = f"Paired bootstrap: A = {result['a']}, B = {result['b']}, {result['documents']} shared documents"
-    return _grid(title, ["Metric", "", "A", "B", "A - B", "p"], rows)
+    return TextTable(title, ["Metric", "", "A", "B", "A - B", "p"], rows)
 
 
 def _csv(header: list[str], rows: list[list[str]]) -> str:
@@ -328,9 +347,11 @@ def f1_series(scores: dict) -> tuple[list[str], list[tuple[str, list[float]]], l
 
 
 def plot_f1(scores: dict, path: Path) -> Path:
+    # deferred: matplotlib (0.5 s), only for the figure
     import matplotlib
 
     matplotlib.use("Agg")
+    # after the backend is chosen: no display needed
     import matplotlib.pyplot as plt
 
     models, series, unparsed = f1_series(scores)

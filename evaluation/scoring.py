@@ -195,44 +195,85 @@ class CellCounts:
     predictions: list[tuple[PreparedDoc, list[Span]]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ResponseCounts:
+    """What one scored response adds to its cell: a row of each of :class:`CellCounts`' arrays and
+    the token spans it predicts. Plain data, so a calibration row's counts are stored once per
+    document (:mod:`nerfleet.storage.calibration`) instead of matched again at each aggregation."""
+
+    strategy1: np.ndarray  # (3,)
+    predicted: tuple[Span, ...]
+    strategy2: np.ndarray | None = None  # (labels × 3)
+    spans: np.ndarray | None = None  # (modes × labels × 3)
+    parsed: tuple[int, int] | None = None  # lenient, strict
+    dropped: int = 0
+
+    def to_json(self) -> dict:
+        arrays = {k: v.tolist() for k in ("strategy1", "strategy2", "spans") if (v := getattr(self, k)) is not None}
+        predicted = [[s.start, s.end, s.label] for s in self.predicted]
+        return {**arrays, "predicted": predicted, "parsed": self.parsed, "dropped": self.dropped}
+
+    @classmethod
+    def from_json(cls, d: dict) -> ResponseCounts:
+        array = lambda k: np.asarray(d[k], dtype=np.int64) if d.get(k) is not None else None  # noqa: E731
+        parsed = tuple(d["parsed"]) if d.get("parsed") is not None else None
+        predicted = tuple(Span(a, b, label) for a, b, label in d["predicted"])
+        return cls(array("strategy1"), predicted, array("strategy2"), array("spans"), parsed, d.get("dropped", 0))
+
+
+def count_response(doc: PreparedDoc, output: str, fmt: str, params: MatchParams, memo: dict) -> ResponseCounts:
+    """One response's counts. ``memo`` keeps strategy-1 spans by (document, output) across the cells
+    of a grid: the same answer to several prompts (an echo) is matched once."""
+    key = (doc.doc_id, output)
+    if key not in memo:
+        memo[key] = strategy1_spans(doc, output, params)
+    spans1 = memo[key]
+    s1 = entity_counts(doc.gold_entity_entities, entities_of(spans1), [ENTITY])[0]
+    if fmt == "none":
+        return ResponseCounts(s1, tuple(spans1))
+    p = parse(output, fmt)
+    spans = strategy2_spans(doc, p, params)
+    chars = [doc.char_span(s) for s in spans]
+    by_span = np.zeros((len(SPAN_MODES), len(LABELS), 3), dtype=np.int64)
+    for li, label in enumerate(LABELS):
+        per_mode = span_counts(doc.document.spans, chars, label)
+        for mi, mode in enumerate(SPAN_MODES):
+            by_span[mi, li] = per_mode[mode]
+    s2 = entity_counts(doc.gold_entities, entities_of(spans), LABELS)
+    return ResponseCounts(s1, tuple(spans), s2, by_span, (int(p.lenient), int(p.strict)), p.dropped)
+
+
+#: Counts already known, by (model, format, document id): the stored calibration rows.
+Known = dict[tuple[str, str, str], ResponseCounts]
+
+
 def count_cell(
     rs: Sequence[Response],
     docs: dict[str, PreparedDoc],
     fmt: str,
     params: MatchParams,
     memo: dict | None = None,
+    known: Known | None = None,
 ) -> CellCounts:
     """Reduce one cell's scored responses (``output`` not None) to per-document counts, in doc-id
-    order. ``memo`` keeps strategy-1 spans by (document, output) across the cells of a grid: the
-    same answer to several prompts (an echo) is matched once."""
+    order; a response whose counts are ``known`` is not matched again."""
     rs = sorted(rs, key=lambda r: r.doc_id)
-    cell = CellCounts([r.doc_id for r in rs], np.zeros((len(rs), 3), dtype=np.int64))
     memo = {} if memo is None else memo
-    for k, r in enumerate(rs):
-        d = docs[r.doc_id]
-        key = (r.doc_id, r.output or "")
-        if key not in memo:
-            memo[key] = strategy1_spans(d, r.output or "", params)
-        spans1 = memo[key]
-        cell.strategy1[k] = entity_counts(d.gold_entity_entities, entities_of(spans1), [ENTITY])
-        if fmt == "none":
-            cell.predictions.append((d, spans1))
+    known = known or {}
+    rows = [
+        known.get((r.model, fmt, r.doc_id)) or count_response(docs[r.doc_id], r.output or "", fmt, params, memo)
+        for r in rs
+    ]
+    cell = CellCounts([r.doc_id for r in rs], np.zeros((len(rs), 3), dtype=np.int64))
+    for k, (r, row) in enumerate(zip(rs, rows)):
+        cell.strategy1[k] = row.strategy1
+        cell.predictions.append((docs[r.doc_id], list(row.predicted)))
     if fmt == "none":
         return cell
-    cell.strategy2 = np.zeros((len(rs), len(LABELS), 3), dtype=np.int64)
-    cell.spans = np.zeros((len(rs), len(SPAN_MODES), len(LABELS), 3), dtype=np.int64)
-    cell.parsed = np.zeros((len(rs), 2), dtype=np.int64)
-    for k, r in enumerate(rs):
-        d = docs[r.doc_id]
-        p = parse(r.output or "", fmt)
-        spans = strategy2_spans(d, p, params)
-        cell.predictions.append((d, spans))
-        cell.strategy2[k] = entity_counts(d.gold_entities, entities_of(spans), LABELS)
-        chars = [d.char_span(s) for s in spans]
-        for li, label in enumerate(LABELS):
-            per_mode = span_counts(d.document.spans, chars, label)
-            for mi, mode in enumerate(SPAN_MODES):
-                cell.spans[k, mi, li] = per_mode[mode]
-        cell.parsed[k] = (p.lenient, p.strict)
-        cell.dropped += p.dropped
+    cell.strategy2 = np.stack([row.strategy2 for row in rows]) if rows else np.zeros((0, len(LABELS), 3), np.int64)
+    cell.spans = (
+        np.stack([row.spans for row in rows]) if rows else np.zeros((0, len(SPAN_MODES), len(LABELS), 3), np.int64)
+    )
+    cell.parsed = np.array([row.parsed for row in rows], dtype=np.int64).reshape(len(rows), 2)
+    cell.dropped = sum(row.dropped for row in rows)
     return cell

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from nerfleet.commands.common import print_report
+from nerfleet.evaluation.report import report_parts, write_reports
 from nerfleet.settings import get_settings
 from nerfleet.tasks.broker import embedded_redis, reachable, redacted
 
@@ -33,11 +35,13 @@ def run_demo(limit: int = 4, corpus: Path | None = None, model: str = "smollm2",
             typer.echo(f"broker: embedded Redis at {broker}")
         os.environ["NERFLEET_BROKER_URL"] = broker
         get_settings.cache_clear()
+        # after NERFLEET_BROKER_URL is set: importing the app configures its module-level app
         from nerfleet.tasks.app import make_app
 
         app = make_app()
 
         # 2. Corpus.
+        # deferred: sqlmodel (0.35 s), not loaded for --help
         from nerfleet.storage.corpus_store import build_and_save
 
         saved, build = build_and_save(corpus or "demo")  # the folder's own test_ids.txt, if any
@@ -65,6 +69,7 @@ def run_demo(limit: int = 4, corpus: Path | None = None, model: str = "smollm2",
         typer.echo(f"worker: pid {worker.pid}, log {log_path}")
 
         # 4. The run, all three prompts over the test documents.
+        # deferred: sqlmodel (0.35 s), not loaded for --help
         from nerfleet.follow import follow
         from nerfleet.tasks.producer import create_run
 
@@ -77,7 +82,7 @@ def run_demo(limit: int = 4, corpus: Path | None = None, model: str = "smollm2",
         typer.echo(f"finished in {time.monotonic() - started:.0f} s")
 
         # 5. Tables.
-        from nerfleet.evaluation.report import render_text, write_reports
+        # deferred: sqlmodel (0.35 s), not loaded for --help
         from nerfleet.storage.db import session_scope
         from nerfleet.storage.runs import get_run, run_scores
 
@@ -86,7 +91,7 @@ def run_demo(limit: int = 4, corpus: Path | None = None, model: str = "smollm2",
         out = home / "reports" / plan.run_id
         write_reports(scores, out)
         typer.echo("")
-        typer.echo(render_text(scores))
+        print_report(report_parts(scores))
         typer.echo("")
         if why := why_structured_tables_are_empty(scores):
             typer.echo(why)

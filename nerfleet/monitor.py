@@ -8,6 +8,7 @@ on SIGTERM/SIGINT it is stopped first, and the kernel ends it if the monitor die
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import os
 import signal
@@ -52,8 +53,6 @@ def flower_command(address: str, port: int) -> tuple[list[str], dict[str, str]]:
 def _die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the parent dies (Linux; elsewhere nothing)."""
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass

@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
+from nerfleet.settings import get_settings
 from nerfleet.storage import tables  # noqa: F401  (registers the tables)
 
 _engines: dict[tuple[int, str], Engine] = {}
@@ -31,7 +32,6 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def get_engine(url: str | None = None) -> Engine:
-    from nerfleet.settings import get_settings
 
     url = url or get_settings().db_url
     key = (os.getpid(), url)
@@ -60,7 +60,6 @@ ADDED_COLUMNS = (
 
 
 def _add_missing_columns(engine: Engine) -> None:
-    from sqlalchemy import inspect, text
 
     inspector = inspect(engine)
     for table, column, sql_type in ADDED_COLUMNS:

@@ -97,6 +97,15 @@ class Generation(SQLModel, table=True):
     created_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
+class CalibrationCount(SQLModel, table=True):
+    """A calibration row's counts for one document (echo or oracle, a format, the matching
+    parameters): they depend on the corpus alone, so each is computed once, not at every run."""
+
+    key: str = Field(primary_key=True)  # sha256 of corpus, document, model, format, parameters
+    corpus_id: int = Field(foreign_key="corpus.id", index=True)
+    counts_json: str = Field(sa_column=Column(Text, nullable=False))
+
+
 class TrainJob(SQLModel, table=True):
     """One encoder fine-tuning (Table 6 baseline); progress is visible while it runs."""
 

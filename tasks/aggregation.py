@@ -9,6 +9,7 @@ from sqlmodel import select
 
 from nerfleet.evaluation.grid import Scores, score_grid
 from nerfleet.evaluation.scoring import Response, prepare
+from nerfleet.storage.calibration import stored_calibration
 from nerfleet.storage.corpus_store import load_documents
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.metrics import replace_metrics, scores_to_rows
@@ -45,7 +46,8 @@ def score_run(run_id: str) -> Scores:
         responses, formats = collect_responses(session, run_id)
         doc_ids = sorted({r.doc_id for r in responses})
         docs = {d.doc_id: prepare(d) for d in load_documents(session, run.corpus_id, doc_ids=doc_ids)}
-    return score_grid(responses, docs, formats)
+        known = stored_calibration(session, run.corpus_id, docs, set(formats.values()))
+    return score_grid(responses, docs, formats, known=known)
 
 
 def aggregate_run(run_id: str, force: bool = False) -> dict | None:

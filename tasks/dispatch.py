@@ -6,7 +6,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 
+from nerfleet.storage.db import session_scope
+from nerfleet.storage.jobs import leaseholders
 from nerfleet.tasks.app import NORMAL_PRIORITY
 from nerfleet.tasks.queues import aggregate_queue, generation_queue
 
@@ -57,7 +60,6 @@ def enqueue_aggregation(app: Celery, run_id: str) -> None:
 
 def waiting_messages(app: Celery, queue: str) -> int:
     """Messages waiting in a queue (all its priorities); 0 for a queue the broker does not have."""
-    from kombu.exceptions import ChannelError
 
     with app.connection_for_write() as conn:
         try:
@@ -69,8 +71,6 @@ def waiting_messages(app: Celery, queue: str) -> int:
 def consumers(app: Celery, models: Iterable[str], timeout: float = 1.0) -> dict[str, set[str]]:
     """The live workers on each model's queue: those that answer Celery's broadcast within
     ``timeout`` (``inspect().active_queues()``) and those holding a live lease on one of its jobs."""
-    from nerfleet.storage.db import session_scope
-    from nerfleet.storage.jobs import leaseholders
 
     models = list(models)
     by_queue: dict[str, set[str]] = defaultdict(set)

@@ -9,6 +9,9 @@ import subprocess
 import sys
 import time
 
+from nerfleet.settings import get_settings
+from nerfleet.tasks.broker import wait_for_services
+
 
 def process_age() -> float:
     """Seconds since this process started (Linux's /proc; 0 elsewhere): the worker's start-up
@@ -84,8 +87,6 @@ def _run_celery_worker(app, queues: str, node: str, loglevel: str, tasks: int = 
 def start_worker(model: str, gpu: str | None, engine: str, loglevel: str = "INFO", name: str | None = None) -> None:
     started = time.time() - process_age()
     where = _pin(gpu)
-    from nerfleet.settings import get_settings
-    from nerfleet.tasks.broker import wait_for_services
 
     s = get_settings()
     wait_for_services(s.broker_url, s.db_url, s.connect_timeout_s)  # before minutes of model loading
@@ -121,6 +122,7 @@ def start_worker(model: str, gpu: str | None, engine: str, loglevel: str = "INFO
 
 def start_train_worker(gpu: str | None, loglevel: str = "INFO") -> None:
     where = _pin(gpu)
+    # after the GPU pin: nothing may import torch before CUDA_VISIBLE_DEVICES is set
     from nerfleet.tasks.app import app
     from nerfleet.tasks.queues import train_queue
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -11,13 +12,19 @@ from sqlalchemy import and_, func, update
 from sqlmodel import select
 
 from nerfleet.evaluation.prompts import Prompt, load_prompt
+from nerfleet.evaluation.scoring import prepare
 from nerfleet.settings import get_settings
+from nerfleet.storage.calibration import stored_calibration
 from nerfleet.storage.corpus_store import get_corpus, load_documents
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.jobs import claim_aggregation, insert_ignore, job_hash
 from nerfleet.storage.tables import Document, Job, PromptText, Run, RunJob, utcnow
+from nerfleet.tasks.app import make_app
 from nerfleet.tasks.broker import redacted
+from nerfleet.tasks.dispatch import enqueue_aggregation, enqueue_jobs
 from nerfleet.workers.models import ModelSpec, resolve
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,8 +54,6 @@ def create_run(
     app=None,
 ) -> RunPlan:
     """Write the run and its jobs, then enqueue every job that has no result yet."""
-    from nerfleet.tasks.app import make_app
-    from nerfleet.tasks.dispatch import enqueue_aggregation, enqueue_jobs
 
     app = app or make_app()  # from the settings in force now (a producer only sends by task name)
     s = get_settings()
@@ -149,6 +154,12 @@ def create_run(
         agg = claim_aggregation(session, run_id)
     if agg:
         enqueue_aggregation(app, run_id)
+    elif enqueued:  # while the workers generate: the calibration rows their aggregation will read
+        try:
+            with session_scope() as session:
+                stored_calibration(session, c.id, {d.doc_id: prepare(d) for d in docs}, {p.format for p in loaded})
+        except Exception as exc:  # noqa: BLE001 - the aggregation computes what is missing
+            log.warning("calibration rows not stored now (the aggregation will compute them): %s", exc)
     return RunPlan(run_id, total, done, enqueued, agg, tuple(m.name for m in specs))
 
 

@@ -171,7 +171,7 @@ def test_messages_hold_documents_of_similar_length(fleet, tiny_models, monkeypat
     """The producer sends each prompt's jobs shortest document first, so a message (one batch on
     the GPU) pads little; no worker is needed to see the messages it sends."""
     from nerfleet.storage.tables import Document
-    from nerfleet.tasks import dispatch
+    from nerfleet.tasks import dispatch, producer
 
     sent: list[list[str]] = []
     real = dispatch.enqueue_jobs
@@ -181,7 +181,7 @@ def test_messages_hold_documents_of_similar_length(fleet, tiny_models, monkeypat
         sent.append([h for _, h in jobs])
         return real(app, run_id, jobs, *args, **kwargs)
 
-    monkeypatch.setattr(dispatch, "enqueue_jobs", spy)
+    monkeypatch.setattr(producer, "enqueue_jobs", spy)  # the name the producer calls
     plan = fleet.run([tiny_models["tiny-a"]], prompts=("v1", "v2"), limit=8)
     with session_scope() as s:
         jobs = {j.hash: j for j in s.exec(select(Job))}

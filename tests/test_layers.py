@@ -114,3 +114,36 @@ def test_no_import_cycle_between_modules():
         if m not in state:
             visit(m, [m])
     assert not cycles, "\n".join(cycles)
+
+
+def _deferred_import_groups(path: Path):
+    """(first line, lines) of each run of consecutive import statements inside a function."""
+    for fn in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(fn):
+            for body in (getattr(node, f, None) for f in ("body", "orelse", "finalbody", "handlers")):
+                group: list[ast.stmt] = []
+                for stmt in [*(body if isinstance(body, list) else []), None]:
+                    if isinstance(stmt, ast.Import | ast.ImportFrom):
+                        group.append(stmt)
+                    elif group:
+                        yield group[0].lineno, range(group[0].lineno, group[-1].end_lineno + 1)
+                        group = []
+
+
+def test_an_import_inside_a_function_says_why():
+    """An import inside a function defers something heavy (torch, transformers, an optional extra,
+    the database layer for a command's ``--help``) and says so in a comment on the line above or
+    beside it: the standard library and the project's light modules are imported at the top."""
+    silent = []
+    for folder, package in FOLDERS.items():
+        for path, _ in _modules(folder, package):
+            lines = path.read_text().splitlines()
+            for first, span in _deferred_import_groups(path):
+                above = lines[first - 2].strip()
+                said = above.startswith("#") and not above[1:].strip()[:1].isdigit()  # "# 2. Corpus." says no why
+                said = said or any("#" in lines[i - 1] for i in span)
+                if not said:
+                    silent.append(f"{path.relative_to(ROOT)}:{first}: {lines[first - 1].strip()}")
+    assert not silent, "imports inside functions without a word why:\n" + "\n".join(sorted(set(silent)))

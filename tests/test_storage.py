@@ -97,3 +97,32 @@ def test_expired_lease_can_be_reclaimed_and_attempts_counted(db):
         assert got == [] and failed == ["j0"]
         assert s.get(Job, "j0").state == "failed"
         assert s.get(Job, "j0").error == "gave up after 2 attempts (worker lost or crashed)"
+
+
+def test_calibration_rows_are_stored_once_and_score_as_if_computed(home, broker, demo_corpus):
+    """The producer stores the echo and oracle counts of a run's notes once it has enqueued the
+    run; the aggregation reads them back (JSON through the database), and the tables are exactly
+    those of computing them afresh."""
+    from nerfleet.evaluation.grid import score_grid
+    from nerfleet.evaluation.scoring import Response, prepare
+    from nerfleet.storage.calibration import stored_calibration
+    from nerfleet.storage.corpus_store import load_documents
+    from nerfleet.storage.tables import CalibrationCount
+    from nerfleet.tasks.app import make_app
+    from nerfleet.tasks.producer import create_run
+
+    create_run(["smollm2"], ["v1", "v2", "v3"], "all", 3, 4, None, str(demo_corpus), app=make_app())
+    with session_scope() as s:
+        assert len(s.exec(select(CalibrationCount)).all()) == 3 * 2 * 3  # notes × echo, oracle × formats
+        docs = {d.doc_id: prepare(d) for d in load_documents(s, demo_corpus)[:3]}
+        known = stored_calibration(s, demo_corpus, docs, ["none", "dict", "json"])
+    assert len(known) == 18
+    formats = {"v1": "none", "v2": "dict", "v3": "json"}
+    responses = [
+        Response(doc_id, "m", prompt, d.document.text[: 40 * (k + 1)])
+        for k, (doc_id, d) in enumerate(sorted(docs.items()))
+        for prompt in formats
+    ]
+    fresh = score_grid(responses, docs, formats).to_json()
+    assert score_grid(responses, docs, formats, known=known).to_json() == fresh
+    assert fresh["strategy1"]["echo"]["v1"]["f1"] > 0.9  # the rows are real, not empty

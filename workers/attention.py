@@ -7,11 +7,12 @@ their own: transformers looks the function up by the model's attention-implement
 
 from __future__ import annotations
 
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
 
 def use(model, name: str, attention, mask) -> None:
     """Register an attention function and its mask builder under ``name`` and switch ``model`` to it."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(name, attention)
     AttentionMaskInterface.register(name, mask)

@@ -34,6 +34,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from nerfleet.workers.attention import use
+from nerfleet.workers.decoding import attend
 from nerfleet.workers.engine import (
     GenerationRequest,
     GenerationResult,
@@ -43,6 +45,9 @@ from nerfleet.workers.engine import (
     on_cuda,
     round_up,
 )
+from nerfleet.workers.fusion import fuse, fusion_refusal
+from nerfleet.workers.guided import Masks
+from nerfleet.workers.rotary import materialize_rotary
 from nerfleet.workers.simple import SimpleEngine
 from nerfleet.workers.slots import Call, CompiledStep, SlotConfig, SlotRequest, no_mask, slots_that_fit
 
@@ -72,9 +77,6 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         if getattr(model.config.get_text_config(), "attn_logit_softcapping", None):
             raise ValueError("the continuous engine has no attention logit soft-capping (Gemma 2): use batched")
         if cuda:
-            from nerfleet.workers.fusion import fuse, fusion_refusal
-            from nerfleet.workers.rotary import materialize_rotary
-
             if fusion_refusal(model) is None:
                 self.model = fuse(model, column_major=True)
             materialize_rotary(self.model)
@@ -142,7 +144,6 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
     def _use_slot_attention(self) -> None:
         """This engine's attention under a name of its own: it writes the slot cache itself (the
         model runs without a transformers cache) and reads the bounds of this engine's slots."""
-        from nerfleet.workers.attention import use
 
         name = f"nerfleet_slots_{id(self):x}"
         self._attention_names = (name, name + "_prefill")
@@ -160,8 +161,6 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
             values[self.rows, :, write] = value[:, :, 0]
             bounds = self.window_bounds if window else self.bounds
             if query.device.type == "cuda":
-                from nerfleet.workers.decoding import attend
-
                 return attend(query, keys, values, self.live, bounds, scale), None
             cols = torch.arange(keys.shape[2], device=query.device)
             mask = (cols >= bounds[:, :1]) & (cols < bounds[:, 1:])
@@ -322,15 +321,17 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
             # of the next requests in line, those of similar length together: little padding
             ahead = sorted(itertools.islice(self._waiting, 4 * cfg.prefill_rows), key=lambda x: len(x.ids))
             group: list[SlotRequest] = []
-            width = 0
+            width = real = 0
             for item in ahead:
                 if len(group) == min(len(free), cfg.prefill_rows):
                     break
                 nxt = min(self.slot_len, round_up(max(width, len(item.ids)), cfg.bucket))
-                if group and nxt * (len(group) + 1) > cfg.prefill_tokens:
+                padded, rows = nxt * (len(group) + 1), len(group) + 1
+                # within the call's tokens, and padding (beyond the bucket's) at most a tenth
+                if group and (padded > cfg.prefill_tokens or padded > 1.1 * (real + len(item.ids)) + cfg.bucket * rows):
                     break
                 group.append(item)
-                width = nxt
+                width, real = nxt, real + len(item.ids)
             taken = {id(x) for x in group}
             self._waiting = collections.deque(x for x in self._waiting if id(x) not in taken)
             self._prefill(group, free[: len(group)], width)
@@ -363,13 +364,14 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
     def _decode_window(self) -> None:
         start = time.perf_counter()
         held = [item for item in self._held if item is not None]
-        guided = any(item.matcher is not None for item in held)
+        guided = [s for s, item in enumerate(self._held) if item is not None and item.matcher is not None]
         left = min(item.budget - len(item.out) for item in held)
         steps = 1 if guided else max(1, min(self.config.check_every, left))
         for i in range(steps):
-            self._replay()
             if guided:
-                self._guide_step()
+                self._guided_step(guided)
+            else:
+                self._replay()
             self.history[i].copy_(self.tokens)
         self.stats["steps"] += steps
         live = sum(len(item.ids) + len(item.out) + 1 for item in held)
@@ -410,19 +412,25 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         if not rows:
             return
         if self._masks is None:
-            from nerfleet.workers.guided import Masks
-
-            self._masks = Masks(self.grammars, max(self.slots, self.config.prefill_rows))
+            most = max(self.slots, self.config.prefill_rows)
+            self._masks = Masks(self.grammars, most, pinned=on_cuda(self.model))
         for k in rows:
             group[k].matcher = self._masks.matcher(group[k].req.guide)
         self._masks.apply(logits, [(k, group[k].matcher, group[k].req.guide, group[k].budget) for k in rows])
         self.stats["guide_s"] = self._masks.seconds
 
-    def _guide_step(self) -> None:
-        """After a step: the guided slots' logits masked to their grammars, their tokens chosen again."""
-        slots = [s for s, item in enumerate(self._held) if item is not None and item.matcher is not None]
+    def _guided_step(self, slots: list[int]) -> None:
+        """A step with guided slots: their masks are filled on the host while the GPU runs the step
+        (the fill reads no logits, only the tokens accepted so far), then applied to their logits
+        and their tokens chosen again. Nothing in between waits for the GPU: the slots' index goes
+        up before the step is launched, the mask from pinned memory."""
         items = [self._held[s] for s in slots]
-        logits = self.logits[slots].float()
-        self._masks.apply(logits, [(i, x.matcher, x.req.guide, x.budget - len(x.out)) for i, x in enumerate(items)])
+        index = torch.tensor(slots, device=self.model.device)
+        self._replay()
+        mask = self._masks.fill(
+            len(slots), [(i, x.matcher, x.req.guide, x.budget - len(x.out)) for i, x in enumerate(items)]
+        )
+        logits = self.logits.index_select(0, index).float()
+        self._masks.mask(logits, mask)
         self.stats["guide_s"] = self._masks.seconds
-        self.tokens[slots] = logits.argmax(-1)
+        self.tokens.index_copy_(0, index, logits.argmax(-1))

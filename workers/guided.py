@@ -13,7 +13,11 @@ structure, so a guided answer ends complete and parses strictly.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+
+import numpy as np
+import torch
 
 from nerfleet.evaluation.grammars import CLOSING, grammar_source
 
@@ -21,15 +25,20 @@ from nerfleet.evaluation.grammars import CLOSING, grammar_source
 RESERVE = 40
 
 
+def xgrammar():
+    """The xgrammar module: an optional extra, so imported only once a guided request arrives."""
+    try:
+        import xgrammar as xgr  # the optional extra nerfleet[guided]
+    except ImportError:
+        raise RuntimeError("guided decoding needs xgrammar: pip install 'nerfleet[guided]'") from None
+    return xgr
+
+
 class Grammars:
     """One tokenizer's compiled grammars, by prompt format."""
 
     def __init__(self, tokenizer, vocab_size: int):
-        try:
-            import xgrammar as xgr
-        except ImportError:
-            raise RuntimeError("guided decoding needs xgrammar: pip install 'nerfleet[guided]'") from None
-
+        xgr = xgrammar()
         self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
         self.compiler = xgr.GrammarCompiler(self.info)
         self.vocab_size = vocab_size
@@ -48,9 +57,6 @@ class Grammars:
     def closing_masks(self, fmt: str) -> list:
         """Bitmask rows, in order of preference, of the tokens made only of closing characters."""
         if fmt not in self._closing:
-            import numpy as np
-            import torch
-
             stops = [i for i in self.info.stop_token_ids if i < self.vocab_size]
             masks = []
             for chars in CLOSING[fmt]:
@@ -72,19 +78,19 @@ class Masks:
     matcher call per row in Python cost ~310 us a row for v2 on Qwen2.5's tokenizer, all of it while
     the GPU waited); in a row's last :data:`RESERVE` tokens, the closing preference as tensor ops."""
 
-    def __init__(self, grammars: Grammars, rows: int):
-        import xgrammar as xgr
-
+    def __init__(self, grammars: Grammars, rows: int, pinned: bool = False):
+        xgr = xgrammar()
         self.grammars = grammars
         self.batcher = xgr.BatchGrammarMatcher()
         self.bitmask = xgr.allocate_token_bitmask(rows, grammars.vocab_size)
+        if pinned:  # copied to the GPU without a stream synchronisation; refilled only after one
+            self.bitmask = self.bitmask.pin_memory()
         self.pending: list[tuple[object, int]] = []
         #: Host seconds spent accepting tokens and filling masks (the benchmarks' overhead).
         self.seconds = 0.0
 
     def matcher(self, fmt: str):
-        import xgrammar as xgr
-
+        xgr = xgrammar()
         return xgr.GrammarMatcher(self.grammars.compiled(fmt))
 
     def accept(self, matcher, token: int) -> None:
@@ -94,24 +100,33 @@ class Masks:
     def apply(self, logits, rows: Sequence[tuple[int, object, str, int]]) -> None:
         """Mask ``logits`` in place: each entry of ``rows`` is (row of ``logits``, matcher, format,
         tokens left); other rows stay as they are, and so does a row whose matcher has ended."""
-        import time
+        self.mask(logits, self.fill(logits.shape[0], rows))
 
-        import xgrammar as xgr
-
+    def fill(self, n: int, rows: Sequence[tuple[int, object, str, int]]):
+        """The host's half of :meth:`apply`: the pending tokens accepted and the bitmask of ``n``
+        rows filled. It reads no logits, so the continuous engine runs it while the GPU computes
+        the step whose logits it will mask."""
+        xgr = xgrammar()
         start = time.perf_counter()
         if self.pending:
             matchers, tokens = zip(*self.pending)
             xgr.BatchGrammarMatcher.batch_accept_token(list(matchers), list(tokens))
             self.pending.clear()
-        bitmask = self.bitmask[: logits.shape[0]]
+        bitmask = self.bitmask[:n]
         bitmask.fill_(-1)  # all allowed
         live = [(r, m, fmt, left) for r, m, fmt, left in rows if not m.is_terminated()]
         if live:
             indices = [r for r, *_ in live]
             self.batcher.batch_fill_next_token_bitmask([m for _, m, _, _ in live], bitmask, indices=indices)
             prefer_closing(self.grammars, bitmask, [(r, fmt) for r, _, fmt, left in live if left <= RESERVE])
+        self.seconds += time.perf_counter() - start
+        return bitmask
+
+    def mask(self, logits, bitmask) -> None:
+        """The device's half: ``bitmask`` applied to ``logits`` in place."""
+        start = time.perf_counter()
         mask = bitmask.to(logits.device, non_blocking=True) if logits.device.type == "cuda" else bitmask
-        xgr.apply_token_bitmask_inplace(logits, mask, vocab_size=self.grammars.vocab_size)
+        xgrammar().apply_token_bitmask_inplace(logits, mask, vocab_size=self.grammars.vocab_size)
         self.seconds += time.perf_counter() - start
 
 
@@ -138,7 +153,6 @@ class GuidedLogits:
 def prefer_closing(grammars: Grammars, bitmask, near: Sequence[tuple[int, str]]) -> None:
     """Rows near the end of their budget (``(row, format)`` pairs) keep, of their allowed tokens,
     those of the most preferred closing set that has any, so the structure ends complete."""
-    import torch
 
     for fmt in {f for _, f in near}:
         idx = torch.tensor([r for r, f in near if f == fmt])

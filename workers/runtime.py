@@ -46,6 +46,7 @@ def _batched(model, tokenizer, spec: ModelSpec, batch_size: int) -> Engine:
 
 
 def _continuous(model, tokenizer, spec: ModelSpec, batch_size: int) -> Engine:
+    # deferred: an engine's module when it is named (this one compiles triton kernels)
     from nerfleet.workers.continuous import ContinuousEngine, SlotConfig
 
     s = get_settings()

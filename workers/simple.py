@@ -6,12 +6,15 @@ document cut to fit the context) and a result from generated ids.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Sequence
 
 from nerfleet.evaluation.prompts import SLOT
+from nerfleet.settings import get_settings
 from nerfleet.workers.engine import GenerationRequest, GenerationResult, left_padded, prompt_mask
+from nerfleet.workers.guided import Grammars, GuidedLogits
 
 
 class SimpleEngine:
@@ -35,10 +38,9 @@ class SimpleEngine:
             raise ValueError("model is registered as chat/instruct but its tokenizer has no chat template")
         self.context = context or getattr(model.config, "max_position_embeddings", None) or 4096
         if invariant is None:
-            from nerfleet.settings import get_settings
-
             invariant = get_settings().batch_invariant
         if invariant is None:
+            # deferred: torch (2 s): the producer and Flower import the app, whose tasks import this module
             from nerfleet.workers.invariant import by_default
 
             invariant = self.can_be_invariant and by_default(model)
@@ -49,6 +51,7 @@ class SimpleEngine:
             )
         self.invariant = invariant
         if invariant:
+            # deferred: torch (2 s): the producer and Flower import the app, whose tasks import this module
             from nerfleet.workers import invariant as batch_invariant
 
             batch_invariant.check_available(model.device)
@@ -90,6 +93,7 @@ class SimpleEngine:
     def _run(self, batch: list[list[int]], max_new_tokens: int, guides=None, budgets=None) -> list[list[int]]:
         """Greedy continuations of the rows; ``guides`` (one format or None a row) constrain rows to
         their structure, each within its own token budget (``budgets``)."""
+        # deferred: torch (2 s): the producer and Flower import the app, whose tasks import this module
         import torch
 
         pad = self.tokenizer.pad_token_id
@@ -98,8 +102,6 @@ class SimpleEngine:
         mask = prompt_mask(batch, width, width, self.model.device)
         extra = {}
         if guides is not None and any(guides):
-            from nerfleet.workers.guided import GuidedLogits
-
             extra["logits_processor"] = [GuidedLogits(self.grammars, guides, budgets or [max_new_tokens] * len(batch))]
         with torch.inference_mode(), self._kernels():
             out = self.model.generate(
@@ -115,16 +117,15 @@ class SimpleEngine:
     @functools.cached_property
     def grammars(self):
         """This tokenizer's compiled grammars (compiled on first use, once per format)."""
-        from nerfleet.workers.guided import Grammars
 
         return Grammars(self.tokenizer, self.model.config.get_text_config().vocab_size)
 
     def _kernels(self):
         """The batch-invariant kernels around a generation when that mode is on."""
-        import contextlib
 
         if not self.invariant:
             return contextlib.nullcontext()
+        # deferred: torch (2 s): the producer and Flower import the app, whose tasks import this module
         from nerfleet.workers.invariant import kernels
 
         return kernels(self.model.device)

@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 
 from nerfleet.commands.common import USER_ERRORS, fail
+from nerfleet.evaluation.corpus_reader import SOURCE_CORPORA
+from nerfleet.evaluation.export import write_conll, write_jsonl
 
 app = typer.Typer(no_args_is_help=True, help="Build, describe and export the unified corpus.")
 
@@ -26,6 +28,7 @@ def corpus_build(
     lenient: bool = typer.Option(False, help="Skip bad rows (counted in stats) instead of failing."),
 ) -> None:
     """Read, merge, resolve overlaps, split and store; the same source again is a no-op."""
+    # deferred: sqlmodel (0.35 s), not loaded for --help
     from nerfleet.storage.corpus_store import build_and_save
 
     try:
@@ -46,6 +49,7 @@ def corpus_stats(
     as_json: bool = typer.Option(False, "--json", help="One JSON object."),
 ) -> None:
     """Table 1 of the paper for the built corpus, plus documents, tokens, overlaps and splits."""
+    # deferred: sqlmodel (0.35 s), not loaded for --help
     from nerfleet.storage.corpus_store import get_corpus
     from nerfleet.storage.db import session_scope
 
@@ -58,7 +62,6 @@ def corpus_stats(
     if as_json:
         typer.echo(json.dumps({"corpus": c.name, "version": c.version, "id": c.id, **stats}))
         return
-    from nerfleet.evaluation.corpus_reader import SOURCE_CORPORA
 
     srcs = stats["sources"]
     w = max(12, *(len(s) for s in srcs))
@@ -97,7 +100,7 @@ def corpus_export(
     fmt: str | None = typer.Option(None, "--format", help="conll or jsonl (default: from the suffix)"),
 ) -> None:
     """CoNLL (token<TAB>tag) or JSONL (text + spans) for other tools."""
-    from nerfleet.evaluation.export import write_conll, write_jsonl
+    # deferred: sqlmodel (0.35 s), not loaded for --help
     from nerfleet.storage.corpus_store import get_corpus, load_documents
     from nerfleet.storage.db import session_scope
 

