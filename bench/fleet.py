@@ -165,24 +165,13 @@ def fleet_pass(args, env: dict, work: Path, model_dir, engine: str, db_name: str
         per_prompt = -(-args.jobs // len(args.prompts))
         started = time.time()
         out = subprocess.run(
-            [
-                *cli,
-                "run",
-                "--model",
-                str(model_dir),
-                *prompts,
-                "--split",
-                "all",
-                "--limit",
-                str(per_prompt),
-                "--max-new-tokens",
-                str(args.new),
-            ],
+            [*cli, "run", "--model", str(model_dir), *prompts, "--split", "all", "--limit", str(per_prompt),
+             "--max-new-tokens", str(args.new)],
             env=env,
             check=True,
             capture_output=True,
             text=True,
-        )
+        )  # fmt: skip
         run_id = out.stdout.strip().splitlines()[-1]
         while True:
             st = json.loads(
@@ -226,6 +215,7 @@ def fleet_pass(args, env: dict, work: Path, model_dir, engine: str, db_name: str
         "new_tokens": args.new,
         # from `nerfleet run` starting to the aggregation seen by polling the CLI (1 s apart)
         "wall_seconds_observed": wall,
+        "run": run_id,
         **timeline(work / db_name, run_id),
         "status": st,
     }
@@ -309,7 +299,7 @@ def main() -> None:
                 args.out.write_text(json.dumps(result, indent=2))
     finally:
         redis.terminate()
-    run_id = result["status"]["run"]
+    run_id = result["run"]
     os.environ["NERFLEET_DATABASE_URL"] = f"sqlite:///{work / 'nerfleet.db'}"
     if args.alone:
         result["alone"] = engine_alone(model_dir, args.engine, run_id)

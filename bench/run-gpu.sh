@@ -7,9 +7,9 @@
 #   OUT=/tmp/bench CORPUS=... MODEL=SmolLM2-135M-Instruct.Q4_1.gguf bash bench/run-gpu.sh fleet-smollm2 same-answers
 #
 # Steps: fleet-7b (Mistral-7B architecture through the whole fleet, then the engine alone and the
-# workload's floor), fleet-smollm2 (the real SmolLM2 through the fleet, then the same jobs through a
-# static `batched` worker of 512 rows: the answers end at their own lengths), guided-7b (v2 and v3
-# through the fleet, then guided), engine-smollm2 (the engine
+# workload's floor), fleet-smollm2 (the real SmolLM2 through the fleet), vary-smollm2 (its answers at
+# their own lengths, up to 512 tokens, then the same jobs through a static `batched` worker of 512
+# rows), guided-7b (v2 and v3 through the fleet, then the same notes guided), engine-smollm2 (the engine
 # alone against the static batched engine, 256 new tokens), engine-vary (budgets drawn from 16-512),
 # same-answers, invariance, guided-continuous (guided decoding's cost in the continuous engine, real
 # Qwen2.5-Coder-0.5B), restart-7b (a worker's first token from a cold compile cache, then warm),
@@ -47,7 +47,10 @@ for step in "$@"; do
         --out "$OUT/$step.json" ;;
     fleet-smollm2)
       need MODEL "$step" && need CORPUS "$step" && run "$step" "$PY" bench/fleet.py --model "$MODEL" \
-        --corpus "$CORPUS" --jobs 1002 --new 256 --slot-len 2048 --compare-engine batched --compare-batch 512 \
+        --corpus "$CORPUS" --jobs 1002 --new 256 --slot-len 2048 --out "$OUT/$step.json" ;;
+    vary-smollm2)  # the real SmolLM2's own answer lengths (EOS or 512), then a static batch of 512 rows
+      need MODEL "$step" && need CORPUS "$step" && run "$step" "$PY" bench/fleet.py --model "$MODEL" \
+        --corpus "$CORPUS" --jobs 300 --new 512 --slot-len 2048 --compare-engine batched --compare-batch 512 \
         --out "$OUT/$step.json" ;;
     engine-smollm2)
       need CORPUS "$step" && run "$step" "$PY" bench/continuous.py --arch smollm2-135m --corpus "$CORPUS" \
@@ -57,7 +60,8 @@ for step in "$@"; do
         --docs 200 --vary 16 512 --batched --out "$OUT/$step.json" ;;
     same-answers)
       need MODEL "$step" && need CORPUS "$step" &&
-        run "$step" "$PY" bench/same_answers.py --model "$MODEL" --corpus "$CORPUS" --docs 50 --out "$OUT/$step.json" ;;
+        run "$step" "$PY" bench/same_answers.py --model "$MODEL" --corpus "$CORPUS" --docs 50 --only continuous \
+          --no-invariant --out "$OUT/$step.json" ;;
     invariance) run "$step" "$PY" bench/invariance.py --out "$OUT/invariance.json" ;;
     guided-continuous)
       need CORPUS "$step" && run "$step" "$PY" bench/guided.py --engine continuous --model qwen2.5-coder-0.5b-instruct \

@@ -12,12 +12,13 @@ import hashlib
 import json
 from collections.abc import Iterable
 
-from sqlmodel import Session, select
+from sqlmodel import select
 
 from nerfleet.evaluation.calibration import CALIBRATION_MODELS
 from nerfleet.evaluation.grid import calibration_counts
 from nerfleet.evaluation.matching import MatchParams
 from nerfleet.evaluation.scoring import Known, PreparedDoc, ResponseCounts
+from nerfleet.storage.db import session_scope
 from nerfleet.storage.jobs import insert_ignore
 from nerfleet.storage.tables import CalibrationCount
 
@@ -28,14 +29,11 @@ def _key(corpus_id: int, doc_id: str, model: str, fmt: str, params: MatchParams)
 
 
 def stored_calibration(
-    session: Session,
-    corpus_id: int,
-    docs: dict[str, PreparedDoc],
-    fmts: Iterable[str],
-    params: MatchParams = MatchParams(),
+    corpus_id: int, docs: dict[str, PreparedDoc], fmts: Iterable[str], params: MatchParams = MatchParams()
 ) -> Known:
     """The calibration counts of these documents in these formats, each computed (and stored) only
-    if no earlier run or producer stored it."""
+    if no earlier run or producer stored it. No transaction is held while they are computed: on
+    SQLite every transaction takes the write lock, and the workers' claims would wait on it."""
     wanted = {
         _key(corpus_id, doc_id, model, fmt, params): (model, fmt, doc_id)
         for fmt in set(fmts)
@@ -44,13 +42,13 @@ def stored_calibration(
     }
     known: Known = {}
     keys = list(wanted)
-    for i in range(0, len(keys), 500):  # bounded IN lists
-        for row in session.exec(select(CalibrationCount).where(CalibrationCount.key.in_(keys[i : i + 500]))):
-            known[wanted[row.key]] = ResponseCounts.from_json(json.loads(row.counts_json))
-    missing_docs = {doc_id for _, _, doc_id in set(wanted.values()) - set(known)}
-    missing_fmts = {fmt for _, fmt, _ in set(wanted.values()) - set(known)}
-    if missing_docs:
-        computed = calibration_counts({d: docs[d] for d in missing_docs}, missing_fmts, params)
+    with session_scope() as session:
+        for i in range(0, len(keys), 500):  # bounded IN lists
+            for row in session.exec(select(CalibrationCount).where(CalibrationCount.key.in_(keys[i : i + 500]))):
+                known[wanted[row.key]] = ResponseCounts.from_json(json.loads(row.counts_json))
+    missing = set(wanted.values()) - set(known)
+    if missing:
+        computed = calibration_counts({d: docs[d] for _, _, d in missing}, {f for _, f, _ in missing}, params)
         rows = [
             {
                 "key": _key(corpus_id, doc_id, model, fmt, params),
@@ -59,7 +57,8 @@ def stored_calibration(
             }
             for (model, fmt, doc_id), c in computed.items()
         ]
-        for i in range(0, len(rows), 500):
-            insert_ignore(session, CalibrationCount, rows[i : i + 500])
+        with session_scope() as session:
+            for i in range(0, len(rows), 500):
+                insert_ignore(session, CalibrationCount, rows[i : i + 500])
         known.update(computed)
     return known

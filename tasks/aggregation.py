@@ -45,8 +45,10 @@ def score_run(run_id: str) -> Scores:
             raise LookupError(f"no run {run_id!r}")
         responses, formats = collect_responses(session, run_id)
         doc_ids = sorted({r.doc_id for r in responses})
-        docs = {d.doc_id: prepare(d) for d in load_documents(session, run.corpus_id, doc_ids=doc_ids)}
-        known = stored_calibration(session, run.corpus_id, docs, set(formats.values()))
+        documents = load_documents(session, run.corpus_id, doc_ids=doc_ids)
+    # outside the transaction: on SQLite it holds the write lock that the workers' claims need
+    docs = {d.doc_id: prepare(d) for d in documents}
+    known = stored_calibration(run.corpus_id, docs, set(formats.values()))
     return score_grid(responses, docs, formats, known=known)
 
 

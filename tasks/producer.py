@@ -156,8 +156,7 @@ def create_run(
         enqueue_aggregation(app, run_id)
     elif enqueued:  # while the workers generate: the calibration rows their aggregation will read
         try:
-            with session_scope() as session:
-                stored_calibration(session, c.id, {d.doc_id: prepare(d) for d in docs}, {p.format for p in loaded})
+            stored_calibration(c.id, {d.doc_id: prepare(d) for d in docs}, {p.format for p in loaded})
         except Exception as exc:  # noqa: BLE001 - the aggregation computes what is missing
             log.warning("calibration rows not stored now (the aggregation will compute them): %s", exc)
     return RunPlan(run_id, total, done, enqueued, agg, tuple(m.name for m in specs))

@@ -115,7 +115,7 @@ def test_calibration_rows_are_stored_once_and_score_as_if_computed(home, broker,
     with session_scope() as s:
         assert len(s.exec(select(CalibrationCount)).all()) == 3 * 2 * 3  # notes × echo, oracle × formats
         docs = {d.doc_id: prepare(d) for d in load_documents(s, demo_corpus)[:3]}
-        known = stored_calibration(s, demo_corpus, docs, ["none", "dict", "json"])
+    known = stored_calibration(demo_corpus, docs, ["none", "dict", "json"])
     assert len(known) == 18
     formats = {"v1": "none", "v2": "dict", "v3": "json"}
     responses = [
