@@ -126,3 +126,29 @@ def test_calibration_rows_are_stored_once_and_score_as_if_computed(home, broker,
     fresh = score_grid(responses, docs, formats).to_json()
     assert score_grid(responses, docs, formats, known=known).to_json() == fresh
     assert fresh["strategy1"]["echo"]["v1"]["f1"] > 0.9  # the rows are real, not empty
+
+
+def test_calibration_is_computed_with_no_write_lock_held(home, demo_corpus, monkeypatch):
+    """On SQLite every transaction takes the write lock (BEGIN IMMEDIATE): computing the echo and
+    oracle rows inside one made every worker's claim wait for seconds. While they are computed,
+    another connection can write at once."""
+    import sqlite3
+
+    from nerfleet.evaluation.scoring import prepare
+    from nerfleet.storage import calibration
+    from nerfleet.storage.corpus_store import load_documents
+
+    with session_scope() as s:
+        docs = {d.doc_id: prepare(d) for d in load_documents(s, demo_corpus)[:2]}
+    real, wrote = calibration.calibration_counts, []
+
+    def compute_while_another_writes(*args):
+        other = sqlite3.connect(home / "nerfleet.db", timeout=0.2)
+        other.execute("BEGIN IMMEDIATE")  # sqlite3.OperationalError "database is locked" if one is held
+        other.rollback()
+        wrote.append(True)
+        return real(*args)
+
+    monkeypatch.setattr(calibration, "calibration_counts", compute_while_another_writes)
+    assert len(calibration.stored_calibration(demo_corpus, docs, ["json"])) == 4
+    assert wrote == [True]
