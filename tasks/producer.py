@@ -12,9 +12,7 @@ from sqlalchemy import and_, func, update
 from sqlmodel import select
 
 from nerfleet.evaluation.prompts import Prompt, load_prompt
-from nerfleet.evaluation.scoring import prepare
 from nerfleet.settings import get_settings
-from nerfleet.storage.calibration import stored_calibration
 from nerfleet.storage.corpus_store import get_corpus, load_documents
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.jobs import claim_aggregation, insert_ignore, job_hash
@@ -155,6 +153,10 @@ def create_run(
     if agg:
         enqueue_aggregation(app, run_id)
     elif enqueued:  # while the workers generate: the calibration rows their aggregation will read
+        # deferred: the scoring stack (seqeval, scikit-learn: 0.8 s), needed only once the jobs are sent
+        from nerfleet.evaluation.scoring import prepare
+        from nerfleet.storage.calibration import stored_calibration
+
         try:
             stored_calibration(c.id, {d.doc_id: prepare(d) for d in docs}, {p.format for p in loaded})
         except Exception as exc:  # noqa: BLE001 - the aggregation computes what is missing
