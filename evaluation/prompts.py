@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from nerfleet.evaluation.grammars import grammar_source
 from nerfleet.registry import Registry
 
 SLOT = "{clinical_text}"
@@ -33,8 +34,9 @@ class Prompt:
 
     @property
     def hash(self) -> str:
-        """The template's sha256; a guided condition's differs (its jobs are other jobs)."""
-        text = self.template + ("\x00guided:" + self.format if self.guided else "")
+        """The template's sha256; a guided condition's adds its grammar (its jobs are other jobs,
+        and a changed grammar is a changed condition)."""
+        text = self.template + ("\x00guided:" + "\x00".join(grammar_source(self.format)) if self.guided else "")
         return hashlib.sha256(text.encode()).hexdigest()
 
     def render(self, clinical_text: str) -> str:

@@ -29,6 +29,16 @@ def test_guided_conditions_are_conditions_of_their_own():
         load_prompt("v1+guided")
 
 
+def test_a_changed_grammar_is_a_changed_condition(monkeypatch):
+    """The grammar is part of a guided condition's identity: jobs made under another grammar are
+    other jobs, never resumed as these (the unguided prompt's identity does not move)."""
+    from nerfleet.evaluation import grammars
+
+    before, free = load_prompt("v2+guided").hash, load_prompt("v2").hash
+    monkeypatch.setattr(grammars, "V2_GRAMMAR", grammars.V2_GRAMMAR.replace("]*", "]{0,99}"))
+    assert load_prompt("v2+guided").hash != before and load_prompt("v2").hash == free
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
