@@ -7,9 +7,10 @@
 #   OUT=/tmp/bench CORPUS=... MODEL=SmolLM2-135M-Instruct.Q4_1.gguf bash bench/run-gpu.sh fleet-smollm2 same-answers
 #
 # Steps: fleet-7b (Mistral-7B architecture through the whole fleet, then the engine alone and the
-# workload's floor), fleet-smollm2 (the real SmolLM2 through the fleet), vary-smollm2 (its answers at
-# their own lengths, up to 512 tokens, then the same jobs through a static `batched` worker of 512
-# rows), guided-7b (v2 and v3 through the fleet, then the same notes guided), engine-smollm2 (the engine
+# workload's floor), fleet-smollm2-arch (the SmolLM2-135M architecture, random weights, through the
+# fleet), fleet-smollm2 (the real SmolLM2 through the fleet), vary-smollm2 (its answers at their own
+# lengths, up to 512 tokens, then the same jobs through a static `batched` worker of 512 rows),
+# guided-7b (v2 and v3 through the fleet, then the same notes guided), engine-smollm2 (the engine
 # alone against the static batched engine, 256 new tokens), engine-vary (budgets drawn from 16-512),
 # same-answers, invariance, guided-continuous (guided decoding's cost in the continuous engine, real
 # Qwen2.5-Coder-0.5B), restart-7b (a worker's first token from a cold compile cache, then warm),
@@ -45,6 +46,9 @@ for step in "$@"; do
       need CORPUS "$step" && run "$step" "$PY" bench/fleet.py --arch mistral-7b --corpus "$CORPUS" --jobs 512 \
         --new 256 --slot-len 2048 --prompts v2 v3 --compare-prompts v2+guided v3+guided --home "$OUT/home-7b" \
         --out "$OUT/$step.json" ;;
+    fleet-smollm2-arch)  # the SmolLM2-135M architecture with random weights: no model to carry
+      need CORPUS "$step" && run "$step" "$PY" bench/fleet.py --arch smollm2-135m --corpus "$CORPUS" --jobs 1002 \
+        --new 256 --slot-len 2048 --out "$OUT/$step.json" ;;
     fleet-smollm2)
       need MODEL "$step" && need CORPUS "$step" && run "$step" "$PY" bench/fleet.py --model "$MODEL" \
         --corpus "$CORPUS" --jobs 1002 --new 256 --slot-len 2048 --out "$OUT/$step.json" ;;
