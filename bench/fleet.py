@@ -7,6 +7,10 @@ prefill at the measured matrix-product rate plus each decoding step's weights an
 values at the measured copy bandwidth, for the slots used.
 
     python bench/fleet.py --corpus PATH --jobs 1002 --new 256 --alone --out results.json
+
+A second pass over the same notes, in a fresh database, compares another engine or other prompts
+through the same fleet: ``--compare-engine batched --compare-batch 512`` (a static batch of that
+many rows), ``--prompts v2 v3 --compare-prompts v2+guided v3+guided`` (guided decoding).
 """
 
 from __future__ import annotations
