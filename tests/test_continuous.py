@@ -56,6 +56,23 @@ def test_refilled_slots_give_the_reference_tokens_in_request_order(reference, co
     assert continuous.stats["steps"] - steps < static - 20
 
 
+def test_a_prefill_pads_its_rows_by_at_most_a_tenth(tiny_models, reference):
+    """Prompts of very different lengths are not padded to the longest of the line: a prefill group
+    stops growing before its padding passes a tenth of its tokens (plus the bucket's rounding), and
+    the answers are still the reference's."""
+    notes = requests(6, 4)
+    words = " ".join(r.text for r in notes).split()
+    reqs = [GenerationRequest(f"p{k}", "{clinical_text}", " ".join(words[: 4 + 40 * k]), 4) for k in range(12)]
+    model, tok = _load(tiny_models["tiny-a"])
+    cfg = SlotConfig(slots=12, slot_len=2048, bucket=8, prefill_rows=12, prefill_tokens=1 << 16)
+    engine = ContinuousEngine(model, tok, config=cfg)
+    got = engine.generate(reqs)
+    assert [r.output for r in got] == [r.output for r in reference.generate(reqs)]
+    stats = engine.stats
+    assert stats["prefill_positions"] <= 1.1 * stats["prompt_tokens"] + cfg.bucket * len(reqs)
+    assert stats["prefills"] > 1  # one group of all twelve would pad the short prompts to the longest
+
+
 def test_each_request_stops_at_its_own_stop_token(tiny_models, reference):
     reqs = requests(4, 16)
     # a token that the second answer generates in its middle (and not before) becomes the stop token

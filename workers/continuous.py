@@ -347,6 +347,7 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         self._guide_prefill(group, logits)
         self.stats["prompt_tokens"] += int(lengths.sum())
         self.stats["prefill_positions"] += len(group) * width
+        self.stats["prefills"] += 1
         first = logits.argmax(-1)
         self.tokens[self._prefill_slots] = first
         self.positions[self._prefill_slots] = lengths
