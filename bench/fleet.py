@@ -152,7 +152,8 @@ def fleet_pass(args, env: dict, work: Path, model_dir, engine: str, db_name: str
     cli = [sys.executable, "-m", "nerfleet.cli"]
     subprocess.run([*cli, "corpus", "build", str(args.corpus)], env=env, check=True)
     print("corpus built; starting the worker", flush=True)
-    log = open(work / f"worker-{Path(db_name).stem}.log", "w")
+    log_path = work / f"worker-{Path(db_name).stem}.log"
+    log = log_path.open("w")
     worker = subprocess.Popen(
         [*cli, "worker", "--model", str(model_dir), *gpu, "--engine", engine, "--loglevel", "WARNING"],
         env=env,
@@ -160,9 +161,9 @@ def fleet_pass(args, env: dict, work: Path, model_dir, engine: str, db_name: str
         stderr=subprocess.STDOUT,
     )
     try:
-        while "loaded" not in (work / f"worker-{Path(db_name).stem}.log").read_text():
+        while "loaded" not in log_path.read_text():
             if worker.poll() is not None:
-                raise SystemExit((work / f"worker-{Path(db_name).stem}.log").read_text()[-3000:])
+                raise SystemExit(log_path.read_text()[-3000:])
             time.sleep(0.5)
         print("worker ready; enqueueing", flush=True)
         prompts = [a for p in args.prompts for a in ("--prompt", p)]
@@ -187,14 +188,15 @@ def fleet_pass(args, env: dict, work: Path, model_dir, engine: str, db_name: str
                 break
             print(f"{time.time() - started:6.0f} s: {st['done']}/{st['total']} done", flush=True)
             if worker.poll() is not None:
-                raise SystemExit((work / f"worker-{Path(db_name).stem}.log").read_text()[-3000:])
+                raise SystemExit(log_path.read_text()[-3000:])
             time.sleep(1)
         wall = time.time() - started
     finally:
         worker.terminate()
         worker.wait(timeout=60)
+        log.close()
 
-    text = (work / f"worker-{Path(db_name).stem}.log").read_text()
+    text = log_path.read_text()
     startup = {
         key: float(m.group(1))
         for key, pattern in (

@@ -34,6 +34,5 @@ TSV_HEADER = "filename\tann_id\tlabel\tstart_span\tend_span\ttext"
 def mention_tsv_line(filename: str, ann_id: str, text: str, span) -> str:
     """One mention in the official gold files' layout: their labels (ENFERMEDAD, SINTOMA,
     PROCEDIMIENTO), so the BSC scorers read it; a mention's line breaks and tabs become spaces."""
-
     mention = " ".join(text[span.start : span.end].split())
     return f"{filename}\t{ann_id}\t{OFFICIAL_LABELS[span.label]}\t{span.start}\t{span.end}\t{mention}"

@@ -15,8 +15,8 @@ MAX_ENTITY_CHARS = 100
 
 #: xgrammar's EBNF. An item holds no comma, semicolon, bracket, brace, quote or line break, and
 #: starts with none of those nor a space. Its length is not bounded here: a bounded repetition
-#: (``{1,100}``) made each mask 10-16x dearer in xgrammar (``bench/grammar_cost.py``: ~390 against
-#: ~24 us a row), and the token budget's closing preference (``workers/guided.py``) ends it anyway.
+#: (``{1,100}``) made each mask ~19x dearer in xgrammar (host harness ``bench/grammar_cost.py``: 394
+#: against 21 us a row), and the token budget's closing preference (``workers/guided.py``) ends it anyway.
 V2_GRAMMAR = (
     'root ::= "{diseases: [" list "], symptoms: [" list "], medical procedures: [" list "]}"\n'
     'list ::= "" | item (", " item)*\n'

@@ -80,7 +80,6 @@ def extend_category_names(names: Mapping[str, str]) -> None:
 
 def load_category_names(path) -> None:
     """Read a TOML table ``{DISEASE = ["…"], SYMPTOM = [...], PROCEDURE = [...]}`` into the names."""
-
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -251,7 +250,6 @@ class _Nesting:
     """
 
     def __init__(self, text: str):
-
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         step = np.isin(codes, (ord("{"), ord("["))).astype(np.int32) - np.isin(codes, (ord("}"), ord("]")))
         self.depth = np.cumsum(step)

@@ -32,7 +32,6 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def get_engine(url: str | None = None) -> Engine:
-
     url = url or get_settings().db_url
     key = (os.getpid(), url)
     engine = _engines.get(key)
@@ -60,7 +59,6 @@ ADDED_COLUMNS = (
 
 
 def _add_missing_columns(engine: Engine) -> None:
-
     inspector = inspect(engine)
     for table, column, sql_type in ADDED_COLUMNS:
         if column not in {c["name"] for c in inspector.get_columns(table)}:

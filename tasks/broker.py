@@ -33,7 +33,6 @@ def reachable(url: str, timeout: float = 2.0) -> bool:
 
 def redacted(url: str) -> str:
     """A URL with its password hidden, for messages."""
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # not a URL sqlalchemy parses: say only its scheme
@@ -44,7 +43,6 @@ def wait_for_services(broker_url: str, database_url: str, timeout_s: float) -> N
     """Both the broker and the database answer within ``timeout_s``, retried with backoff; else a
     ConnectionError of one line naming the service and its URL (password hidden). A worker checks
     this before it loads its model: a wrong URL is said in seconds, not after minutes of loading."""
-
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite" and url.database:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder

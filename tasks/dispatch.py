@@ -60,7 +60,6 @@ def enqueue_aggregation(app: Celery, run_id: str) -> None:
 
 def waiting_messages(app: Celery, queue: str) -> int:
     """Messages waiting in a queue (all its priorities); 0 for a queue the broker does not have."""
-
     with app.connection_for_write() as conn:
         try:
             return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
@@ -71,7 +70,6 @@ def waiting_messages(app: Celery, queue: str) -> int:
 def consumers(app: Celery, models: Iterable[str], timeout: float = 1.0) -> dict[str, set[str]]:
     """The live workers on each model's queue: those that answer Celery's broadcast within
     ``timeout`` (``inspect().active_queues()``) and those holding a live lease on one of its jobs."""
-
     models = list(models)
     by_queue: dict[str, set[str]] = defaultdict(set)
     for worker, queues in (app.control.inspect(timeout=timeout).active_queues() or {}).items():

@@ -52,7 +52,6 @@ def create_run(
     app=None,
 ) -> RunPlan:
     """Write the run and its jobs, then enqueue every job that has no result yet."""
-
     app = app or make_app()  # from the settings in force now (a producer only sends by task name)
     s = get_settings()
     if not models:

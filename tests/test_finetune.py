@@ -88,7 +88,6 @@ def test_one_epoch_stores_metrics_and_tags_text(home, demo_corpus, tiny_encoder,
 
 def test_interrupted_training_resumes_from_last_checkpoint(home, demo_corpus, tiny_encoder, tmp_path):
     """Stopped after epoch 1's checkpoint (Trainer's, on disk), a job resumes with epoch 2 only."""
-    run = train
     with session_scope() as s:
         train_docs = load_documents(s, demo_corpus, "train")
         test_docs = load_documents(s, demo_corpus, "test")
@@ -100,10 +99,10 @@ def test_interrupted_training_resumes_from_last_checkpoint(home, demo_corpus, ti
             raise KeyboardInterrupt  # the machine goes down after epoch 1's checkpoint
 
     with pytest.raises(KeyboardInterrupt):
-        run("t", str(tiny_encoder), train_docs, test_docs, params, out, crash_after_first)
+        train("t", str(tiny_encoder), train_docs, test_docs, params, out, crash_after_first)
     assert [p.name for p in out.glob("checkpoint-*")]  # epoch 1's checkpoint is on disk
     seen = []
-    result = run("t", str(tiny_encoder), train_docs, test_docs, params, out, lambda e, h: seen.append(e))
+    result = train("t", str(tiny_encoder), train_docs, test_docs, params, out, lambda e, h: seen.append(e))
     assert seen == [2]  # epoch 1 was not trained again
     assert [h["epoch"] for h in result["history"]] == [1, 2]
     assert all(h["loss"] > 0 and 0 <= h["dev_f1"] <= 1 for h in result["history"])

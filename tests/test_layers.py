@@ -147,3 +147,17 @@ def test_an_import_inside_a_function_says_why():
                 if not said:
                     silent.append(f"{path.relative_to(ROOT)}:{first}: {lines[first - 1].strip()}")
     assert not silent, "imports inside functions without a word why:\n" + "\n".join(sorted(set(silent)))
+
+
+def test_the_apps_task_modules_load_without_torch():
+    """Flower imports every task module of the app (as a worker does before it loads a model): none
+    of them may pull in torch, which the deferred imports above exist to keep out."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from nerfleet.tasks.app import app; app.loader.import_default_modules(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'xgrammar') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT.parent)
+    assert out.stdout.strip() == "[]"

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -154,3 +155,21 @@ def test_a_line_that_is_not_utf8_is_named_with_its_line_and_column(built, tmp_pa
     assert result.stderr.strip() == (
         f"error: {path}: line 2, column 16: not UTF-8 (byte 0xe9); re-encode the file as UTF-8"
     )
+
+
+def test_the_terminal_report_is_rich_tables_with_every_number_whole(built, tmp_path, monkeypatch):
+    """`score` prints rich tables (box rules, the calibration rows below a rule), as wide as they
+    need on a narrow terminal: every number of the report file is on screen, none cut to '…'."""
+    monkeypatch.setenv("COLUMNS", "60")
+    lines = [
+        json.dumps({"doc_id": "en-demo-001", "model": m, "prompt": p, "output": "fever; renal hydatid disease"})
+        for m in ("a-model-with-a-long-name", "m2")
+        for p in ("v1", "v2", "v3")
+    ]
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["score", str(write(tmp_path, lines)), "--out", str(out)])
+    assert result.exit_code == 0
+    assert "┃" in result.stdout and "…" not in result.stdout
+    plain = (out / "report.txt").read_text()
+    numbers = set(re.findall(r"\d\.\d{3}|\d\.\d\d–\d\.\d\d", plain))
+    assert numbers and all(n in result.stdout for n in numbers)

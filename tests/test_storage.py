@@ -99,7 +99,7 @@ def test_expired_lease_can_be_reclaimed_and_attempts_counted(db):
         assert s.get(Job, "j0").error == "gave up after 2 attempts (worker lost or crashed)"
 
 
-def test_calibration_rows_are_stored_once_and_score_as_if_computed(home, broker, demo_corpus):
+def test_calibration_rows_are_stored_once_and_score_as_if_computed(home, broker, demo_corpus, monkeypatch):
     """The producer stores the echo and oracle counts of a run's notes once it has enqueued the
     run; the aggregation reads them back (JSON through the database), and the tables are exactly
     those of computing them afresh."""
@@ -115,7 +115,14 @@ def test_calibration_rows_are_stored_once_and_score_as_if_computed(home, broker,
     with session_scope() as s:
         assert len(s.exec(select(CalibrationCount)).all()) == 3 * 2 * 3  # notes × echo, oracle × formats
         docs = {d.doc_id: prepare(d) for d in load_documents(s, demo_corpus)[:3]}
-    known = stored_calibration(demo_corpus, docs, ["none", "dict", "json"])
+    import nerfleet.storage.calibration as calibration
+
+    def never(*args):
+        raise AssertionError("stored calibration rows were computed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(calibration, "calibration_counts", never)  # all 18 are read, none computed
+        known = stored_calibration(demo_corpus, docs, ["none", "dict", "json"])
     assert len(known) == 18
     formats = {"v1": "none", "v2": "dict", "v3": "json"}
     responses = [

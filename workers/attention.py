@@ -13,7 +13,6 @@ from transformers.masking_utils import AttentionMaskInterface
 
 def use(model, name: str, attention, mask) -> None:
     """Register an attention function and its mask builder under ``name`` and switch ``model`` to it."""
-
     AttentionInterface.register(name, attention)
     AttentionMaskInterface.register(name, mask)
     if hasattr(model, "set_attn_implementation"):

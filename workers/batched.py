@@ -40,7 +40,7 @@ class BatchedEngine(SimpleEngine):
 
     def fit_batch(self, prompt_len: int, max_new_tokens: int) -> int:
         """The configured batch, lowered to what the free GPU memory holds for the KV cache."""
-        # deferred: torch (2 s): the producer and Flower import the app, whose tasks import this module
+        # deferred: torch (2 s): Flower imports the app's task modules, and through them this one
         import torch
 
         if not on_cuda(self.model):
@@ -55,7 +55,7 @@ class BatchedEngine(SimpleEngine):
         return 0
 
     def _generate_group(self, encoded, idx: list[int], results: list) -> None:
-        # deferred: torch (2 s): the producer and Flower import the app, whose tasks import this module
+        # deferred: torch (2 s): Flower imports the app's task modules, and through them this one
         import torch
 
         start = time.perf_counter()

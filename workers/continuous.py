@@ -144,7 +144,6 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
     def _use_slot_attention(self) -> None:
         """This engine's attention under a name of its own: it writes the slot cache itself (the
         model runs without a transformers cache) and reads the bounds of this engine's slots."""
-
         name = f"nerfleet_slots_{id(self):x}"
         self._attention_names = (name, name + "_prefill")
         use(self.model, name + "_prefill", self._prefill_attention, no_mask)

@@ -65,7 +65,6 @@ def windows_of(tokenizer, docs, p: TrainParams) -> list[dict]:
 def train(job_id: str, source: str, train_docs, test_docs, p: TrainParams, out_dir: Path, progress=None) -> dict:
     """Train on ``train_docs`` less a seeded dev share, checkpointing each epoch (an interrupted job
     resumes after its last checkpoint), early stopping on dev F1 when ``p.patience``; test metrics."""
-
     docs = sorted(train_docs, key=lambda d: d.doc_id)
     dev_ids = set(random.Random(p.seed).sample([d.doc_id for d in docs], max(1, int(len(docs) * p.dev_fraction))))
     fit = [d for d in docs if d.doc_id not in dev_ids]

@@ -36,7 +36,6 @@ def fusion_refusal(model) -> str | None:
 
 def phi3_config(config):
     """The Phi-3 configuration computing what ``config`` (Llama or Mistral) computes."""
-
     rope = dict(getattr(config, "rope_parameters", None) or {})
     if not rope:  # older transformers: rope_theta and rope_scaling attributes
         rope = dict(getattr(config, "rope_scaling", None) or {"rope_type": "default"})
@@ -72,7 +71,6 @@ def fuse(model, column_major: bool = False):
     ``column_major`` stores every projection's weight transposed in memory (same shape and
     values), so ``F.linear`` hands cuBLAS a non-transposed operand, another family of kernels
     for the thin products of a decoding step; ``model`` shares the re-laid-out weights too."""
-
     refusal = fusion_refusal(model)
     if refusal:
         raise ValueError(f"cannot fuse the projections of {refusal}")
@@ -114,7 +112,6 @@ def _transpose_storage(fused, model) -> None:
     """The products the fusion did not concatenate (output, down, lm_head), re-laid out one at a
     time, ``model``'s modules given the same new weight so the old one is freed. A weight tied
     to the embeddings stays as it is (gathering rows of a transposed table is slow)."""
-
     tied = fused.get_input_embeddings().weight
     for name, module in fused.named_modules():
         if not isinstance(module, torch.nn.Linear) or module.weight is tied or not module.weight.is_contiguous():
@@ -130,7 +127,6 @@ def _concatenate(model, names: list[str], column_major: bool = False):
     """One tensor of the named linear layers' weights (stacked by output, transposed in memory if
     ``column_major``); each layer's weight becomes a view of its rows, so the separate tensors
     are freed."""
-
     modules = [model.get_submodule(n) for n in names]
     whole = torch.cat([m.weight.detach() for m in modules], dim=0)
     if column_major:

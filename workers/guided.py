@@ -153,7 +153,6 @@ class GuidedLogits:
 def prefer_closing(grammars: Grammars, bitmask, near: Sequence[tuple[int, str]]) -> None:
     """Rows near the end of their budget (``(row, format)`` pairs) keep, of their allowed tokens,
     those of the most preferred closing set that has any, so the structure ends complete."""
-
     for fmt in {f for _, f in near}:
         idx = torch.tensor([r for r, f in near if f == fmt])
         chosen = torch.zeros(len(idx), dtype=torch.bool)

@@ -221,13 +221,11 @@ def _mask(*args, **kwargs):
 def by_default(model) -> bool:
     """Whether the mode is on when nothing asks for it: wherever it can run (CUDA with Triton, a
     model without a sliding window), since a document's tokens should not depend on its batch."""
-
     return on_cuda(model) and triton_missing() is None and not has_sliding_window(model.config)
 
 
 def install(model) -> None:
     """Switch ``model`` to the batch-invariant attention (registered under ``NAME``)."""
-
     if has_sliding_window(model.config):
         raise ValueError("batch-invariant attention has no sliding window: this model needs the default mode")
     use(model, NAME, _attention, _mask)

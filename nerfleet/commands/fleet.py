@@ -41,7 +41,6 @@ def run(
     ),
 ) -> None:
     """Create (or resume) a run and enqueue its jobs; the last line printed is the run id."""
-
     # deferred: sqlmodel and celery, not loaded for --help
     from nerfleet.tasks.producer import create_run
     from nerfleet.workers.models import with_revision

@@ -18,7 +18,6 @@ def demo(
     max_new_tokens: int = typer.Option(128),
 ) -> None:
     """A full small benchmark on one machine with no configuration: corpus, broker, worker, run, tables."""
-
     try:
         run_demo(limit=limit, corpus=corpus, model=model, max_new_tokens=max_new_tokens)
     except USER_ERRORS as exc:
@@ -30,7 +29,6 @@ def monitor(
     port: int = typer.Option(5555),
 ) -> None:
     """Flower, with basic auth (FLOWER_BASIC_AUTH=user:pass) required when listening beyond loopback."""
-
     try:
         start_flower(address, port)
     except USER_ERRORS as exc:

