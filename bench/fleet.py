@@ -125,9 +125,11 @@ def engine_alone(model_dir, engine: str, run_id: str) -> dict:
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         bw, flops = measure_copy_bandwidth(), measure_matmul_rate()
         kv = kv_bytes_per_token(model.config.get_text_config(), model.dtype)
-        floor = (
-            2 * params * stats["prompt_tokens"] / flops + (stats["steps"] * weight_bytes + stats["keys_read"] * kv) / bw
-        )
+        prefill, keys = 2 * params * stats["prompt_tokens"] / flops, stats["keys_read"] * kv / bw
+        floor = prefill + stats["steps"] * weight_bytes / bw + keys
+        # The issue's floor reads each step's weights at the copy bandwidth; a step of hundreds of
+        # rows is a matrix product too, which cannot beat the matmul rate: that bound beside it.
+        roofline = prefill + max(stats["steps"] * weight_bytes / bw, 2 * params * stats["generated"] / flops) + keys
         row.update(
             stats=dict(stats),
             copy_bandwidth=bw,
@@ -135,6 +137,9 @@ def engine_alone(model_dir, engine: str, run_id: str) -> dict:
             floor_seconds=floor,
             floor_tokens_per_s=row["generated_tokens"] / floor,
             alone_over_floor=floor / seconds,
+            roofline_seconds=roofline,
+            roofline_tokens_per_s=row["generated_tokens"] / roofline,
+            alone_over_roofline=roofline / seconds,
         )
     return row
 
@@ -168,6 +173,8 @@ def fleet_pass(args, env: dict, work: Path, model_dir, engine: str, db_name: str
         print("worker ready; enqueueing", flush=True)
         prompts = [a for p in args.prompts for a in ("--prompt", p)]
         per_prompt = -(-args.jobs // len(args.prompts))
+        if args.vary:  # each note's own budget, drawn once (the same in every pass)
+            prompts += ["--budgets", str(drawn_budgets(work, work / db_name, *args.vary))]
         started = time.time()
         out = subprocess.run(
             [*cli, "run", "--model", str(model_dir), *prompts, "--split", "all", "--limit", str(per_prompt),
@@ -197,6 +204,8 @@ def fleet_pass(args, env: dict, work: Path, model_dir, engine: str, db_name: str
         log.close()
 
     text = log_path.read_text()
+    if args.out:  # the worker's own log beside the results
+        (args.out.parent / f"{args.out.stem}-{Path(db_name).stem}.log").write_text(text)
     startup = {
         key: float(m.group(1))
         for key, pattern in (
@@ -206,6 +215,7 @@ def fleet_pass(args, env: dict, work: Path, model_dir, engine: str, db_name: str
         if (m := re.search(pattern, text))
     }
     slots = re.search(r"(\d+) slots, (\d+) tasks", text)
+    counters = re.search(r"engine counters (\{.*\})", text)
     import transformers
 
     result = {
@@ -218,14 +228,43 @@ def fleet_pass(args, env: dict, work: Path, model_dir, engine: str, db_name: str
         "engine": engine,
         "batch": batch or args.batch,
         "prompts": list(args.prompts),
-        "new_tokens": args.new,
+        "new_tokens": args.vary or args.new,
         # from `nerfleet run` starting to the aggregation seen by polling the CLI (1 s apart)
         "wall_seconds_observed": wall,
         "run": run_id,
         **timeline(work / db_name, run_id),
         "status": st,
     }
+    if counters:  # printed by the worker as it stopped
+        result["decoding"] = decoding(json.loads(counters.group(1)), result["jobs"])
     return result
+
+
+def drawn_budgets(work: Path, db_path: Path, low: int, high: int) -> Path:
+    """A ``--budgets`` file: each note of the corpus a max_new_tokens drawn from [low, high] (seeded)."""
+    import random
+    import sqlite3
+
+    path = work / f"budgets-{low}-{high}.json"
+    if not path.exists():
+        ids = sorted(r[0] for r in sqlite3.connect(db_path).execute("SELECT doc_id FROM document"))
+        draw = random.Random(0)
+        path.write_text(json.dumps({d: draw.randint(low, high) for d in ids}))
+    return path
+
+
+def decoding(counters: dict, jobs: int) -> dict:
+    """The worker's engine counters with what a decoding step cost: its windows' seconds (steps,
+    guided masks and taking the tokens; no prefill) per step, and the tokens the steps made (each
+    job's first comes from its prefill) per second of them, at the slots' occupancy."""
+    steps, seconds = counters.get("steps", 0), counters.get("host_s", 0.0)
+    made = counters.get("generated", 0) - jobs
+    return {
+        "counters": counters,
+        "ms_per_step": 1000 * seconds / steps if steps else None,
+        "tokens_per_step": made / steps if steps else None,
+        "decoding_tokens_per_s": made / seconds if seconds else None,
+    }
 
 
 def main() -> None:
@@ -241,6 +280,9 @@ def main() -> None:
     ap.add_argument("--alone", action="store_true", help="then the same jobs through the engine alone")
     ap.add_argument("--model", help="an existing model (folder, .gguf file, registry name) instead of a random one")
     ap.add_argument("--home", type=Path, help="keep NERFLEET_HOME (compile caches) and the random model here")
+    ap.add_argument(
+        "--vary", type=int, nargs=2, metavar=("LOW", "HIGH"), help="each note's max_new_tokens drawn from LOW-HIGH"
+    )
     ap.add_argument("--prompts", nargs="+", default=["v1", "v2", "v3"], help="v2+guided, v3+guided: guided decoding")
     ap.add_argument(
         "--compare-engine",
@@ -301,6 +343,9 @@ def main() -> None:
             other = fleet_pass(second, env, work, model_dir, engine, "compare.db", args.compare_batch)
             result["compare"] = other
             result["over_compare"] = result["fleet_tokens_per_s"] / other["fleet_tokens_per_s"]
+            if "decoding" in result and "decoding" in other:  # e.g. what guidance costs a decoding step
+                ours, theirs = result["decoding"]["decoding_tokens_per_s"], other["decoding"]["decoding_tokens_per_s"]
+                result["decoding_over_compare"] = ours / theirs if ours and theirs else None
             if args.out:
                 args.out.write_text(json.dumps(result, indent=2))
     finally:
@@ -312,6 +357,7 @@ def main() -> None:
         result["fleet_over_alone"] = result["fleet_tokens_per_s"] / result["alone"]["tokens_per_s"]
         if "floor_tokens_per_s" in result["alone"]:
             result["fleet_over_floor"] = result["fleet_tokens_per_s"] / result["alone"]["floor_tokens_per_s"]
+            result["fleet_over_roofline"] = result["fleet_tokens_per_s"] / result["alone"]["roofline_tokens_per_s"]
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))

@@ -10,6 +10,7 @@
 # workload's floor), fleet-smollm2-arch (the SmolLM2-135M architecture, random weights, through the
 # fleet), fleet-smollm2 (the real SmolLM2 through the fleet), vary-smollm2 (its answers at their own
 # lengths, up to 512 tokens, then the same jobs through a static `batched` worker of 512 rows),
+# vary-fleet (budgets drawn from 16-512 per note through the fleet, against a static batch of 512),
 # guided-7b (v2 and v3 through the fleet, then the same notes guided), engine-smollm2 (the engine
 # alone against the static batched engine, 256 new tokens), engine-vary (budgets drawn from 16-512),
 # same-answers, invariance, guided-continuous (guided decoding's cost in the continuous engine, real
@@ -56,6 +57,9 @@ for step in "$@"; do
       need MODEL "$step" && need CORPUS "$step" && run "$step" "$PY" bench/fleet.py --model "$MODEL" \
         --corpus "$CORPUS" --jobs 300 --new 512 --slot-len 2048 --compare-engine batched --compare-batch 512 \
         --out "$OUT/$step.json" ;;
+    vary-fleet)  # each note's budget drawn from 16-512, the SmolLM2 architecture, then a static batch of 512 rows
+      need CORPUS "$step" && run "$step" "$PY" bench/fleet.py --arch smollm2-135m --corpus "$CORPUS" --jobs 600 \
+        --vary 16 512 --slot-len 2048 --compare-engine batched --compare-batch 512 --out "$OUT/$step.json" ;;
     engine-smollm2)
       need CORPUS "$step" && run "$step" "$PY" bench/continuous.py --arch smollm2-135m --corpus "$CORPUS" \
         --docs 200 --new 256 --same 20 --batched --out "$OUT/$step.json" ;;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -117,7 +118,14 @@ def start_worker(model: str, gpu: str | None, engine: str, loglevel: str = "INFO
             f"nerfleet worker {rt.worker}: first token {at - started:.1f} s after start", flush=True
         )
     start_sweeper(app)
-    _run_celery_worker(app, f"{generation_queue(spec.name)},{aggregate_queue()}", node, loglevel, tasks)
+    try:
+        _run_celery_worker(app, f"{generation_queue(spec.name)},{aggregate_queue()}", node, loglevel, tasks)
+    finally:
+        # what the engine did in this process's life (steps, prefill and decoding seconds, tokens):
+        # an operator's view of where a worker's time went, and the fleet benchmark's per-step costs
+        counters = getattr(rt.engine, "stats", None)
+        if counters:
+            print(f"nerfleet worker {rt.worker}: engine counters {json.dumps(dict(counters))}", flush=True)
 
 
 def start_train_worker(gpu: str | None, loglevel: str = "INFO") -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, func, update
@@ -50,8 +50,11 @@ def create_run(
     retry_failed: bool = False,
     progress: Callable[[int], None] | None = None,
     app=None,
+    budgets: Mapping[str, int] | None = None,
 ) -> RunPlan:
-    """Write the run and its jobs, then enqueue every job that has no result yet."""
+    """Write the run and its jobs, then enqueue every job that has no result yet. ``budgets``
+    gives documents a ``max_new_tokens`` of their own (every prompt's job for that document): a
+    workload whose answers are known to differ in length, e.g. a previous run's answer lengths."""
     app = app or make_app()  # from the settings in force now (a producer only sends by task name)
     s = get_settings()
     if not models:
@@ -67,10 +70,14 @@ def create_run(
     with session_scope() as session:
         c = get_corpus(session, corpus)
         docs = load_documents(session, c.id, split)
+        unknown = sorted(set(budgets or ()) - {d.doc_id for d in docs})
+        if unknown:
+            raise ValueError(f"budgets: {len(unknown)} document id(s) not in split {split!r}, first {unknown[0]!r}")
         if limit is not None:
             docs = docs[:limit]
         if not docs:
             raise ValueError(f"corpus {c.name} v{c.version} has no documents in split {split!r}")
+        budgets = {d.doc_id: budgets[d.doc_id] for d in docs if d.doc_id in budgets} if budgets else {}
         spec = {
             "corpus": c.id,
             "models": [m.as_dict() | {"fingerprint": m.fingerprint()} for m in specs],
@@ -79,6 +86,8 @@ def create_run(
             "documents": [d.doc_id for d in docs],
             "params": params,
         }
+        if budgets:  # a run of other budgets is another run
+            spec["budgets"] = budgets
         run_id = name if name and session.get(Run, name) else plan_id(spec)
         run = session.get(Run, run_id)
         if run is None:
@@ -98,14 +107,15 @@ def create_run(
                 fp = m.fingerprint()
                 for p in loaded:
                     for d in docs:
+                        own = {**params, "max_new_tokens": budgets[d.doc_id]} if d.doc_id in budgets else params
                         yield {
-                            "hash": job_hash(fp, m.chat, p.hash, d.text, params),
+                            "hash": job_hash(fp, m.chat, p.hash, d.text, own),
                             "model": m.name,
                             "prompt": p.name,
                             "prompt_hash": p.hash,
                             "corpus_id": c.id,
                             "doc_id": d.doc_id,
-                            "params_json": json.dumps(params),
+                            "params_json": json.dumps(own),
                             "state": "queued",
                             "attempts": 0,
                             "updated_at": utcnow(),

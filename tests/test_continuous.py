@@ -3,6 +3,8 @@ its own, results in request order, the reference's tokens in float32; and throug
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 
 import pytest
@@ -191,6 +193,24 @@ def test_guided_rows_parse_strictly_beside_unguided_ones(tiny_models):
             assert parse(res.output, req.guide).strict, res.output
 
 
+def test_pipelined_guided_windows_give_the_guided_reference_tokens(tiny_models, reference):
+    """Guided rows decoded in windows of several steps (each step's masks filled while the next
+    forward runs, rows ending inside a window) choose the tokens that one request at a time through
+    ``generate``'s logits processor chooses, closing preference included."""
+    pytest.importorskip("xgrammar")
+    model, tok = _load(tiny_models["tiny-a"])
+    engine = ContinuousEngine(model, tok, config=SlotConfig(slots=3, check_every=4, slot_len=1024))
+    plain = requests(6, 30)
+    reqs = [
+        GenerationRequest(r.key, load_prompt(fmt).template, r.text, budget, guide=guide)
+        for r, (fmt, guide, budget) in zip(plain, [("v2", "dict", 45), ("v3", "json", 50), ("v1", None, 7)] * 2)
+    ]
+    got = engine.generate(reqs)
+    want = reference.generate(reqs)
+    assert [r.output for r in got] == [r.output for r in want]
+    assert min(r.output_tokens for r, q in zip(got, reqs) if q.guide) > 4  # windows of several steps
+
+
 @pytest.mark.slow
 def test_a_continuous_worker_resumes_after_kill_9_and_stores_each_job_once(
     home, broker, demo_corpus, tiny_models, tmp_path, monkeypatch
@@ -236,7 +256,11 @@ def test_a_continuous_worker_resumes_after_kill_9_and_stores_each_job_once(
         gens = s.exec(select(Generation)).all()
     assert len(jobs) == 24 and all(j.state == "done" for j in jobs)
     assert len(gens) == 24 and {g.engine for g in gens} == {"continuous"}
-    assert "first token" in second.log.read_text()
+    log = second.log.read_text()
+    assert "first token" in log
+    # a worker stopped as usual says what its engine did
+    counters = json.loads(re.search(r"engine counters (\{.*\})", log).group(1))
+    assert counters["steps"] > 0 and 0 < counters["generated"] <= 24 * 40
 
 
 def test_close_answers_what_is_in_hand_then_frees_the_slots(tiny_models, reference):

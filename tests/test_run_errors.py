@@ -140,3 +140,59 @@ def test_an_aggregation_claimed_and_lost_is_sent_again_once_per_lease(home, brok
     assert sweep(app)["aggregations"] == 0  # claimed again just now: not re-sent before the next bound
     with session_scope() as s:
         assert s.get(Run, plan.run_id).aggregated_at is None  # the sweeper only sends; a worker aggregates
+
+
+def _budgets_file(tmp_path, data) -> str:
+    path = tmp_path / "budgets.json"
+    path.write_text(data if isinstance(data, str) else __import__("json").dumps(data))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ("{not json", "not JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ({"DOC": 0}, "document 'DOC': max_new_tokens must be a positive integer, not 0"),
+        ({"DOC": "64"}, "document 'DOC': max_new_tokens must be a positive integer, not '64'"),
+        ({"no-such-note": 64}, "budgets: 1 document id(s) not in split 'test', first 'no-such-note'"),
+    ],
+)
+def test_bad_budgets_are_one_line_and_write_nothing(home, demo_corpus, broker, tmp_path, data, message):
+    with session_scope() as s:
+        from nerfleet.storage.tables import Document
+
+        doc = s.exec(select(Document.doc_id).where(Document.split == "test")).first()
+    if isinstance(data, dict) and "DOC" in data:
+        data = {doc: data["DOC"]}
+        message = message.replace("DOC", doc)
+    path = _budgets_file(tmp_path, data)
+    result = runner.invoke(app, ["run", "--model", "smollm2", "--budgets", path])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "\n" not in result.stderr.strip()
+    if "budgets:" not in message:  # a bad file is named; a good file's unknown note is named
+        assert path in result.stderr
+    with session_scope() as s:
+        assert s.exec(select(Run)).all() == [] and s.exec(select(Job)).all() == []
+
+
+def test_a_documents_budget_is_its_own_jobs_and_makes_another_run(home, demo_corpus, broker, tmp_path):
+    import json
+
+    from nerfleet.storage.tables import Document
+
+    with session_scope() as s:
+        docs = s.exec(select(Document.doc_id).where(Document.split == "test").order_by(Document.doc_id)).all()[:2]
+    plain = runner.invoke(app, ["run", "--model", "smollm2", "--limit", "2", "--max-new-tokens", "64"])
+    path = _budgets_file(tmp_path, {docs[0]: 17})
+    own = runner.invoke(app, ["run", "--model", "smollm2", "--limit", "2", "--max-new-tokens", "64", "--budgets", path])
+    assert plain.exit_code == 0 and own.exit_code == 0, own.output
+    assert plain.stdout.splitlines()[-1] != own.stdout.splitlines()[-1]  # another run
+    with session_scope() as s:
+        budgets = {(j.doc_id, j.hash): json.loads(j.params_json)["max_new_tokens"] for j in s.exec(select(Job))}
+    by_doc: dict[str, set[int]] = {}
+    for (doc, _), budget in budgets.items():
+        by_doc.setdefault(doc, set()).add(budget)
+    assert by_doc[docs[0]] == {64, 17}  # the plain run's jobs and the budgeted ones: other jobs
+    assert by_doc[docs[1]] == {64}  # a note without a budget keeps --max-new-tokens: the same jobs
+    assert len(budgets) == 3 * 2 + 3  # v1-v3 × 2 notes, plus the 3 budgeted jobs of the first note

@@ -49,7 +49,15 @@ from nerfleet.workers.fusion import fuse, fusion_refusal
 from nerfleet.workers.guided import Masks
 from nerfleet.workers.rotary import materialize_rotary
 from nerfleet.workers.simple import SimpleEngine
-from nerfleet.workers.slots import Call, CompiledStep, SlotConfig, SlotRequest, no_mask, slots_that_fit
+from nerfleet.workers.slots import (
+    Call,
+    CompiledStep,
+    SlotConfig,
+    SlotRequest,
+    StagedTokens,
+    no_mask,
+    slots_that_fit,
+)
 
 __all__ = ["ContinuousEngine", "SlotConfig", "slots_that_fit"]
 
@@ -137,6 +145,7 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         self.logits = torch.zeros(n, text.vocab_size, dtype=self.model.dtype, device=dev)
         self.window = getattr(text, "sliding_window", None)
         self.history = torch.zeros(self.config.check_every, n, dtype=torch.long, device=dev)
+        self._staged = StagedTokens(n, dev)  # a guided window's tokens, step by step
         self._prefill_slots = self.rows[:1]
 
     # -- attention ----------------------------------------------------------------------------
@@ -366,13 +375,13 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         held = [item for item in self._held if item is not None]
         guided = [s for s, item in enumerate(self._held) if item is not None and item.matcher is not None]
         left = min(item.budget - len(item.out) for item in held)
-        steps = 1 if guided else max(1, min(self.config.check_every, left))
-        for i in range(steps):
-            if guided:
-                self._guided_step(guided)
-            else:
+        steps = max(1, min(self.config.check_every, left))
+        if guided:
+            self._guided_window(guided, steps)
+        else:
+            for i in range(steps):
                 self._replay()
-            self.history[i].copy_(self.tokens)
+                self.history[i].copy_(self.tokens)
         self.stats["steps"] += steps
         live = sum(len(item.ids) + len(item.out) + 1 for item in held)
         self.stats["keys_read"] += steps * live + len(held) * steps * (steps - 1) // 2
@@ -380,20 +389,22 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         self.stats["decode_s"] += time.perf_counter() - start
         for slot, item in enumerate(self._held):
             if item is not None:
-                self._take(slot, tokens[slot])
+                # a guided window's matchers accepted all but its last step's tokens already
+                self._take(slot, tokens[slot], accepted=steps - 1 if item.matcher is not None else 0)
         self.stats["host_s"] += time.perf_counter() - start
 
-    def _take(self, slot: int, tokens: list[int]) -> None:
-        """Append a slot's new tokens; a request that has ended is answered and its slot freed."""
+    def _take(self, slot: int, tokens: list[int], accepted: int = 0) -> None:
+        """Append a slot's new tokens (its matcher, if guided, accepts those after the first
+        ``accepted``); a request that has ended is answered and its slot freed."""
         item = self._held[slot]
         stops = self.stops
-        for token in tokens:
+        for k, token in enumerate(tokens):
             if token in stops:
                 self._finish(slot)
                 return
             item.out.append(token)
             self.stats["generated"] += 1
-            if item.matcher is not None:
+            if item.matcher is not None and k >= accepted:
                 self._masks.accept(item.matcher, token)
             if len(item.out) >= item.budget:
                 self._finish(slot)
@@ -419,18 +430,40 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         self._masks.apply(logits, [(k, group[k].matcher, group[k].req.guide, group[k].budget) for k in rows])
         self.stats["guide_s"] = self._masks.seconds
 
-    def _guided_step(self, slots: list[int]) -> None:
-        """A step with guided slots: their masks are filled on the host while the GPU runs the step
-        (the fill reads no logits, only the tokens accepted so far), then applied to their logits
-        and their tokens chosen again. Nothing in between waits for the GPU: the slots' index goes
-        up before the step is launched, the mask from pinned memory."""
+    def _guided_window(self, slots: list[int], steps: int) -> None:
+        """``steps`` decoding steps with guided slots, pipelined: step i's forward is launched
+        first; while it runs, the host reads step i-1's guided tokens (staged to pinned memory
+        behind their own event, so reading them does not wait for the forward), lets the matchers
+        accept them and fills step i's masks; the masks then go up from pinned memory and the
+        guided slots' tokens are chosen again. The GPU waits only when the host's half of a step
+        takes longer than a forward. A row that ends inside the window (a stop token, its budget)
+        is left all-allowed; :meth:`_take` ignores what it makes after its end, as for any row."""
         items = [self._held[s] for s in slots]
-        index = torch.tensor(slots, device=self.model.device)
-        self._replay()
-        mask = self._masks.fill(
-            len(slots), [(i, x.matcher, x.req.guide, x.budget - len(x.out)) for i, x in enumerate(items)]
-        )
-        logits = self.logits.index_select(0, index).float()
-        self._masks.mask(logits, mask)
+        dev = self.model.device
+        index = torch.tensor(slots, device=dev)
+        made = [0] * len(items)  # tokens each guided row's matcher accepted in this window
+        ended = [False] * len(items)
+        stops = self.stops
+        for i in range(steps):
+            self._replay()
+            if i:
+                for k, token in enumerate(self._staged.read()):  # step i-1's tokens
+                    x = items[k]
+                    if ended[k]:
+                        continue
+                    if token in stops:
+                        ended[k] = True
+                        continue
+                    self._masks.accept(x.matcher, token)
+                    made[k] += 1
+                    ended[k] = len(x.out) + made[k] >= x.budget
+            rows = [(k, x.matcher, x.req.guide, x.budget - len(x.out) - made[k]) for k, x in enumerate(items)]
+            mask = self._masks.fill(len(slots), [r for r, done in zip(rows, ended) if not done])
+            logits = self.logits.index_select(0, index).float()
+            self._masks.mask(logits, mask)
+            chosen = logits.argmax(-1)
+            self.tokens.index_copy_(0, index, chosen)
+            if i + 1 < steps:
+                self._staged.stage(chosen)
+            self.history[i].copy_(self.tokens)
         self.stats["guide_s"] = self._masks.seconds
-        self.tokens.index_copy_(0, index, logits.argmax(-1))

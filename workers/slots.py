@@ -72,6 +72,28 @@ class SlotRequest:
     matcher: object | None = None  # xgrammar's GrammarMatcher for a guided request
 
 
+class StagedTokens:
+    """A step's tokens copied to the host behind an event of their own: the host reads them
+    without waiting for the work queued after them (the next step's forward). On the CPU, a copy."""
+
+    def __init__(self, rows: int, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.host = torch.empty(rows, dtype=torch.long, pin_memory=self.cuda)
+        self.event = torch.cuda.Event() if self.cuda else None
+        self.count = 0
+
+    def stage(self, tokens: torch.Tensor) -> None:
+        self.count = tokens.shape[0]
+        self.host[: self.count].copy_(tokens, non_blocking=self.cuda)
+        if self.event is not None:
+            self.event.record()
+
+    def read(self) -> list[int]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host[: self.count].tolist()
+
+
 class CompiledStep:
     """What :class:`~nerfleet.workers.continuous.ContinuousEngine` compiles at start, none of it
     during a run: the prefill's decoder layers (one compiled forward for all of them and any shape)

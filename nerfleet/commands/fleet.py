@@ -28,6 +28,11 @@ def run(
     split: str = typer.Option("test"),
     limit: int | None = typer.Option(None, help="First N documents of the split."),
     max_new_tokens: int | None = typer.Option(None),
+    budgets: Path | None = typer.Option(
+        None,
+        help="A JSON object of document id -> max_new_tokens for that document's jobs (answers known to "
+        "differ in length: a previous run's lengths); the others keep --max-new-tokens.",
+    ),
     name: str | None = typer.Option(None, help="Run name (default: a hash of the run's content)."),
     corpus: str | None = typer.Option(None),
     retry_failed: bool = typer.Option(False, help="Give failed jobs of this run another set of attempts."),
@@ -49,6 +54,7 @@ def run(
     if guided:
         prompt = list(prompt) + [f"{p}+guided" for p in ("v2", "v3") if f"{p}+guided" not in prompt]
     try:
+        own = read_budgets(budgets) if budgets else None
         with Progress(transient=True) as bar:
             task = bar.add_task("enqueueing", total=None)
             plan = create_run(
@@ -61,6 +67,7 @@ def run(
                 corpus,
                 retry_failed,
                 progress=lambda n: bar.advance(task, n),
+                budgets=own,
             )
     except USER_ERRORS as exc:
         fail(exc)
@@ -74,6 +81,21 @@ def run(
         follow(plan.run_id)
         report(plan.run_id, fmt="table", out=None, errors=None, compare=None)
     typer.echo(plan.run_id)
+
+
+def read_budgets(path: Path) -> dict[str, int]:
+    """``--budgets``: a JSON object of document ids to positive token counts; a bad entry is
+    refused with the file and the document named."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of document id -> max_new_tokens")
+    for doc, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{path}: document {doc!r}: max_new_tokens must be a positive integer, not {value!r}")
+    return data
 
 
 def warn_unserved(models) -> None:
