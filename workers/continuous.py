@@ -46,7 +46,7 @@ from nerfleet.workers.engine import (
     round_up,
 )
 from nerfleet.workers.fusion import fuse, fusion_refusal
-from nerfleet.workers.guided import Masks
+from nerfleet.workers.guided import Masks, warm_mask_kernel
 from nerfleet.workers.rotary import materialize_rotary
 from nerfleet.workers.simple import SimpleEngine
 from nerfleet.workers.slots import (
@@ -272,6 +272,7 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         try:
             with torch.inference_mode():
                 self._replay = self._capture()
+                warm_mask_kernel(self.model.device, self.model.config.get_text_config().vocab_size)
         except Exception:
             log.exception("continuous engine: preparing the decoding step failed")
             ready.set()
