@@ -11,6 +11,8 @@ values at the measured copy bandwidth, for the slots used.
 A second pass over the same notes, in a fresh database, compares another engine or other prompts
 through the same fleet: ``--compare-engine batched --compare-batch 512`` (a static batch of that
 many rows), ``--prompts v2 v3 --compare-prompts v2+guided v3+guided`` (guided decoding).
+``--vary LOW HIGH`` gives each note a budget drawn from LOW-HIGH (``nerfleet run --budgets``). The
+worker's engine counters, printed as it stops, give each pass its decoding cost (``decoding``).
 """
 
 from __future__ import annotations
