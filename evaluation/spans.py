@@ -33,8 +33,8 @@ class Span:
 
 class Token(NamedTuple):
     """A word or punctuation mark and its offsets. A named tuple, not a frozen dataclass: an
-    aggregation makes hundreds of thousands (every note, at every run), and a tuple is built in a
-    third of the time."""
+    aggregation makes hundreds of thousands (every note, at every run), and a tuple is built in
+    three quarters of the time (490 against 650 ns on the 2-core development machine)."""
 
     start: int
     end: int

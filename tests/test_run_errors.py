@@ -1,12 +1,14 @@
 """`nerfleet run` and friends: clear one-line errors, nothing half-written."""
 
+import json
+
 import pytest
 from sqlmodel import select
 from typer.testing import CliRunner
 
 from nerfleet.cli import app
 from nerfleet.storage.db import session_scope
-from nerfleet.storage.tables import Job, Run
+from nerfleet.storage.tables import Document, Job, Run
 
 runner = CliRunner()
 
@@ -144,7 +146,7 @@ def test_an_aggregation_claimed_and_lost_is_sent_again_once_per_lease(home, brok
 
 def _budgets_file(tmp_path, data) -> str:
     path = tmp_path / "budgets.json"
-    path.write_text(data if isinstance(data, str) else __import__("json").dumps(data))
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
     return str(path)
 
 
@@ -160,8 +162,6 @@ def _budgets_file(tmp_path, data) -> str:
 )
 def test_bad_budgets_are_one_line_and_write_nothing(home, demo_corpus, broker, tmp_path, data, message):
     with session_scope() as s:
-        from nerfleet.storage.tables import Document
-
         doc = s.exec(select(Document.doc_id).where(Document.split == "test")).first()
     if isinstance(data, dict) and "DOC" in data:
         data = {doc: data["DOC"]}
@@ -177,10 +177,6 @@ def test_bad_budgets_are_one_line_and_write_nothing(home, demo_corpus, broker, t
 
 
 def test_a_documents_budget_is_its_own_jobs_and_makes_another_run(home, demo_corpus, broker, tmp_path):
-    import json
-
-    from nerfleet.storage.tables import Document
-
     with session_scope() as s:
         docs = s.exec(select(Document.doc_id).where(Document.split == "test").order_by(Document.doc_id)).all()[:2]
     plain = runner.invoke(app, ["run", "--model", "smollm2", "--limit", "2", "--max-new-tokens", "64"])

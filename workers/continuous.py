@@ -46,7 +46,7 @@ from nerfleet.workers.engine import (
     round_up,
 )
 from nerfleet.workers.fusion import fuse, fusion_refusal
-from nerfleet.workers.guided import Masks, warm_mask_kernel
+from nerfleet.workers.guided import Masks
 from nerfleet.workers.rotary import materialize_rotary
 from nerfleet.workers.simple import SimpleEngine
 from nerfleet.workers.slots import (
@@ -272,7 +272,6 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         try:
             with torch.inference_mode():
                 self._replay = self._capture()
-                warm_mask_kernel(self.model.device, self.model.config.get_text_config().vocab_size)
         except Exception:
             log.exception("continuous engine: preparing the decoding step failed")
             ready.set()
@@ -390,22 +389,21 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         self.stats["decode_s"] += time.perf_counter() - start
         for slot, item in enumerate(self._held):
             if item is not None:
-                # a guided window's matchers accepted all but its last step's tokens already
-                self._take(slot, tokens[slot], accepted=steps - 1 if item.matcher is not None else 0)
+                # a guided window took its guided slots' tokens step by step, all but the last
+                self._take(slot, tokens[slot][steps - 1 :] if item.matcher is not None else tokens[slot])
         self.stats["host_s"] += time.perf_counter() - start
 
-    def _take(self, slot: int, tokens: list[int], accepted: int = 0) -> None:
-        """Append a slot's new tokens (its matcher, if guided, accepts those after the first
-        ``accepted``); a request that has ended is answered and its slot freed."""
+    def _take(self, slot: int, tokens: list[int]) -> None:
+        """Append a slot's new tokens; a request that has ended is answered and its slot freed."""
         item = self._held[slot]
         stops = self.stops
-        for k, token in enumerate(tokens):
+        for token in tokens:
             if token in stops:
                 self._finish(slot)
                 return
             item.out.append(token)
             self.stats["generated"] += 1
-            if item.matcher is not None and k >= accepted:
+            if item.matcher is not None:
                 self._masks.accept(item.matcher, token)
             if len(item.out) >= item.budget:
                 self._finish(slot)
@@ -433,33 +431,22 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
 
     def _guided_window(self, slots: list[int], steps: int) -> None:
         """``steps`` decoding steps with guided slots, pipelined: step i's forward is launched
-        first; while it runs, the host reads step i-1's guided tokens (staged to pinned memory
-        behind their own event, so reading them does not wait for the forward), lets the matchers
-        accept them and fills step i's masks; the masks then go up from pinned memory and the
+        first; while it runs, the host takes step i-1's guided tokens (staged to pinned memory
+        behind their own event, so reading them does not wait for the forward), which their
+        matchers accept, and fills step i's masks; the masks then go up from pinned memory and the
         guided slots' tokens are chosen again. The GPU waits only when the host's half of a step
-        takes longer than a forward. A row that ends inside the window (a stop token, its budget)
-        is left all-allowed; :meth:`_take` ignores what it makes after its end, as for any row."""
-        items = [self._held[s] for s in slots]
-        dev = self.model.device
-        index = torch.tensor(slots, device=dev)
-        made = [0] * len(items)  # tokens each guided row's matcher accepted in this window
-        ended = [False] * len(items)
-        stops = self.stops
+        takes longer than a forward. A guided request that ends inside the window is answered
+        there; its slot runs on all-allowed until the window ends, and what it makes is ignored."""
+        index = torch.tensor(slots, device=self.model.device)
         for i in range(steps):
             self._replay()
             if i:
-                for k, token in enumerate(self._staged.read()):  # step i-1's tokens
-                    x = items[k]
-                    if ended[k]:
-                        continue
-                    if token in stops:
-                        ended[k] = True
-                        continue
-                    self._masks.accept(x.matcher, token)
-                    made[k] += 1
-                    ended[k] = len(x.out) + made[k] >= x.budget
-            rows = [(k, x.matcher, x.req.guide, x.budget - len(x.out) - made[k]) for k, x in enumerate(items)]
-            mask = self._masks.fill(len(slots), [r for r, done in zip(rows, ended) if not done])
+                for slot, token in zip(slots, self._staged.read()):  # step i-1's tokens
+                    if self._held[slot] is not None:
+                        self._take(slot, [token])
+            held = [(k, self._held[s]) for k, s in enumerate(slots)]
+            live = [(k, x.matcher, x.req.guide, x.budget - len(x.out)) for k, x in held if x is not None]
+            mask = self._masks.fill(len(slots), live)
             logits = self.logits.index_select(0, index).float()
             self._masks.mask(logits, mask)
             chosen = logits.argmax(-1)

@@ -38,7 +38,8 @@ def warm_mask_kernel(device: torch.device, vocab_size: int) -> None:
     """Compile xgrammar's mask kernel now, on a GPU where xgrammar is installed, for each class of
     row count Triton specialises on (one row, a multiple of 16, any other). Its first call compiles:
     2.4 s on the H200 from a cold cache, then 0.1 and 0.3 s for the other classes (bench/NOTES.md,
-    session 16), which fell inside a run's first guided prefill and steps."""
+    session 16), which fell inside a run's first guided prefill and steps. Called by every engine
+    as it is made; a no-op on the CPU (xgrammar's CPU kernel compiles nothing)."""
     if device.type != "cuda":
         return
     try:

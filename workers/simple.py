@@ -56,6 +56,11 @@ class SimpleEngine:
             batch_invariant.check_available(model.device)
             batch_invariant.install(model)
             self.name = f"{self.name}+invariant"  # stored with every generation
+        # deferred: guided decoding's module imports torch and numpy at its top
+        from nerfleet.workers.guided import warm_mask_kernel
+
+        # every engine on a GPU: the guided mask kernel compiles now, not in a run's first guided step
+        warm_mask_kernel(model.device, model.config.get_text_config().vocab_size)
 
     def encode(self, req: GenerationRequest) -> tuple[list[int], bool]:
         """Prompt ids; the document is cut (and ``truncated`` set) to fit the context."""
