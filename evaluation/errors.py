@@ -45,8 +45,9 @@ def document_errors(text: str, gold: list[Span], pred: list[Span]) -> dict[str, 
 def error_records(scores: Scores) -> Iterator[dict]:
     """One record per scored response (calibration rows included), in cell and document order."""
     for (model, prompt), cell in sorted(scores.cells.items()):
-        for doc, spans in cell.predictions:
-            chars = [doc.char_span(s) for s in spans]
+        for doc_id, counts in cell.predictions:
+            doc = scores.docs[doc_id]
+            chars = [doc.char_span(s) for s in counts.predicted]
             gold = list(doc.document.spans)
             if cell.strategy2 is None:
                 gold = [Span(g.start, g.end, ENTITY) for g in gold]

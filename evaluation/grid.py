@@ -8,31 +8,33 @@ and ratio with its document-level bootstrap 95% interval (:mod:`nerfleet.evaluat
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from nervaluate import Evaluator
+from nervaluate.entities import EvaluationResult
 
 from nerfleet.evaluation.calibration import CALIBRATION_MODELS, ECHO, ORACLE, echo_output, oracle_output
 from nerfleet.evaluation.intervals import RESAMPLES, SEED, bounds, paired_p_value, prf, resampled_sums
 from nerfleet.evaluation.matching import MatchParams
 from nerfleet.evaluation.scoring import (
+    NERVALUATE_COUNTS,
+    NERVALUATE_SCHEMAS,
     SEQEVAL_MODE,
     CellCounts,
+    Counted,
     Known,
     PreparedDoc,
     Response,
+    ResponseCounts,
     count_cell,
     count_response,
     entity_counts,
-    tags_from_spans,
 )
 from nerfleet.evaluation.span_metrics import SPAN_MODES
 from nerfleet.evaluation.spans import LABELS
 
-NERVALUATE_SCHEMAS = ("strict", "exact", "partial", "ent_type")
 _PRF = ("precision", "recall", "f1")
 
 
@@ -92,15 +94,16 @@ def summarise(cell: CellCounts) -> dict[str, Any]:
     return out
 
 
-def nervaluate_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, dict]:
-    """The four SemEval-2013 schemas: how much of a miss is only a boundary disagreement."""
-    if not gold:
-        return {s: {"precision": 0.0, "recall": 0.0, "f1": 0.0} for s in NERVALUATE_SCHEMAS}
-    overall = Evaluator(list(gold), list(pred), tags=list(LABELS), loader="list").evaluate()["overall"]
-    return {
-        s: {"precision": overall[s].precision, "recall": overall[s].recall, "f1": overall[s].f1}
-        for s in NERVALUATE_SCHEMAS
-    }
+def nervaluate_scores(counts: np.ndarray) -> dict[str, dict]:
+    """The four SemEval-2013 schemas from a cell's summed (schemas × counts): how much of a miss is
+    only a boundary disagreement. nervaluate's own formulas (half credit for partial matches in the
+    partial and type schemas), over the counts its ``Evaluator`` would have merged document by document."""
+    out = {}
+    for k, schema in enumerate(NERVALUATE_SCHEMAS):
+        result = EvaluationResult(**{c: int(counts[k, j]) for j, c in enumerate(NERVALUATE_COUNTS)})
+        result.compute_metrics(partial_or_type=schema in ("partial", "ent_type"))
+        out[schema] = {"precision": result.precision, "recall": result.recall, "f1": result.f1}
+    return out
 
 
 @dataclass
@@ -117,6 +120,8 @@ class Scores:
     calibration: list = field(default_factory=list)
     #: The cells' per-document counts (not in the JSON): for comparisons and the error export.
     cells: dict = field(default_factory=dict, repr=False)
+    #: The prepared documents the cells' predictions are spans of (the error export reads them).
+    docs: Mapping[str, PreparedDoc] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         keys = ("strategy1", "strategy2", "spans", "parse_ratio", "nervaluate", "counts", "failed")
@@ -127,20 +132,23 @@ class Scores:
         }
 
 
-def calibration_responses(responses: Sequence[Response], docs: dict[str, PreparedDoc], formats: dict[str, str]):
-    """Echo and oracle answers for every document and prompt of the grid."""
+def calibration_responses(
+    responses: Sequence[Response], docs: Mapping[str, PreparedDoc], formats: dict[str, str], known: Known
+):
+    """Echo and oracle answers for every document and prompt of the grid; an answer whose counts
+    are ``known`` is left empty (it is not matched again, and its document need not be prepared)."""
     by_prompt: dict[str, set[str]] = defaultdict(set)
     for r in responses:
         by_prompt[r.prompt].add(r.doc_id)
     for prompt, doc_ids in sorted(by_prompt.items()):
         fmt = formats.get(prompt, "none")
         for doc_id in sorted(doc_ids):
-            d = docs[doc_id].document
-            yield Response(doc_id, ECHO, prompt, echo_output(d, fmt))
-            yield Response(doc_id, ORACLE, prompt, oracle_output(d, fmt))
+            for model, output in ((ECHO, echo_output), (ORACLE, oracle_output)):
+                answer = "" if (model, fmt, doc_id) in known else output(docs[doc_id].document, fmt)
+                yield Response(doc_id, model, prompt, answer)
 
 
-def calibration_counts(docs: dict[str, PreparedDoc], fmts: Iterable[str], params: MatchParams) -> Known:
+def calibration_counts(docs: Mapping[str, PreparedDoc], fmts: Iterable[str], params: MatchParams) -> Known:
     """The echo and oracle rows' counts for these documents in each format: what a grid's
     calibration rows hold, computed once and stored by the caller."""
     memo: dict = {}
@@ -154,45 +162,57 @@ def calibration_counts(docs: dict[str, PreparedDoc], fmts: Iterable[str], params
 
 def count_grid(
     responses: Iterable[Response],
-    docs: dict[str, PreparedDoc],
+    docs: Mapping[str, PreparedDoc],
     formats: dict[str, str],
     params: MatchParams,
     known: Known | None = None,
+    counted: Counted | None = None,
 ) -> tuple[dict[tuple[str, str], CellCounts], dict[tuple[str, str], list[str]]]:
-    """Each cell's counts, and each cell's failed documents (no answer: never scored as empty)."""
+    """Each cell's counts, and each cell's failed documents (no answer: never scored as empty).
+    Counts in ``counted`` (responses) or ``known`` (calibration rows) are not computed again."""
     cells: dict[tuple[str, str], list[Response]] = defaultdict(list)
     for r in responses:
         cells[(r.model, r.prompt)].append(r)
-    counted, failed, memo = {}, {}, {}
+    known, counted = known or {}, counted or {}
+    counted_, failed, memo = {}, {}, {}
     for key, rs in sorted(cells.items()):
+        fmt = formats.get(key[1], "none")
         failed[key] = sorted(r.doc_id for r in rs if r.output is None)
         answered = [r for r in rs if r.output is not None]
-        counted[key] = count_cell(answered, docs, formats.get(key[1], "none"), params, memo, known)
-    return counted, failed
+
+        def lookup(r: Response, fmt: str = fmt) -> ResponseCounts | None:
+            return counted.get((r.model, r.prompt, r.doc_id)) or known.get((r.model, fmt, r.doc_id))
+
+        counted_[key] = count_cell(answered, docs, fmt, params, memo, lookup)
+    return counted_, failed
 
 
 def score_grid(
     responses: Iterable[Response],
-    docs: dict[str, PreparedDoc],
+    docs: Mapping[str, PreparedDoc],
     formats: dict[str, str],
     params: MatchParams = MatchParams(),
     with_nervaluate: bool = True,
     calibration: bool = True,
     known: Known | None = None,
+    counted: Counted | None = None,
 ) -> Scores:
     """Score every (model, prompt) cell of a set of responses.
 
     ``formats`` maps a prompt name to the structure it asked for (none/dict/json);
     strategy 2, span scores and the parse ratio exist only for dict/json prompts.
-    ``calibration`` adds the ``echo`` and ``oracle`` rows over the same documents; counts in
-    ``known`` (stored calibration rows, :func:`calibration_counts`) are not computed again.
+    ``calibration`` adds the ``echo`` and ``oracle`` rows over the same documents. Counts already
+    known are not computed again: the calibration rows' in ``known`` (:func:`calibration_counts`,
+    stored once per note), the responses' in ``counted`` (scored as they were stored); ``docs``
+    then needs only the documents of what is left to count.
     """
     responses = list(responses)
+    known = known or {}
     clash = sorted({r.model for r in responses} & set(CALIBRATION_MODELS))
     if calibration and clash:
         raise ValueError(f"model name {clash[0]!r} is reserved for a calibration row")
     if calibration:
-        responses += list(calibration_responses(responses, docs, formats))
+        responses += list(calibration_responses(responses, docs, formats, known))
     scores = Scores(
         params={
             "match": params.as_dict(),
@@ -200,8 +220,9 @@ def score_grid(
             "bootstrap": {"resamples": RESAMPLES, "seed": SEED},
         },
         calibration=list(CALIBRATION_MODELS) if calibration else [],
+        docs=docs,
     )
-    cells, failed = count_grid(responses, docs, formats, params, known)
+    cells, failed = count_grid(responses, docs, formats, params, known, counted)
     scores.cells = cells
     for (model, prompt), cell in cells.items():
         if failed[(model, prompt)]:
@@ -215,10 +236,8 @@ def score_grid(
             if block in summary:
                 getattr(scores, block).setdefault(model, {})[prompt] = summary[block]
         # the calibration rows are references for P/R/F, not rows of nervaluate's tables
-        if with_nervaluate and cell.strategy2 is not None and model not in CALIBRATION_MODELS:
-            gold_tags = [d.gold for d, _ in cell.predictions]
-            pred_tags = [tags_from_spans(len(d.tokens), s) for d, s in cell.predictions]
-            scores.nervaluate.setdefault(model, {})[prompt] = nervaluate_scores(gold_tags, pred_tags)
+        if with_nervaluate and cell.nervaluate is not None and model not in CALIBRATION_MODELS:
+            scores.nervaluate.setdefault(model, {})[prompt] = nervaluate_scores(cell.nervaluate)
     scores.documents = len({r.doc_id for r in responses})
     return scores
 

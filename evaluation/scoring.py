@@ -9,10 +9,12 @@ computed from those counts (:mod:`nerfleet.evaluation.grid`).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from nervaluate import Evaluator
 from seqeval.metrics.sequence_labeling import get_entities
 
 from nerfleet.evaluation.corpus import Document
@@ -27,6 +29,11 @@ ENTITY = "ENTITY"
 SEQEVAL_MODE = {"mode": "strict", "scheme": "IOB2"}
 
 Entity = tuple[str, int, int]  # (label, first token, last token), seqeval's convention
+
+#: nervaluate's SemEval-2013 schemas, and the counts each keeps (summed over documents, as its
+#: ``Evaluator`` merges them): a response's are stored with its other counts.
+NERVALUATE_SCHEMAS = ("strict", "exact", "partial", "ent_type")
+NERVALUATE_COUNTS = ("correct", "incorrect", "partial", "missed", "spurious")
 
 
 @dataclass
@@ -157,6 +164,12 @@ def strategy2_tags(doc: PreparedDoc, parsed: Parsed, params: MatchParams) -> lis
     return tags_from_spans(len(doc.tokens), strategy2_spans(doc, parsed, params))
 
 
+def nervaluate_counts(gold: list[str], pred: list[str]) -> np.ndarray:
+    """(schemas × counts) of one document, as nervaluate's ``Evaluator`` counts it."""
+    overall = Evaluator([gold], [pred], tags=list(LABELS), loader="list").evaluate()["overall"]
+    return np.array([[getattr(overall[s], c) for c in NERVALUATE_COUNTS] for s in NERVALUATE_SCHEMAS], dtype=np.int64)
+
+
 def entity_counts(gold: frozenset[Entity], pred: frozenset[Entity], labels: Sequence[str]) -> np.ndarray:
     """(labels × 3) of (tp, predicted, gold), seqeval's counting: label, start and end all match."""
     out = np.zeros((len(labels), 3), dtype=np.int64)
@@ -179,6 +192,7 @@ class Response:
     prompt: str
     output: str | None  # None: the job failed, no answer exists
     error: str | None = None
+    job: str | None = None  # the job's hash, where the answer came from a run (its counts are stored by it)
 
 
 @dataclass
@@ -191,25 +205,35 @@ class CellCounts:
     spans: np.ndarray | None = None  # (docs × modes × labels × 3): character spans, strict / overlap
     parsed: np.ndarray | None = None  # (docs × 2): lenient, strict (0 or 1)
     dropped: int = 0
-    #: Per response, kept for the error export and nervaluate: (doc, predicted spans over ``doc.tokens``).
-    predictions: list[tuple[PreparedDoc, list[Span]]] = field(default_factory=list)
+    nervaluate: np.ndarray | None = None  # (schemas × counts), summed over the cell's documents
+    #: Per response, kept for the error export: (document id, its counts, whose ``predicted`` are
+    #: spans over the document's ``tokens``).
+    predictions: list[tuple[str, ResponseCounts]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class ResponseCounts:
     """What one scored response adds to its cell: a row of each of :class:`CellCounts`' arrays and
     the token spans it predicts. Plain data, so a calibration row's counts are stored once per
-    document (:mod:`nerfleet.storage.calibration`) instead of matched again at each aggregation."""
+    document and a run's answers as they are stored (:mod:`nerfleet.storage.counts`), instead of
+    matched again at each aggregation."""
 
     strategy1: np.ndarray  # (3,)
-    predicted: tuple[Span, ...]
+    #: The token spans it predicts: :class:`Span` s, or [start, end, label] as stored (read as
+    #: spans only when asked for: the aggregation never does, and thousands cost a tenth of a second).
+    predicted_spans: Sequence[Span] | Sequence[list]
     strategy2: np.ndarray | None = None  # (labels × 3)
     spans: np.ndarray | None = None  # (modes × labels × 3)
     parsed: tuple[int, int] | None = None  # lenient, strict
     dropped: int = 0
+    nervaluate: np.ndarray | None = None  # (schemas × counts)
+
+    @functools.cached_property
+    def predicted(self) -> tuple[Span, ...]:
+        return tuple(s if isinstance(s, Span) else Span(*s) for s in self.predicted_spans)
 
     def to_json(self) -> dict:
-        arrays = {k: v.tolist() for k in ("strategy1", "strategy2", "spans") if (v := getattr(self, k)) is not None}
+        arrays = {k: v.tolist() for k in _ARRAYS if (v := getattr(self, k)) is not None}
         predicted = [[s.start, s.end, s.label] for s in self.predicted]
         return {**arrays, "predicted": predicted, "parsed": self.parsed, "dropped": self.dropped}
 
@@ -217,8 +241,18 @@ class ResponseCounts:
     def from_json(cls, d: dict) -> ResponseCounts:
         array = lambda k: np.asarray(d[k], dtype=np.int64) if d.get(k) is not None else None  # noqa: E731
         parsed = tuple(d["parsed"]) if d.get("parsed") is not None else None
-        predicted = tuple(Span(a, b, label) for a, b, label in d["predicted"])
-        return cls(array("strategy1"), predicted, array("strategy2"), array("spans"), parsed, d.get("dropped", 0))
+        return cls(
+            array("strategy1"),
+            d["predicted"],
+            array("strategy2"),
+            array("spans"),
+            parsed,
+            d.get("dropped", 0),
+            array("nervaluate"),
+        )
+
+
+_ARRAYS = ("strategy1", "strategy2", "spans", "nervaluate")
 
 
 def count_response(doc: PreparedDoc, output: str, fmt: str, params: MatchParams, memo: dict) -> ResponseCounts:
@@ -240,34 +274,35 @@ def count_response(doc: PreparedDoc, output: str, fmt: str, params: MatchParams,
         for mi, mode in enumerate(SPAN_MODES):
             by_span[mi, li] = per_mode[mode]
     s2 = entity_counts(doc.gold_entities, entities_of(spans), LABELS)
-    return ResponseCounts(s1, tuple(spans), s2, by_span, (int(p.lenient), int(p.strict)), p.dropped)
+    nerv = nervaluate_counts(doc.gold, tags_from_spans(len(doc.tokens), spans))
+    return ResponseCounts(s1, tuple(spans), s2, by_span, (int(p.lenient), int(p.strict)), p.dropped, nerv)
 
 
 #: Counts already known, by (model, format, document id): the stored calibration rows.
 Known = dict[tuple[str, str, str], ResponseCounts]
+#: Counts already known, by (model, prompt, document id): responses scored as they were stored.
+Counted = dict[tuple[str, str, str], ResponseCounts]
 
 
 def count_cell(
     rs: Sequence[Response],
-    docs: dict[str, PreparedDoc],
+    docs: Mapping[str, PreparedDoc],
     fmt: str,
     params: MatchParams,
     memo: dict | None = None,
-    known: Known | None = None,
+    known: Callable[[Response], ResponseCounts | None] | None = None,
 ) -> CellCounts:
     """Reduce one cell's scored responses (``output`` not None) to per-document counts, in doc-id
-    order; a response whose counts are ``known`` is not matched again."""
+    order; a response whose counts are ``known`` is not matched again (nor its document prepared)."""
     rs = sorted(rs, key=lambda r: r.doc_id)
     memo = {} if memo is None else memo
-    known = known or {}
     rows = [
-        known.get((r.model, fmt, r.doc_id)) or count_response(docs[r.doc_id], r.output or "", fmt, params, memo)
-        for r in rs
+        (known(r) if known else None) or count_response(docs[r.doc_id], r.output or "", fmt, params, memo) for r in rs
     ]
     cell = CellCounts([r.doc_id for r in rs], np.zeros((len(rs), 3), dtype=np.int64))
     for k, (r, row) in enumerate(zip(rs, rows)):
         cell.strategy1[k] = row.strategy1
-        cell.predictions.append((docs[r.doc_id], list(row.predicted)))
+        cell.predictions.append((r.doc_id, row))
     if fmt == "none":
         return cell
     cell.strategy2 = np.stack([row.strategy2 for row in rows]) if rows else np.zeros((0, len(LABELS), 3), np.int64)
@@ -276,4 +311,7 @@ def count_cell(
     )
     cell.parsed = np.array([row.parsed for row in rows], dtype=np.int64).reshape(len(rows), 2)
     cell.dropped = sum(row.dropped for row in rows)
+    nerv = [row.nervaluate for row in rows]
+    if all(n is not None for n in nerv):  # calibration rows stored before they were counted have none
+        cell.nervaluate = sum(nerv, np.zeros((len(NERVALUATE_SCHEMAS), len(NERVALUATE_COUNTS)), np.int64))
     return cell

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     #: Share of its GPU's memory a continuous-engine worker may hold, weights included (workers
     #: sharing one GPU: e.g. 0.2 each for four).
     gpu_memory_fraction: float = 0.9
+    #: Processes a worker scores its stored answers in, while it generates (nerfleet.tasks.scoring);
+    #: None: the CPUs less two, at most 8; 0: none (the aggregation scores them all at the end).
+    scoring_processes: int | None = None
     redis_ssl_cert_reqs: str = "required"
 
     @property

@@ -97,11 +97,12 @@ class Generation(SQLModel, table=True):
     created_at: NaiveDatetime = Field(default_factory=utcnow)
 
 
-class CalibrationCount(SQLModel, table=True):
-    """A calibration row's counts for one document (echo or oracle, a format, the matching
-    parameters): they depend on the corpus alone, so each is computed once, not at every run."""
+class ScoredCount(SQLModel, table=True):
+    """One scored answer's counts (:mod:`nerfleet.storage.counts`): a calibration row of a note
+    (echo or oracle, a format) or a run's answer (its job), under the matching parameters. They
+    depend on nothing else, so each is computed once, not at every aggregation."""
 
-    key: str = Field(primary_key=True)  # sha256 of corpus, document, model, format, parameters
+    key: str = Field(primary_key=True)  # sha256 of the layout, corpus, answer, format, parameters
     corpus_id: int = Field(foreign_key="corpus.id", index=True)
     counts_json: str = Field(sa_column=Column(Text, nullable=False))
 

@@ -8,12 +8,12 @@ from sqlalchemy import update
 from sqlmodel import select
 
 from nerfleet.evaluation.grid import Scores, score_grid
-from nerfleet.evaluation.scoring import Response, prepare
-from nerfleet.storage.calibration import stored_calibration
-from nerfleet.storage.corpus_store import load_documents
+from nerfleet.evaluation.scoring import Response
+from nerfleet.storage.counts import stored_calibration, stored_response_counts
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.metrics import replace_metrics, scores_to_rows
 from nerfleet.storage.tables import Generation, Job, PromptText, Run, RunJob, utcnow
+from nerfleet.tasks import scoring
 from nerfleet.tasks.app import app
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def collect_responses(session, run_id: str) -> tuple[list[Response], dict[str, s
         .where(RunJob.run_id == run_id)
     ).all()
     responses = [
-        Response(job.doc_id, job.model, job.prompt, gen.output if gen is not None else None, job.error)
+        Response(job.doc_id, job.model, job.prompt, gen.output if gen is not None else None, job.error, job.hash)
         for job, gen in rows
         if job.state in ("done", "failed")
     ]
@@ -37,19 +37,29 @@ def collect_responses(session, run_id: str) -> tuple[list[Response], dict[str, s
     return responses, formats
 
 
-def score_run(run_id: str) -> Scores:
-    """Score a run's stored responses now (with the per-document counts that comparisons need)."""
+def score_run(run_id: str, errors: bool = False) -> Scores:
+    """Score a run's stored responses now (with the per-document counts that comparisons need).
+
+    Counts come from storage: the calibration rows the producer stored, the answers the workers'
+    scoring processes stored (what they have not yet is scored across them first); only what is
+    still missing is computed here, and only its notes prepared. ``errors``: every note prepared,
+    for the error export."""
     with session_scope() as session:
         run = session.get(Run, run_id)
         if run is None:
             raise LookupError(f"no run {run_id!r}")
         responses, formats = collect_responses(session, run_id)
-        doc_ids = sorted({r.doc_id for r in responses})
-        documents = load_documents(session, run.corpus_id, doc_ids=doc_ids)
-    # outside the transaction: on SQLite it holds the write lock that the workers' claims need
-    docs = {d.doc_id: prepare(d) for d in documents}
-    known = stored_calibration(run.corpus_id, docs, set(formats.values()))
-    return score_grid(responses, docs, formats, known=known)
+    # outside any transaction: on SQLite it holds the write lock that the workers' claims need
+    scoring.settle()
+
+    def prepare(ids: set[str]) -> dict:
+        return scoring.prepared_notes(run.corpus_id, ids)
+
+    counted = stored_response_counts(run.corpus_id, responses, formats, prepare, elsewhere=scoring.score_across)
+    doc_ids = sorted({r.doc_id for r in responses})
+    known = stored_calibration(run.corpus_id, doc_ids, set(formats.values()), prepare)
+    docs = prepare(set(doc_ids)) if errors else {}
+    return score_grid(responses, docs, formats, known=known, counted=counted)
 
 
 def aggregate_run(run_id: str, force: bool = False) -> dict | None:

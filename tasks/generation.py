@@ -11,6 +11,7 @@ from nerfleet.settings import get_settings
 from nerfleet.storage.db import session_scope
 from nerfleet.storage.jobs import claim, claim_aggregation, finish, release, runs_of
 from nerfleet.storage.tables import Document, PromptText
+from nerfleet.tasks import scoring
 from nerfleet.tasks.app import RETRY_PRIORITY, app
 from nerfleet.tasks.dispatch import enqueue_aggregation, enqueue_jobs
 from nerfleet.tasks.leases import lease_keeper
@@ -85,6 +86,7 @@ def generate(self, run_id: str, model: str, jobs: list[str]) -> dict:
         ]
         with session_scope() as session:
             finish(session, rows)
+        scoring.submit(hashes)  # their counts, in the worker's scoring processes, while it generates
     _after(finished=hashes + failed_now)
     return {"claimed": len(hashes), "failed": len(failed_now)}
 

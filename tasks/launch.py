@@ -96,6 +96,7 @@ def start_worker(model: str, gpu: str | None, engine: str, loglevel: str = "INFO
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(s.home / "compile-cache" / "inductor"))
     os.environ.setdefault("TRITON_CACHE_DIR", str(s.home / "compile-cache" / "triton"))
     # Only now may torch be imported.
+    from nerfleet.tasks import scoring
     from nerfleet.tasks.app import app
     from nerfleet.tasks.queues import aggregate_queue, generation_queue
     from nerfleet.tasks.sweeper import start_sweeper
@@ -103,11 +104,13 @@ def start_worker(model: str, gpu: str | None, engine: str, loglevel: str = "INFO
     from nerfleet.workers.models import resolve
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    scorers = scoring.start()  # spawned now: their imports overlap the model's loading
     spec = resolve(model)
     node = name or f"{spec.name}-{where}@%h"
     rt = runtime.install(spec, engine, worker=node.replace("%h", os.uname().nodename))
     tasks = runtime.tasks_in_flight(rt.engine, get_settings().batch_size)
     slots = f", {rt.engine.slots} slots, {tasks} tasks in flight" if tasks > 1 else ""
+    slots += f", {scorers} scoring processes" if scorers else ""
     print(
         f"nerfleet worker {rt.worker}: model {spec.name} loaded ({rt.engine.name} engine{slots}) "
         f"in {time.time() - started:.1f} s, queue {generation_queue(spec.name)}",
@@ -126,6 +129,7 @@ def start_worker(model: str, gpu: str | None, engine: str, loglevel: str = "INFO
         counters = getattr(rt.engine, "stats", None)
         if counters:
             print(f"nerfleet worker {rt.worker}: engine counters {json.dumps(dict(counters))}", flush=True)
+        scoring.stop()
 
 
 def start_train_worker(gpu: str | None, loglevel: str = "INFO") -> None:

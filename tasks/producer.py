@@ -164,10 +164,11 @@ def create_run(
     elif enqueued:  # while the workers generate: the calibration rows their aggregation will read
         # deferred: the scoring stack (seqeval, scikit-learn: 0.8 s), needed only once the jobs are sent
         from nerfleet.evaluation.scoring import prepare
-        from nerfleet.storage.calibration import stored_calibration
+        from nerfleet.storage.counts import stored_calibration
 
+        notes = {d.doc_id: d for d in docs}
         try:
-            stored_calibration(c.id, {d.doc_id: prepare(d) for d in docs}, {p.format for p in loaded})
+            stored_calibration(c.id, notes, {p.format for p in loaded}, lambda ids: {i: prepare(notes[i]) for i in ids})
         except Exception as exc:  # noqa: BLE001 - the aggregation computes what is missing
             log.warning("calibration rows not stored now (the aggregation will compute them): %s", exc)
     return RunPlan(run_id, total, done, enqueued, agg, tuple(m.name for m in specs))

@@ -152,6 +152,37 @@ def test_nervaluate_schemas_present(docs, prepared):
     json.dumps(scores.to_json())  # plain JSON types
 
 
+def test_nervaluate_from_summed_counts_equals_its_evaluator_over_all_documents(docs, prepared):
+    """Each answer's nervaluate counts are stored with its other counts; a cell's four schemas come
+    from their sums. They must equal nervaluate's own Evaluator over the whole cell at once."""
+    from nervaluate import Evaluator
+
+    from nerfleet.evaluation.scoring import strategy2_spans, tags_from_spans
+
+    rng = random.Random(3)
+    responses = []
+    for doc_id, d in sorted(prepared.items()):
+        listing = v2_listing(docs[doc_id])
+        words = d.document.text.split()
+        half = ", ".join(" ".join(words[i : i + rng.randint(1, 3)]) for i in range(0, len(words), 7))
+        output = listing[: len(listing) // 2] + "]}" if rng.random() < 0.5 else "{diseases: [" + half + "]}"
+        responses.append(Response(doc_id, "m", "v2", output))
+    scores = score_grid(responses, prepared, FORMATS)
+    params = MatchParams()
+    gold = [prepared[r.doc_id].gold for r in responses]
+    pred = [
+        tags_from_spans(
+            len(prepared[r.doc_id].tokens), strategy2_spans(prepared[r.doc_id], parse(r.output, "dict"), params)
+        )
+        for r in responses
+    ]
+    overall = Evaluator(gold, pred, tags=list(LABELS), loader="list").evaluate()["overall"]
+    for schema, got in scores.nervaluate["m"]["v2"].items():
+        want = overall[schema]
+        assert (got["precision"], got["recall"], got["f1"]) == pytest.approx((want.precision, want.recall, want.f1))
+    assert 0 < scores.nervaluate["m"]["v2"]["partial"]["f1"] < 1  # neither all right nor all wrong
+
+
 def _valid_iob2(tags):
     prev = "O"
     for t in tags:

@@ -105,24 +105,24 @@ def test_calibration_rows_are_stored_once_and_score_as_if_computed(home, broker,
     those of computing them afresh."""
     from nerfleet.evaluation.grid import score_grid
     from nerfleet.evaluation.scoring import Response, prepare
-    from nerfleet.storage.calibration import stored_calibration
     from nerfleet.storage.corpus_store import load_documents
-    from nerfleet.storage.tables import CalibrationCount
+    from nerfleet.storage.counts import stored_calibration
+    from nerfleet.storage.tables import ScoredCount
     from nerfleet.tasks.app import make_app
     from nerfleet.tasks.producer import create_run
 
     create_run(["smollm2"], ["v1", "v2", "v3"], "all", 3, 4, None, str(demo_corpus), app=make_app())
     with session_scope() as s:
-        assert len(s.exec(select(CalibrationCount)).all()) == 3 * 2 * 3  # notes × echo, oracle × formats
+        assert len(s.exec(select(ScoredCount)).all()) == 3 * 2 * 3  # notes × echo, oracle × formats
         docs = {d.doc_id: prepare(d) for d in load_documents(s, demo_corpus)[:3]}
-    import nerfleet.storage.calibration as calibration
+    import nerfleet.storage.counts as calibration
 
     def never(*args):
         raise AssertionError("stored calibration rows were computed again")
 
     with monkeypatch.context() as m:
         m.setattr(calibration, "calibration_counts", never)  # all 18 are read, none computed
-        known = stored_calibration(demo_corpus, docs, ["none", "dict", "json"])
+        known = stored_calibration(demo_corpus, docs, ["none", "dict", "json"], lambda ids: docs)
     assert len(known) == 18
     formats = {"v1": "none", "v2": "dict", "v3": "json"}
     responses = [
@@ -142,7 +142,7 @@ def test_calibration_is_computed_with_no_write_lock_held(home, demo_corpus, monk
     import sqlite3
 
     from nerfleet.evaluation.scoring import prepare
-    from nerfleet.storage import calibration
+    from nerfleet.storage import counts as calibration
     from nerfleet.storage.corpus_store import load_documents
 
     with session_scope() as s:
@@ -157,5 +157,60 @@ def test_calibration_is_computed_with_no_write_lock_held(home, demo_corpus, monk
         return real(*args)
 
     monkeypatch.setattr(calibration, "calibration_counts", compute_while_another_writes)
-    assert len(calibration.stored_calibration(demo_corpus, docs, ["json"])) == 4
+    assert len(calibration.stored_calibration(demo_corpus, docs, ["json"], lambda ids: docs)) == 4
     assert wrote == [True]
+
+
+def test_answers_scored_by_scoring_processes_aggregate_as_if_computed(home, broker, demo_corpus, monkeypatch):
+    """A worker's scoring processes (spawned, real) score its stored answers and store their
+    counts; the aggregation then reads every count and computes none itself, and its scores are
+    exactly those of scoring the answers afresh."""
+    from nerfleet.evaluation.grid import score_grid
+    from nerfleet.evaluation.scoring import prepare
+    from nerfleet.storage import counts
+    from nerfleet.storage.corpus_store import load_documents
+    from nerfleet.storage.tables import ScoredCount
+    from nerfleet.tasks import aggregation, scoring
+    from nerfleet.tasks.app import make_app
+    from nerfleet.tasks.producer import create_run
+
+    plan = create_run(["smollm2"], ["v1", "v2", "v3"], "all", 4, 4, None, str(demo_corpus), app=make_app())
+    with session_scope() as s:
+        jobs = s.exec(select(Job)).all()
+        texts = {d.doc_id: d for d in load_documents(s, demo_corpus)}
+        rows = []
+        for k, j in enumerate(sorted(jobs, key=lambda j: j.hash)):
+            d = texts[j.doc_id]
+            picked = [d.text[sp.start : sp.end] for sp in d.spans][: k % 4 + 1]  # some gold, some not
+            output = {"v1": ", ".join(picked), "v2": "{diseases: [" + ", ".join(picked) + "]}"}.get(
+                j.prompt,
+                '{"annotations": [' + ", ".join(f'{{"entity": "{p}", "category": "disease"}}' for p in picked) + "]}",
+            )
+            rows.append(dict(job_hash=j.hash, output=output, prompt_tokens=1, output_tokens=1, latency_s=0.0,
+                             engine="stored", host="here"))  # fmt: skip
+        finish(s, rows)
+        responses, formats = aggregation.collect_responses(s, plan.run_id)
+    docs = {d: prepare(texts[d]) for d in {r.doc_id for r in responses}}
+    fresh = score_grid(responses, docs, formats).to_json()
+
+    hashes = [r["job_hash"] for r in rows]
+    assert scoring.start(2) == 2
+    try:
+        scoring.submit(hashes[:5])  # as the generation task does after storing a message's answers
+        scoring.settle()
+        with session_scope() as s:
+            assert len(s.exec(select(ScoredCount)).all()) == 4 * 2 * 3 + 5  # calibration rows (producer) + 5
+
+        def never(*args):
+            raise AssertionError("counts computed in the aggregating process")
+
+        # the aggregation has the pool score the answers still missing, and computes nothing itself
+        monkeypatch.setattr(counts, "count_response", never)
+        monkeypatch.setattr(counts, "calibration_counts", never)
+        got = aggregation.aggregate_run(plan.run_id)
+        with session_scope() as s:
+            assert len(s.exec(select(ScoredCount)).all()) == 4 * 2 * 3 + len(hashes)
+    finally:
+        scoring.stop()
+    assert got == fresh
+    assert 0 < fresh["strategy2"]["smollm2"]["v2"]["micro"]["recall"] < 1  # the answers are real, not empty

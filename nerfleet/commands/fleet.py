@@ -234,7 +234,7 @@ def report(
             # deferred: seqeval and scikit-learn (0.8 s), not loaded for --help
             from nerfleet.tasks.aggregation import score_run
 
-            grid = score_run(run_row.id)
+            grid = score_run(run_row.id, errors=bool(errors))
             compared = compare_cells(grid, compare) if compare else None
     except USER_ERRORS as exc:
         fail(exc)
