@@ -47,6 +47,7 @@ from nerfleet.workers.engine import (
 )
 from nerfleet.workers.fusion import fuse, fusion_refusal
 from nerfleet.workers.guided import Masks
+from nerfleet.workers.prefixes import MIN_PREFIX, PrefixStore, shared_prefix
 from nerfleet.workers.rotary import materialize_rotary
 from nerfleet.workers.simple import SimpleEngine
 from nerfleet.workers.slots import (
@@ -107,6 +108,7 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         self._closing = False
         self._prefilling = False
         self._masks = None  # guided slots' matchers and masks (workers/guided.py), made when first needed
+        self._no_prefix: set[str] = set()  # templates whose prompts share too short a run to keep
         #: Called once, with the time, when the engine has generated its first token.
         self.on_first_token: Callable[[float], None] | None = None
         #: What the engine did, for the benchmarks' floors: decoding steps, prompt tokens prefilled
@@ -125,9 +127,17 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         # a prefill's activations: its hidden states, MLP intermediates and the per-row logits
         prefill = cfg.prefill_tokens * (6 * text.hidden_size + 3 * text.intermediate_size) * width
         prefill += cfg.prefill_rows * text.vocab_size * 4
-        per_slot = self.slot_len * kv_bytes_per_token(text, self.model.dtype)
+        kv = kv_bytes_per_token(text, self.model.dtype)
+        per_slot = self.slot_len * kv
+        kept = min(cfg.prefix_len, self.slot_len)
+        prefixes = cfg.prefix_entries * kept * kv
+        if cfg.prefix_entries:  # a prefill after prefixes: its queries padded over them, its keys gathered
+            heads, head_dim = kv_heads_and_dim(text)
+            positions = cfg.prefill_tokens + cfg.prefill_rows * kept
+            prefill += positions * 2 * (text.num_attention_heads + heads) * head_dim * width
         held = torch.cuda.memory_allocated(self.model.device)
-        return slots_that_fit(free, total, held, cfg.memory_fraction, prefill + 2**30, per_slot, cfg.max_slots)
+        reserve = prefill + prefixes + 2**30
+        return slots_that_fit(free, total, held, cfg.memory_fraction, reserve, per_slot, cfg.max_slots)
 
     def _allocate(self) -> None:
         text = self.model.config.get_text_config()
@@ -147,6 +157,18 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         self.history = torch.zeros(self.config.check_every, n, dtype=torch.long, device=dev)
         self._staged = StagedTokens(n, dev)  # a guided window's tokens, step by step
         self._prefill_slots = self.rows[:1]
+        cfg = self.config
+        self.prefixes = (
+            PrefixStore(
+                cfg.prefix_entries, min(cfg.prefix_len, length), text.num_hidden_layers, (heads, head_dim),
+                self.model.dtype, dev,
+            )
+            if cfg.prefix_entries
+            else None
+        )  # fmt: skip
+        #: The prefill's rows start at this position, after a prefix copied from these entries.
+        self._prefill_at = 0
+        self._prefill_entries = self.rows[:1]
 
     # -- attention ----------------------------------------------------------------------------
 
@@ -180,24 +202,34 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
 
     @torch.compiler.disable
     def _prefill_attention(self, module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-        """Right-padded prompts written into the rows of ``self._prefill_slots`` from position 0,
-        attended causally over themselves. Outside compiled code (a graph break in the prefill's
+        """Right-padded prompts written into the rows of ``self._prefill_slots`` from position
+        ``self._prefill_at``, after their kept prefixes (copied in here, layer by layer), attended
+        causally over prefix and prompt. Outside compiled code (a graph break in the prefill's
         compiled layers, under an attention name of its own that the prefill switches to): the
         layer index it reads would make the compiler specialise each layer."""
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         window = kwargs.get("sliding_window") or None
-        keys, values = self.keys[module.layer_idx], self.values[module.layer_idx]
+        layer, rows, at = module.layer_idx, self._prefill_slots, self._prefill_at
+        keys, values = self.keys[layer], self.values[layer]
         width = query.shape[2]
-        keys[self._prefill_slots, :, :width] = key
-        values[self._prefill_slots, :, :width] = value
+        keys[rows, :, at : at + width] = key
+        values[rows, :, at : at + width] = value
+        if at:
+            keys[rows, :, :at] = self.prefixes.keys[layer][self._prefill_entries, :, :at]
+            values[rows, :, :at] = self.prefixes.values[layer][self._prefill_entries, :, :at]
+            key, value = keys[rows, :, : at + width], values[rows, :, : at + width]
+            # queries for the prefix's positions too (zeros, their outputs dropped): a square causal
+            # attention, which the fused kernels run with grouped heads and no mask
+            query = F.pad(query, (0, 0, at, 0))
+        total = at + width
         mask = None
-        if window and width > window:
-            i = torch.arange(width, device=query.device)
+        if window and total > window:
+            i = torch.arange(total, device=query.device)
             mask = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
         out = F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
         )
-        return out.transpose(1, 2).contiguous(), None
+        return out[:, :, at:].transpose(1, 2).contiguous(), None
 
     # -- the decoding step --------------------------------------------------------------------
 
@@ -216,10 +248,10 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         self.positions.copy_((pos + 1).clamp(max=self.slot_len - 1))
 
     def _prefill_forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Right-padded prompts through the model into the rows of ``self._prefill_slots``: the
-        logits at each prompt's last position."""
+        """Right-padded prompts through the model into the rows of ``self._prefill_slots``, from
+        position ``self._prefill_at``: the logits at each prompt's last position."""
         rows, width = ids.shape
-        positions = torch.arange(width, device=ids.device).expand(rows, width)
+        positions = torch.arange(self._prefill_at, self._prefill_at + width, device=ids.device).expand(rows, width)
         config = self.model.config
         self._prefilling = True
         config._attn_implementation = self._attention_names[1]
@@ -326,39 +358,89 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
             free = [s for s, item in enumerate(self._held) if item is None]
             if not free:
                 return
-            # of the next requests in line, those of similar length together: little padding
-            ahead = sorted(itertools.islice(self._waiting, 4 * cfg.prefill_rows), key=lambda x: len(x.ids))
+            ahead = list(itertools.islice(self._waiting, 4 * cfg.prefill_rows))
+            self._find_prefixes(ahead, free[0])
+            # of the next requests in line, those after the same kept prefix and of similar length
+            # together: one start position for the group, little padding
+            ahead.sort(key=lambda x: (self._kept(x), len(x.ids)))
+            at = self._kept(ahead[0])
             group: list[SlotRequest] = []
             width = real = 0
             for item in ahead:
-                if len(group) == min(len(free), cfg.prefill_rows):
+                if len(group) == min(len(free), cfg.prefill_rows) or self._kept(item) != at:
                     break
-                nxt = min(self.slot_len, round_up(max(width, len(item.ids)), cfg.bucket))
+                own = len(item.ids) - at
+                nxt = min(self.slot_len - at, round_up(max(width, own), cfg.bucket))
                 padded, rows = nxt * (len(group) + 1), len(group) + 1
                 # within the call's tokens, and padding (beyond the bucket's) at most a tenth
-                if group and (padded > cfg.prefill_tokens or padded > 1.1 * (real + len(item.ids)) + cfg.bucket * rows):
+                if group and (padded > cfg.prefill_tokens or padded > 1.1 * (real + own) + cfg.bucket * rows):
                     break
                 group.append(item)
-                width, real = nxt, real + len(item.ids)
+                width, real = nxt, real + own
             taken = {id(x) for x in group}
             self._waiting = collections.deque(x for x in self._waiting if id(x) not in taken)
-            self._prefill(group, free[: len(group)], width)
+            self._prefill(group, free[: len(group)], width, at)
 
-    def _prefill(self, group: list[SlotRequest], slots: list[int], width: int) -> None:
+    @staticmethod
+    def _kept(item: SlotRequest) -> int:
+        return item.prefix[1] if item.prefix else 0
+
+    def _find_prefixes(self, ahead: list[SlotRequest], spare: int) -> None:
+        """Each waiting request's kept prefix; a template seen in two or more prompts with a
+        long enough shared run gets one, computed now in the ``spare`` slot and kept."""
+        store = self.prefixes
+        if store is None:
+            return
+        unknown: dict[str, list[SlotRequest]] = collections.defaultdict(list)
+        for item in ahead:
+            if item.prefix is None and item.req.template not in self._no_prefix:
+                item.prefix = store.find(item.req.template, item.ids)
+                if item.prefix is None and not store.knows(item.req.template):
+                    unknown[item.req.template].append(item)
+        for template, items in unknown.items():
+            if len(items) < 2:
+                continue
+            length = shared_prefix([x.ids for x in items[:8]], store.length)
+            if length < MIN_PREFIX:
+                self._no_prefix.add(template)
+                continue
+            self._keep_prefix(store.reserve(template, items[0].ids[:length]), items[0].ids[:length], spare)
+            for item in items:
+                item.prefix = store.find(template, item.ids)
+
+    def _keep_prefix(self, entry: int, prefix: list[int], slot: int) -> None:
+        """A prefix's keys and values: prefilled alone into a free slot, copied into its entry."""
+        dev, n = self.model.device, len(prefix)
+        self._prefill_slots = self.rows[slot : slot + 1]
+        self._prefill_forward(torch.tensor([prefix], device=dev), torch.tensor([n], device=dev))
+        for layer in range(len(self.keys)):
+            self.prefixes.keys[layer][entry, :, :n] = self.keys[layer][slot, :, :n]
+            self.prefixes.values[layer][entry, :, :n] = self.values[layer][slot, :, :n]
+        self.stats["prefixes_kept"] += 1
+
+    def _prefill(self, group: list[SlotRequest], slots: list[int], width: int, at: int = 0) -> None:
+        """These requests prefilled into these slots, from position ``at`` after their kept prefix."""
         start = time.perf_counter()
         dev = self.model.device
         pad = self.tokenizer.pad_token_id or 0
-        ids = left_padded([x.ids[::-1] for x in group], width, pad).flip(-1).to(dev)  # padded on the right
-        lengths = torch.tensor([len(x.ids) for x in group], device=dev)
+        ids = left_padded([x.ids[at:][::-1] for x in group], width, pad).flip(-1).to(dev)  # padded on the right
+        lengths = torch.tensor([len(x.ids) - at for x in group], device=dev)
         self._prefill_slots = torch.tensor(slots, device=dev)
-        logits = self._prefill_forward(ids, lengths).float()
+        if at:
+            self._prefill_entries = torch.tensor([x.prefix[0] for x in group], device=dev)
+        self._prefill_at = at
+        try:
+            logits = self._prefill_forward(ids, lengths).float()
+        finally:
+            self._prefill_at = 0
         self._guide_prefill(group, logits)
-        self.stats["prompt_tokens"] += int(lengths.sum())
+        self.stats["prompt_tokens"] += sum(len(x.ids) for x in group)  # the whole prompts: the workload's
+        self.stats["prefix_tokens"] += at * len(group)
         self.stats["prefill_positions"] += len(group) * width
         self.stats["prefills"] += 1
         first = logits.argmax(-1)
         self.tokens[self._prefill_slots] = first
-        self.positions[self._prefill_slots] = lengths
+        self.positions[self._prefill_slots] = lengths + at
         first = first.tolist()
         self.stats["prefill_s"] += time.perf_counter() - start
         for slot, item, token in zip(slots, group, first):

@@ -35,6 +35,11 @@ class SlotConfig:
     bucket: int = 32
     #: Decoding steps between looks at the tokens (one host synchronisation each look).
     check_every: int = 8
+    #: Prompt prefixes kept (a prompt template's tokens before its note, each computed once), and
+    #: the longest kept: a prefill copies a request's prefix keys and values instead of
+    #: computing them. 0 entries: every prompt prefilled whole.
+    prefix_entries: int = 8
+    prefix_len: int = 384
     #: Compile the step and capture it as a CUDA graph; None: on CUDA.
     graph: bool | None = None
 
@@ -70,6 +75,8 @@ class SlotRequest:
     arrived: float
     out: list[int] = field(default_factory=list)
     matcher: object | None = None  # xgrammar's GrammarMatcher for a guided request
+    #: The kept prefix its prompt starts with: (entry, length); None: none (yet), prefilled whole.
+    prefix: tuple[int, int] | None = None
 
 
 class StagedTokens:
