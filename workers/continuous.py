@@ -47,7 +47,7 @@ from nerfleet.workers.engine import (
 )
 from nerfleet.workers.fusion import fuse, fusion_refusal
 from nerfleet.workers.guided import Masks
-from nerfleet.workers.prefixes import MIN_PREFIX, PrefixStore, shared_prefix
+from nerfleet.workers.prefixes import PrefixStore
 from nerfleet.workers.rotary import materialize_rotary
 from nerfleet.workers.simple import SimpleEngine
 from nerfleet.workers.slots import (
@@ -108,7 +108,6 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         self._closing = False
         self._prefilling = False
         self._masks = None  # guided slots' matchers and masks (workers/guided.py), made when first needed
-        self._no_prefix: set[str] = set()  # templates whose prompts share too short a run to keep
         #: Called once, with the time, when the engine has generated its first token.
         self.on_first_token: Callable[[float], None] | None = None
         #: What the engine did, for the benchmarks' floors: decoding steps, prompt tokens prefilled
@@ -386,27 +385,13 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         return item.prefix[1] if item.prefix else 0
 
     def _find_prefixes(self, ahead: list[SlotRequest], spare: int) -> None:
-        """Each waiting request's kept prefix; a template seen in two or more prompts with a
-        long enough shared run gets one, computed now in the ``spare`` slot and kept."""
-        store = self.prefixes
-        if store is None:
-            return
-        unknown: dict[str, list[SlotRequest]] = collections.defaultdict(list)
-        for item in ahead:
-            if item.prefix is None and item.req.template not in self._no_prefix:
-                item.prefix = store.find(item.req.template, item.ids)
-                if item.prefix is None and not store.knows(item.req.template):
-                    unknown[item.req.template].append(item)
-        for template, items in unknown.items():
-            if len(items) < 2:
-                continue
-            length = shared_prefix([x.ids for x in items[:8]], store.length)
-            if length < MIN_PREFIX:
-                self._no_prefix.add(template)
-                continue
-            self._keep_prefix(store.reserve(template, items[0].ids[:length]), items[0].ids[:length], spare)
-            for item in items:
-                item.prefix = store.find(template, item.ids)
+        """Each waiting request's kept prefix; new ones computed now in the ``spare`` slot."""
+        if self.prefixes is not None:
+            new = self.prefixes.match(ahead)
+            for entry, prefix in new:
+                self._keep_prefix(entry, prefix, spare)
+            if new:
+                self.prefixes.match(ahead)
 
     def _keep_prefix(self, entry: int, prefix: list[int], slot: int) -> None:
         """A prefix's keys and values: prefilled alone into a free slot, copied into its entry."""

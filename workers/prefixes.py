@@ -44,6 +44,29 @@ class PrefixStore:
         self.length = length
         self._entries = entries
         self._kept: collections.OrderedDict[str, tuple[int, list[int]]] = collections.OrderedDict()
+        self._none: set[str] = set()  # templates whose prompts share too short a run to keep
+
+    def match(self, waiting: Sequence) -> list[tuple[int, list[int]]]:
+        """Each waiting request's kept prefix (its ``prefix``: entry, length). A template seen in
+        two or more of them with a long enough shared run gets an entry: those are returned, as
+        (entry, prefix ids), for the caller to compute, then to :meth:`match` again."""
+        unknown: dict[str, list] = collections.defaultdict(list)
+        for item in waiting:
+            template = item.req.template
+            if item.prefix is None and template not in self._none:
+                item.prefix = self.find(template, item.ids)
+                if item.prefix is None and template not in self._kept:
+                    unknown[template].append(item)
+        new = []
+        for template, items in unknown.items():
+            if len(items) < 2:
+                continue
+            length = shared_prefix([x.ids for x in items[:8]], self.length)
+            if length < MIN_PREFIX:
+                self._none.add(template)
+            else:
+                new.append((self.reserve(template, items[0].ids[:length]), items[0].ids[:length]))
+        return new
 
     def find(self, template: str, ids: Sequence[int]) -> tuple[int, int] | None:
         """(entry, length) of the kept prefix these prompt ids start with, if any."""
@@ -55,9 +78,6 @@ class PrefixStore:
             return None
         self._kept.move_to_end(template)
         return entry, len(prefix)
-
-    def knows(self, template: str) -> bool:
-        return template in self._kept
 
     def reserve(self, template: str, prefix: list[int]) -> int:
         """An entry for this template's prefix (whose keys and values the caller then writes)."""
