@@ -73,10 +73,13 @@ def _jobs(run_id):
         return list(s.exec(select(Job).join(RunJob, RunJob.job_hash == Job.hash).where(RunJob.run_id == run_id)))
 
 
-def test_two_models_three_prompts_five_documents(fleet, tiny_models):
+def test_two_models_three_prompts_five_documents(fleet, tiny_models, tmp_path):
     a, b = tiny_models["tiny-a"], tiny_models["tiny-b"]
-    wa = fleet.worker(a, "tiny-a-worker").wait_ready()
-    wb = fleet.worker(b, "tiny-b-worker").wait_ready()
+    # one worker scores its answers in a scoring process as it stores them, the other leaves them to
+    # the aggregation: the tables are those of scoring the exported answers afresh either way
+    wa = fleet.worker(a, "tiny-a-worker", env={**fleet.env, "NERFLEET_SCORING_PROCESSES": "1"}).wait_ready()
+    wb = fleet.worker(b, "tiny-b-worker", env={**fleet.env, "NERFLEET_SCORING_PROCESSES": "0"}).wait_ready()
+    assert "1 scoring processes" in wa.log.read_text() and "scoring processes" not in wb.log.read_text()
     plan = fleet.run([a, b])
     assert plan.total == 30 and plan.enqueued == 30
     fleet.wait_aggregated(plan.run_id)
@@ -104,6 +107,11 @@ def test_two_models_three_prompts_five_documents(fleet, tiny_models):
     assert status["total"] == 30 and status["done"] == 30 and status["failed"] == 0 and status["aggregated"]
     exported = CliRunner().invoke(app, ["export", plan.run_id]).stdout.splitlines()
     assert len(exported) == 30
+    answers = tmp_path / "outputs.jsonl"
+    answers.write_text("\n".join(exported) + "\n")
+    fresh = json.loads(CliRunner().invoke(app, ["score", str(answers), "--corpus", fleet.corpus, "--json"]).stdout)
+    for block in ("strategy1", "strategy2", "nervaluate", "parse_ratio"):
+        assert report[block] == fresh[block], block
 
 
 def test_resume_does_not_generate_finished_jobs_again(fleet, tiny_models, monkeypatch):
