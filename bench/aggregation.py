@@ -59,7 +59,7 @@ def main() -> None:
         for k, v in result.items():
             print(f"{k:36s} {v:.2f}" if isinstance(v, float) else f"{k:36s} {v}")
         if args.json:
-            args.json.write_text(json.dumps(result, indent=2))
+            args.json.write_text(json.dumps({"machine": machine(), **result}, indent=2))
         return
     documents = {d.doc_id: d for d in build_corpus(args.corpus).documents}
     ids = set(sorted(documents)[: args.notes])
@@ -91,6 +91,19 @@ def main() -> None:
         print(f"{k:36s} {v:.2f}" if isinstance(v, float) else f"{k:36s} {v}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+
+
+def machine() -> dict:
+    """Where it ran: the scoring is CPU work, so the CPU and its count matter."""
+    import os
+    import platform
+
+    import numpy
+    import seqeval
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    return {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(),
+            "numpy": numpy.__version__, "seqeval": getattr(seqeval, "__version__", "1.2.2")}  # fmt: skip
 
 
 def through_database(args, processes: int, how: str) -> dict:

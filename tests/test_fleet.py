@@ -112,6 +112,8 @@ def test_two_models_three_prompts_five_documents(fleet, tiny_models, tmp_path):
     fresh = json.loads(CliRunner().invoke(app, ["score", str(answers), "--corpus", fleet.corpus, "--json"]).stdout)
     for block in ("strategy1", "strategy2", "nervaluate", "parse_ratio"):
         assert report[block] == fresh[block], block
+    log = wa.log.read_text()
+    assert "scoring process failed" not in log and "scoring stored answers failed" not in log
 
 
 def test_resume_does_not_generate_finished_jobs_again(fleet, tiny_models, monkeypatch):
