@@ -21,6 +21,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 from sqlmodel import select
 
@@ -34,6 +35,7 @@ from nerfleet.storage.tables import Generation, Job, PromptText
 log = logging.getLogger(__name__)
 
 _pool: ProcessPoolExecutor | None = None
+_processes = 0
 _pending: set[Future] = set()
 _lock = threading.Lock()
 #: A scoring process's prepared notes, by (corpus id, document id): a note is prepared once per process.
@@ -49,13 +51,17 @@ def processes_wanted() -> int:
 def start(processes: int | None = None) -> int:
     """Start this process's scoring pool (spawned: the worker holds CUDA and threads, no fork);
     how many processes it has."""
-    global _pool
+    global _pool, _processes
     n = processes_wanted() if processes is None else processes
     if n and _pool is None:
+        _processes = n
         ctx = multiprocessing.get_context("spawn")
         _pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_child_start, initargs=(os.getpid(),))
-        with _lock:  # the imports now, not at the first answers
-            _pending.update(_pool.submit(time.sleep, 0) for _ in range(n))
+        warm = [_pool.submit(time.sleep, 0) for _ in range(n)]  # the imports now, not at the first answers
+        with _lock:
+            _pending.update(warm)
+        for future in warm:
+            future.add_done_callback(_done)
     return n
 
 
@@ -70,7 +76,11 @@ def submit(jobs: Sequence[str]) -> None:
     """Score these stored answers in the pool, in the background (nothing without a pool)."""
     if _pool is None or not jobs:
         return
-    future = _pool.submit(score_jobs, list(jobs))
+    try:
+        future = _pool.submit(score_jobs, list(jobs))
+    except BrokenProcessPool as exc:  # a scoring process died (killed, out of memory)
+        _give_up(exc)
+        return
     with _lock:
         _pending.add(future)
     future.add_done_callback(_done)
@@ -89,11 +99,22 @@ def score_across(jobs: Sequence[str]) -> None:
     if _pool is None or not jobs:
         return
     jobs = list(jobs)
-    parts = max(1, min(len(jobs) // 16, 4 * _pool._max_workers))
-    futures = [_pool.submit(score_jobs, jobs[i::parts]) for i in range(parts)]
+    parts = max(1, min(len(jobs) // 16, 4 * _processes))
+    try:
+        futures = [_pool.submit(score_jobs, jobs[i::parts]) for i in range(parts)]
+    except BrokenProcessPool as exc:
+        _give_up(exc)
+        return
     for f in wait(futures).done:
         if f.exception() is not None:  # the aggregation computes what is still missing
             log.warning("scoring process failed: %s: %s", type(f.exception()).__name__, f.exception())
+
+
+def _give_up(exc: BaseException) -> None:
+    """A broken pool is dropped: the aggregation computes the counts itself from now on."""
+    global _pool
+    log.warning("scoring processes lost (%s): the aggregation will score the answers", exc)
+    _pool = None
 
 
 def _done(future: Future) -> None:

@@ -214,3 +214,33 @@ def test_answers_scored_by_scoring_processes_aggregate_as_if_computed(home, brok
         scoring.stop()
     assert got == fresh
     assert 0 < fresh["strategy2"]["smollm2"]["v2"]["micro"]["recall"] < 1  # the answers are real, not empty
+
+
+def test_a_scoring_process_killed_loses_nothing(home, broker, demo_corpus):
+    """A scoring process that dies (SIGKILL, out of memory) breaks the pool: the worker drops it,
+    the generation task is not failed by it, and the aggregation counts the answers itself."""
+    import multiprocessing
+    import os
+    import signal
+
+    from nerfleet.tasks import aggregation, scoring
+    from nerfleet.tasks.app import make_app
+    from nerfleet.tasks.producer import create_run
+
+    plan = create_run(["smollm2"], ["v2"], "all", 3, 4, None, str(demo_corpus), app=make_app())
+    with session_scope() as s:
+        hashes = [j.hash for j in s.exec(select(Job))]
+        finish(s, [dict(job_hash=h, output="{diseases: [fiebre]}", prompt_tokens=1, output_tokens=1,
+                        latency_s=0.0, engine="stored", host="here") for h in hashes])  # fmt: skip
+    assert scoring.start(1) == 1
+    try:
+        scoring.settle()
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGKILL)
+            child.join(10)
+        scoring.submit(hashes)  # no exception: the pool is given up
+        scoring.settle()
+        got = aggregation.aggregate_run(plan.run_id)
+    finally:
+        scoring.stop()
+    assert got["counts"]["smollm2"]["v2"] == {"scored": 3, "failed": 0}
