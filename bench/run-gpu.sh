@@ -14,7 +14,9 @@
 # guided-7b (v2 and v3 through the fleet, then the same notes guided), engine-smollm2 (the engine
 # alone against the static batched engine, 256 new tokens), engine-vary (budgets drawn from 16-512),
 # same-answers, invariance, guided-continuous (guided decoding's cost in the continuous engine, real
-# Qwen2.5-Coder-0.5B), restart-7b (a worker's first token from a cold compile cache, then warm),
+# Qwen2.5-Coder-0.5B), prefixes-7b / prefixes-smollm2-arch (the fleet without, then with kept prompt
+# prefixes), scoring-smollm2-arch (without, then with the worker's scoring processes), restart-7b
+# (a worker's first token from a cold compile cache, then warm),
 # study (the four real models x v1-v3 and both guided conditions over all documents, bench/study.sh),
 # encoder (the MiniLM baseline on the same split, early stopping on dev F1).
 set -u
@@ -74,6 +76,17 @@ for step in "$@"; do
     guided-continuous)
       need CORPUS "$step" && run "$step" "$PY" bench/guided.py --engine continuous --model qwen2.5-coder-0.5b-instruct \
         --corpus "$CORPUS" --docs 512 --batch 256 --max-new-tokens 256 --json "$OUT/$step.json" ;;
+    prefixes-7b | prefixes-smollm2-arch)  # through the fleet without, then with kept prompt prefixes
+      arch=mistral-7b; [ "$step" = prefixes-7b ] || arch=smollm2-135m
+      need CORPUS "$step" && for k in 0 8; do
+        run "$step-$k" env NERFLEET_KEPT_PREFIXES=$k "$PY" bench/fleet.py --arch $arch --corpus "$CORPUS" \
+          --jobs 1002 --new 256 --slot-len 2048 --home "$OUT/home-$arch" --out "$OUT/$step-$k.json"
+      done ;;
+    scoring-smollm2-arch)  # through the fleet without, then with the worker's scoring processes
+      need CORPUS "$step" && for k in 0 4; do
+        run "$step-$k" env NERFLEET_SCORING_PROCESSES=$k "$PY" bench/fleet.py --arch smollm2-135m --corpus "$CORPUS" \
+          --jobs 1002 --new 256 --slot-len 2048 --home "$OUT/home-smollm2" --out "$OUT/$step-$k.json"
+      done ;;
     restart-7b)  # the same worker twice over one NERFLEET_HOME: the second start reads the compile cache
       need CORPUS "$step" && for k in cold warm; do
         run "$step-$k" "$PY" bench/fleet.py --arch mistral-7b --corpus "$CORPUS" --jobs 30 --new 16 \

@@ -28,7 +28,7 @@ from nerfleet.evaluation.calibration import CALIBRATION_MODELS
 from nerfleet.evaluation.grid import calibration_counts
 from nerfleet.evaluation.matching import MatchParams
 from nerfleet.evaluation.scoring import Counted, Known, PreparedDoc, Response, ResponseCounts, count_response
-from nerfleet.storage.db import session_scope
+from nerfleet.storage.db import read_scope, session_scope
 from nerfleet.storage.jobs import insert_ignore
 from nerfleet.storage.tables import ScoredCount
 
@@ -55,7 +55,7 @@ def response_key(corpus_id: int, job: str, fmt: str, match: dict) -> str:
 
 def read_counts(keys: Iterable[str]) -> dict[str, ResponseCounts]:
     keys, found = list(keys), {}
-    with session_scope() as session:
+    with read_scope() as session:
         for i in range(0, len(keys), 500):  # bounded IN lists
             for row in session.exec(select(ScoredCount).where(ScoredCount.key.in_(keys[i : i + 500]))):
                 found[row.key] = ResponseCounts.from_json(json.loads(row.counts_json))

@@ -31,6 +31,15 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _begin(conn) -> None:
+    # a transaction that only reads (read_scope) takes no write lock: in WAL mode readers and the
+    # one writer never wait for each other
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ) else "BEGIN IMMEDIATE")
+
+
+_READ = "nerfleet_read_only"
+
+
 def get_engine(url: str | None = None) -> Engine:
     url = url or get_settings().db_url
     key = (os.getpid(), url)
@@ -40,7 +49,7 @@ def get_engine(url: str | None = None) -> Engine:
             Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
             event.listen(engine, "connect", _sqlite_pragmas)
-            event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            event.listen(engine, "begin", _begin)
         else:
             engine = create_engine(url, pool_pre_ping=True)
         SQLModel.metadata.create_all(engine)
@@ -76,6 +85,16 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def read_scope(url: str | None = None) -> Iterator[Session]:
+    """A transaction that only reads, ended (never committed) with its session, whose objects stay
+    readable. On SQLite it does not take the write lock that every other transaction takes at its
+    start: the workers' scoring processes read answers and notes all run long without making the
+    workers' claims and stores wait."""
+    with Session(get_engine(url).execution_options(**{_READ: True}), expire_on_commit=False) as session:
+        yield session
 
 
 def is_sqlite(url: str | None = None) -> bool:

@@ -10,7 +10,7 @@ from sqlmodel import select
 from nerfleet.evaluation.grid import Scores, score_grid
 from nerfleet.evaluation.scoring import Response
 from nerfleet.storage.counts import stored_calibration, stored_response_counts
-from nerfleet.storage.db import session_scope
+from nerfleet.storage.db import read_scope, session_scope
 from nerfleet.storage.metrics import replace_metrics, scores_to_rows
 from nerfleet.storage.tables import Generation, Job, PromptText, Run, RunJob, utcnow
 from nerfleet.tasks import scoring
@@ -44,7 +44,7 @@ def score_run(run_id: str, errors: bool = False) -> Scores:
     scoring processes stored (what they have not yet is scored across them first); only what is
     still missing is computed here, and only its notes prepared. ``errors``: every note prepared,
     for the error export."""
-    with session_scope() as session:
+    with read_scope() as session:
         run = session.get(Run, run_id)
         if run is None:
             raise LookupError(f"no run {run_id!r}")

@@ -29,7 +29,7 @@ from nerfleet.evaluation.scoring import PreparedDoc, Response, prepare
 from nerfleet.settings import get_settings
 from nerfleet.storage.corpus_store import load_documents
 from nerfleet.storage.counts import stored_response_counts
-from nerfleet.storage.db import session_scope
+from nerfleet.storage.db import read_scope
 from nerfleet.storage.tables import Generation, Job, PromptText
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ _NOTES_KEPT = 4096
 
 def processes_wanted() -> int:
     wanted = get_settings().scoring_processes
-    return min(8, max(0, (os.cpu_count() or 1) - 2)) if wanted is None else max(0, wanted)
+    return min(4, max(0, (os.cpu_count() or 1) - 2)) if wanted is None else max(0, wanted)
 
 
 def start(processes: int | None = None) -> int:
@@ -138,7 +138,7 @@ def _child_start(parent: int) -> None:
 def score_jobs(jobs: Iterable[str]) -> int:
     """Score these jobs' stored answers and store their counts (those not stored already); how many
     answers there were. Runs in a scoring process (or anywhere: it reads and writes the database only)."""
-    with session_scope() as session:
+    with read_scope() as session:
         rows = session.exec(
             select(Job, Generation, PromptText)
             .join(Generation, Generation.job_hash == Job.hash)
@@ -162,7 +162,7 @@ def prepared_notes(corpus_id: int, doc_ids: Iterable[str]) -> dict[str, Prepared
     if new:
         if len(_notes) + len(new) > _NOTES_KEPT:
             _notes.clear()
-        with session_scope() as session:
+        with read_scope() as session:
             for doc in load_documents(session, corpus_id, doc_ids=new):
                 _notes[(corpus_id, doc.doc_id)] = prepare(doc)
     return {d: _notes[(corpus_id, d)] for d in wanted}

@@ -33,7 +33,8 @@ def reference(tiny_models):
 @pytest.fixture(scope="module")
 def continuous(tiny_models):
     model, tok = _load(tiny_models["tiny-a"])
-    return ContinuousEngine(model, tok, config=SlotConfig(slots=2, check_every=3, slot_len=1024))
+    # with kept prefixes: the tests below check the reference's tokens with them in use
+    return ContinuousEngine(model, tok, config=SlotConfig(slots=2, check_every=3, slot_len=1024, prefix_entries=8))
 
 
 def _varied(n=7):
@@ -293,7 +294,8 @@ def test_a_templates_prefix_is_computed_once_and_gives_the_reference_tokens(tiny
     and prefills only the rest of each prompt after a copy; the answers are the reference's."""
     reqs = [GenerationRequest(r.key, r.template, r.text, 9) for r in requests(9, 1)]  # v1, v2, v3 × 3
     model, tok = _load(tiny_models["tiny-a"])
-    engine = ContinuousEngine(model, tok, config=SlotConfig(slots=4, check_every=3, slot_len=1024))
+    cfg = SlotConfig(slots=4, check_every=3, slot_len=1024, prefix_entries=8)
+    engine = ContinuousEngine(model, tok, config=cfg)
     got = engine.generate(reqs)
     assert [r.output for r in got] == [r.output for r in reference.generate(reqs)]
     stats = engine.stats
@@ -302,6 +304,11 @@ def test_a_templates_prefix_is_computed_once_and_gives_the_reference_tokens(tiny
     heads = sum(len(tok(load_prompt(("v1", "v2", "v3")[i % 3]).template.split("{")[0])["input_ids"]) for i in range(9))
     assert stats["prefix_tokens"] >= heads
     assert stats["prefill_positions"] < stats["prompt_tokens"]  # the prefixes were not computed again
+    # kept prefixes do not split the prefill groups (on a GPU each prefill has a cost of its own)
+    model, tok = _load(tiny_models["tiny-a"])
+    whole = ContinuousEngine(model, tok, config=SlotConfig(slots=4, check_every=3, slot_len=1024, prefix_entries=0))
+    assert [r.output for r in whole.generate(reqs)] == [r.output for r in got]
+    assert stats["prefills"] <= whole.stats["prefills"] and whole.stats["prefix_tokens"] == 0
 
 
 def test_shared_prefix_leaves_each_prompt_a_token_of_its_own():

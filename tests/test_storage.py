@@ -244,3 +244,23 @@ def test_a_scoring_process_killed_loses_nothing(home, broker, demo_corpus):
     finally:
         scoring.stop()
     assert got["counts"]["smollm2"]["v2"] == {"scored": 3, "failed": 0}
+
+
+def test_a_read_scope_leaves_the_write_lock_free(home, demo_corpus):
+    """What the scoring processes and the aggregation only read takes no write lock on SQLite
+    (every other transaction begins IMMEDIATE): a writer elsewhere goes on at once meanwhile."""
+    import sqlite3
+
+    from nerfleet.storage.db import read_scope
+    from nerfleet.storage.tables import Document
+
+    with read_scope() as s:
+        assert len(s.exec(select(Document)).all()) > 0
+        other = sqlite3.connect(home / "nerfleet.db", timeout=0.2)
+        other.execute("BEGIN IMMEDIATE")  # "database is locked" if the read held the lock
+        other.rollback()
+    with session_scope() as s:
+        assert len(s.exec(select(Document)).all()) > 0
+        other = sqlite3.connect(home / "nerfleet.db", timeout=0.2)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")  # an ordinary transaction does hold it

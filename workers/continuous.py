@@ -359,23 +359,25 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
                 return
             ahead = list(itertools.islice(self._waiting, 4 * cfg.prefill_rows))
             self._find_prefixes(ahead, free[0])
-            # of the next requests in line, those after the same kept prefix and of similar length
-            # together: one start position for the group, little padding
-            ahead.sort(key=lambda x: (self._kept(x), len(x.ids)))
-            at = self._kept(ahead[0])
+            # of the next requests in line, those of similar length together: little padding. A
+            # group starts after the shortest kept prefix of its rows (each row copies that much of
+            # its own and computes the rest), so kept prefixes never split a group
+            ahead.sort(key=lambda x: len(x.ids))
             group: list[SlotRequest] = []
-            width = real = 0
+            width = at = longest = total = 0
             for item in ahead:
-                if len(group) == min(len(free), cfg.prefill_rows) or self._kept(item) != at:
+                if len(group) == min(len(free), cfg.prefill_rows):
                     break
-                own = len(item.ids) - at
-                nxt = min(self.slot_len - at, round_up(max(width, own), cfg.bucket))
-                padded, rows = nxt * (len(group) + 1), len(group) + 1
+                rows = len(group) + 1
+                start = min(at, self._kept(item)) if group else self._kept(item)
+                end = max(longest, len(item.ids))
+                nxt = min(self.slot_len - start, round_up(end - start, cfg.bucket))
+                real = total + len(item.ids) - rows * start
                 # within the call's tokens, and padding (beyond the bucket's) at most a tenth
-                if group and (padded > cfg.prefill_tokens or padded > 1.1 * (real + own) + cfg.bucket * rows):
+                if group and (nxt * rows > cfg.prefill_tokens or nxt * rows > 1.1 * real + cfg.bucket * rows):
                     break
                 group.append(item)
-                width, real = nxt, real + own
+                width, at, longest, total = nxt, start, end, total + len(item.ids)
             taken = {id(x) for x in group}
             self._waiting = collections.deque(x for x in self._waiting if id(x) not in taken)
             self._prefill(group, free[: len(group)], width, at)
@@ -411,7 +413,7 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         ids = left_padded([x.ids[at:][::-1] for x in group], width, pad).flip(-1).to(dev)  # padded on the right
         lengths = torch.tensor([len(x.ids) - at for x in group], device=dev)
         self._prefill_slots = torch.tensor(slots, device=dev)
-        if at:
+        if at:  # each row's own prefix, its first ``at`` tokens
             self._prefill_entries = torch.tensor([x.prefix[0] for x in group], device=dev)
         self._prefill_at = at
         try:

@@ -50,7 +50,9 @@ def _continuous(model, tokenizer, spec: ModelSpec, batch_size: int) -> Engine:
     from nerfleet.workers.continuous import ContinuousEngine, SlotConfig
 
     s = get_settings()
-    config = SlotConfig(slots=s.slots, slot_len=s.slot_len, memory_fraction=s.gpu_memory_fraction)
+    config = SlotConfig(
+        slots=s.slots, slot_len=s.slot_len, memory_fraction=s.gpu_memory_fraction, prefix_entries=s.kept_prefixes
+    )
     return ContinuousEngine(model, tokenizer, chat=spec.chat, batch_size=batch_size, config=config)
 
 

@@ -37,8 +37,8 @@ class SlotConfig:
     check_every: int = 8
     #: Prompt prefixes kept (a prompt template's tokens before its note, each computed once), and
     #: the longest kept: a prefill copies a request's prefix keys and values instead of
-    #: computing them. 0 entries: every prompt prefilled whole.
-    prefix_entries: int = 8
+    #: computing them. 0 entries: every prompt prefilled whole (NERFLEET_KEPT_PREFIXES).
+    prefix_entries: int = 0
     prefix_len: int = 384
     #: Compile the step and capture it as a CUDA graph; None: on CUDA.
     graph: bool | None = None
