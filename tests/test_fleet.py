@@ -114,6 +114,14 @@ def test_two_models_three_prompts_five_documents(fleet, tiny_models, tmp_path):
         assert report[block] == fresh[block], block
     log = wa.log.read_text()
     assert "scoring process failed" not in log and "scoring stored answers failed" not in log
+    # the error export reads the stored counts' spans against the notes: one record per answer
+    errors = tmp_path / "errors.jsonl"
+    assert CliRunner().invoke(app, ["report", plan.run_id, "--errors", str(errors)]).exit_code == 0
+    records = [json.loads(line) for line in errors.read_text().splitlines()]
+    assert sum(r["model"] in ("tiny-a", "tiny-b") for r in records) == 30
+    fresh_errors = tmp_path / "fresh-errors.jsonl"
+    CliRunner().invoke(app, ["score", str(answers), "--corpus", fleet.corpus, "--errors", str(fresh_errors)])
+    assert sorted(errors.read_text().splitlines()) == sorted(fresh_errors.read_text().splitlines())
 
 
 def test_resume_does_not_generate_finished_jobs_again(fleet, tiny_models, monkeypatch):
