@@ -140,7 +140,6 @@ def through_database(args, processes: int, how: str) -> dict:
         from nerfleet.tasks.producer import create_run
 
         get_settings.cache_clear()  # this pass's database
-        scoring._notes.clear()  # no note prepared by an earlier pass
         scoring.start(processes)
         scoring.settle()  # the processes started and imported, as at a worker's start
 

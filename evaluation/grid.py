@@ -174,7 +174,7 @@ def count_grid(
     for r in responses:
         cells[(r.model, r.prompt)].append(r)
     known, counted = known or {}, counted or {}
-    counted_, failed, memo = {}, {}, {}
+    out, failed, memo = {}, {}, {}
     for key, rs in sorted(cells.items()):
         fmt = formats.get(key[1], "none")
         failed[key] = sorted(r.doc_id for r in rs if r.output is None)
@@ -183,8 +183,8 @@ def count_grid(
         def lookup(r: Response, fmt: str = fmt) -> ResponseCounts | None:
             return counted.get((r.model, r.prompt, r.doc_id)) or known.get((r.model, fmt, r.doc_id))
 
-        counted_[key] = count_cell(answered, docs, fmt, params, memo, lookup)
-    return counted_, failed
+        out[key] = count_cell(answered, docs, fmt, params, memo, lookup)
+    return out, failed
 
 
 def score_grid(

@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     #: sharing one GPU: e.g. 0.2 each for four).
     gpu_memory_fraction: float = 0.9
     #: Prompt templates whose tokens before the note the continuous engine prefills once and copies
-    #: (workers/prefixes.py); 0: none, every prompt prefilled whole (measured faster for SmolLM2 on an
-    #: H100 before groups stopped splitting at prefixes, bench/NOTES.md session 17; not yet since).
+    #: (workers/prefixes.py); 0: none, every prompt prefilled whole: the default until a fleet run
+    #: shows it a win (bench/NOTES.md, session 17).
     kept_prefixes: int = 0
     #: Processes a worker scores its stored answers in, while it generates (nerfleet.tasks.scoring);
     #: None: the CPUs less two, at most 4; 0: none (the aggregation scores them all at the end).

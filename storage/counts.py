@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 from sqlmodel import select
 
@@ -34,6 +35,8 @@ from nerfleet.storage.tables import ScoredCount
 
 #: Prepares the notes of these document ids (called only for what has to be computed).
 Prepare = Callable[[set[str]], Mapping[str, PreparedDoc]]
+
+K = TypeVar("K")
 
 #: Part of every key: counts of another layout are never read back as these.
 LAYOUT = 2
@@ -69,6 +72,27 @@ def store_counts(corpus_id: int, counts: Mapping[str, ResponseCounts]) -> None:
             insert_ignore(session, ScoredCount, rows[i : i + 500])
 
 
+def _read_or_count(
+    corpus_id: int,
+    wanted: Mapping[str, K],
+    count: Callable[[Mapping[str, K]], Mapping[str, ResponseCounts]],
+    elsewhere: Callable[[list[K]], None] | None = None,
+) -> dict[str, ResponseCounts]:
+    """The counts of ``wanted`` (key → what it counts): read where stored; the missing first given
+    to ``elsewhere`` to store, then read again; what is still missing counted here and stored."""
+    found = read_counts(wanted)
+    missing = {k: w for k, w in wanted.items() if k not in found}
+    if missing and elsewhere is not None:
+        elsewhere(list(missing.values()))
+        found.update(read_counts(missing))
+        missing = {k: w for k, w in missing.items() if k not in found}
+    if missing:
+        computed = {k: c for k, c in count(missing).items() if k in missing}
+        store_counts(corpus_id, computed)
+        found.update(computed)
+    return found
+
+
 def stored_calibration(
     corpus_id: int, doc_ids: Iterable[str], fmts: Iterable[str], prepare: Prepare, params: MatchParams = MatchParams()
 ) -> Known:
@@ -81,15 +105,14 @@ def stored_calibration(
         for doc_id in doc_ids
         for model in CALIBRATION_MODELS
     }
-    known: Known = {wanted[k]: c for k, c in read_counts(wanted).items()}
-    missing = set(wanted.values()) - set(known)
-    if missing:
-        docs = prepare({d for _, _, d in missing})
-        computed = calibration_counts(docs, {f for _, f, _ in missing}, params)
-        computed = {k: c for k, c in computed.items() if k in missing}
-        store_counts(corpus_id, {calibration_key(corpus_id, d, m, f, match): c for (m, f, d), c in computed.items()})
-        known.update(computed)
-    return known
+
+    def count(missing: Mapping[str, tuple[str, str, str]]) -> dict[str, ResponseCounts]:
+        docs = prepare({d for _, _, d in missing.values()})
+        computed = calibration_counts(docs, {f for _, f, _ in missing.values()}, params)
+        return {calibration_key(corpus_id, d, m, f, match): c for (m, f, d), c in computed.items()}
+
+    found = _read_or_count(corpus_id, wanted, count)
+    return {ident: found[k] for k, ident in wanted.items()}
 
 
 def stored_response_counts(
@@ -110,18 +133,14 @@ def stored_response_counts(
         for r in responses
         if r.output is not None and r.job is not None
     }
-    found = read_counts(wanted)
-    missing = {k: r for k, r in wanted.items() if k not in found}
-    if missing and elsewhere is not None:
-        elsewhere([r.job for r in missing.values() if r.job])
-        found.update(read_counts(missing))
-        missing = {k: r for k, r in missing.items() if k not in found}
-    if missing:
+
+    def count(missing: Mapping[str, Response]) -> dict[str, ResponseCounts]:
         docs, memo = prepare({r.doc_id for r in missing.values()}), {}
-        computed = {
+        return {
             k: count_response(docs[r.doc_id], r.output or "", formats.get(r.prompt, "none"), params, memo)
             for k, r in missing.items()
         }
-        store_counts(corpus_id, computed)
-        found.update(computed)
+
+    send = (lambda missing: elsewhere([r.job for r in missing])) if elsewhere is not None else None
+    found = _read_or_count(corpus_id, wanted, count, send)
     return {(r.model, r.prompt, r.doc_id): found[k] for k, r in wanted.items()}

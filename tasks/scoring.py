@@ -38,8 +38,8 @@ _pool: ProcessPoolExecutor | None = None
 _processes = 0
 _pending: set[Future] = set()
 _lock = threading.Lock()
-#: A scoring process's prepared notes, by (corpus id, document id): a note is prepared once per process.
-_notes: dict[tuple[int, str], PreparedDoc] = {}
+#: A process's prepared notes, by (database, corpus id, document id): each prepared once per process.
+_notes: dict[tuple[str, int, str], PreparedDoc] = {}
 _NOTES_KEPT = 4096
 
 
@@ -157,12 +157,12 @@ def score_jobs(jobs: Iterable[str]) -> int:
 
 def prepared_notes(corpus_id: int, doc_ids: Iterable[str]) -> dict[str, PreparedDoc]:
     """These notes prepared for scoring, each once in this process's life."""
-    wanted = set(doc_ids)
-    new = [d for d in wanted if (corpus_id, d) not in _notes]
+    wanted, db = set(doc_ids), get_settings().db_url
+    new = [d for d in wanted if (db, corpus_id, d) not in _notes]
     if new:
         if len(_notes) + len(new) > _NOTES_KEPT:
             _notes.clear()
         with read_scope() as session:
             for doc in load_documents(session, corpus_id, doc_ids=new):
-                _notes[(corpus_id, doc.doc_id)] = prepare(doc)
-    return {d: _notes[(corpus_id, d)] for d in wanted}
+                _notes[(db, corpus_id, doc.doc_id)] = prepare(doc)
+    return {d: _notes[(db, corpus_id, d)] for d in wanted}

@@ -389,11 +389,8 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
     def _find_prefixes(self, ahead: list[SlotRequest], spare: int) -> None:
         """Each waiting request's kept prefix; new ones computed now in the ``spare`` slot."""
         if self.prefixes is not None:
-            new = self.prefixes.match(ahead)
-            for entry, prefix in new:
+            for entry, prefix in self.prefixes.match(ahead):
                 self._keep_prefix(entry, prefix, spare)
-            if new:
-                self.prefixes.match(ahead)
 
     def _keep_prefix(self, entry: int, prefix: list[int], slot: int) -> None:
         """A prefix's keys and values: prefilled alone into a free slot, copied into its entry."""

@@ -1,10 +1,11 @@
 """Prompt prefixes kept on the GPU: a template's tokens before its note, computed once.
 
 Every job of a prompt starts with the same tokens (the chat template's head and the prompt's
-instructions up to ``{clinical_text}``): for the study's prompts about a sixth of a prefill's
-tokens. The continuous engine keeps their keys and values here, one entry per template, and a
-prefill copies a request's prefix into its slot and computes only the rest (vLLM's prefix caching,
-at the granularity this workload needs: whole templates, not pages).
+instructions up to ``{clinical_text}``): 11% of the study's prompt tokens with the real
+SmolLM2's tokenizer (``bench/prefix_share.py``), 28% with the random 7B's (its fleet run,
+bench/NOTES.md). The continuous engine keeps their keys and values here, one entry per template,
+and a prefill copies a request's prefix into its slot and computes only the rest (vLLM's prefix
+caching, at the granularity this workload needs: whole templates, not pages).
 
 The prefix of a template is found, not assumed: the longest run of tokens that two or more waiting
 prompts of it share (a tokenizer may merge the template's last characters with the note's first),
@@ -48,8 +49,8 @@ class PrefixStore:
 
     def match(self, waiting: Sequence) -> list[tuple[int, list[int]]]:
         """Each waiting request's kept prefix (its ``prefix``: entry, length). A template seen in
-        two or more of them with a long enough shared run gets an entry: those are returned, as
-        (entry, prefix ids), for the caller to compute, then to :meth:`match` again."""
+        two or more of them with a long enough shared run gets an entry at once: those are
+        returned, as (entry, prefix ids), for the caller to compute before its next prefill."""
         unknown: dict[str, list] = collections.defaultdict(list)
         for item in waiting:
             template = item.req.template
@@ -66,6 +67,8 @@ class PrefixStore:
                 self._none.add(template)
             else:
                 new.append((self.reserve(template, items[0].ids[:length]), items[0].ids[:length]))
+                for item in items:
+                    item.prefix = self.find(template, item.ids)
         return new
 
     def find(self, template: str, ids: Sequence[int]) -> tuple[int, int] | None:
@@ -89,6 +92,3 @@ class PrefixStore:
             _, (entry, _) = self._kept.popitem(last=False)
         self._kept[template] = (entry, list(prefix))
         return entry
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
