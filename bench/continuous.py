@@ -84,6 +84,38 @@ def step_ms(engine) -> float:
     return sorted(times)[25]
 
 
+def prefill_ms(engine, reqs: list[GenerationRequest], rows: int) -> dict:
+    """One prefill of ``rows`` prompts as the loop makes them (this thread, the loop idle): its
+    wall milliseconds (median of 5), the GPU's kernel milliseconds in it, and the profiler's
+    tables: whether a prefill waits on its kernels or on the host."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from nerfleet.workers.engine import round_up
+    from nerfleet.workers.slots import Call, SlotRequest
+
+    def prefill() -> None:
+        call = Call([None] * rows, rows)
+        encoded = engine.encode_all(reqs[:rows])
+        items = [SlotRequest(r, ids, cut, call, i, 1, 0.0) for i, (r, (ids, cut)) in enumerate(zip(reqs, encoded))]
+        width = round_up(max(len(x.ids) for x in items), engine.config.bucket)
+        engine._prefill(items, list(range(rows)), width)  # a budget of 1: each slot is freed at once
+        torch.cuda.synchronize()
+
+    times = []
+    with torch.inference_mode():
+        for _ in range(5):
+            t = time.perf_counter()
+            prefill()
+            times.append(1000 * (time.perf_counter() - t))
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            prefill()
+    events = prof.key_averages()
+    print(events.table(sort_by="cuda_time_total", row_limit=25), flush=True)
+    print(events.table(sort_by="cpu_time_total", row_limit=25), flush=True)
+    kernels = sum(e.self_device_time_total for e in events) / 1000
+    return {"rows": rows, "wall_ms": sorted(times)[2], "kernel_ms": kernels, "walls_ms": times}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", choices=sorted(ARCHS))
@@ -146,6 +178,8 @@ def main() -> None:
     print(json.dumps(row), flush=True)
     if args.profile:
         row["step_ms"] = step_ms(engine)
+        row["prefill"] = [prefill_ms(engine, reqs, n) for n in (8, 96)]
+        print(json.dumps(row["prefill"]), flush=True)
         from torch.profiler import ProfilerActivity, profile
 
         short = [GenerationRequest(r.key, r.template, r.text, 2) for r in reqs[:64]]

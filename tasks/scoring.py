@@ -125,7 +125,10 @@ def _done(future: Future) -> None:
 
 
 def _child_start(parent: int) -> None:
-    """In a scoring process: leave when the worker is gone (a SIGKILL leaves no one to say so)."""
+    """In a scoring process: yield the CPU to the worker's engine loop (the thread that feeds the
+    GPU is host-bound for a small model), and leave when the worker is gone (a SIGKILL leaves no
+    one to say so)."""
+    os.nice(10)
 
     def watch() -> None:
         while os.getppid() == parent:
