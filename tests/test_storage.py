@@ -1,6 +1,8 @@
 """The same storage code on SQLite and PostgreSQL: idempotent writes, conditional claims."""
 
 import json
+import multiprocessing
+import os
 import time
 
 import pytest
@@ -199,9 +201,6 @@ def test_answers_scored_by_scoring_processes_aggregate_as_if_computed(home, brok
     try:
         scoring.submit(hashes[:5])  # as the generation task does after storing a message's answers
         scoring.settle()
-        import multiprocessing
-        import os
-
         ours = os.getpriority(os.PRIO_PROCESS, 0)  # each scoring process yields the CPU to the engine
         deadline = time.monotonic() + 60  # (as it starts: one may still be starting)
         while time.monotonic() < deadline:
@@ -231,8 +230,6 @@ def test_answers_scored_by_scoring_processes_aggregate_as_if_computed(home, brok
 def test_a_scoring_process_killed_loses_nothing(home, broker, demo_corpus):
     """A scoring process that dies (SIGKILL, out of memory) breaks the pool: the worker drops it,
     the generation task is not failed by it, and the aggregation counts the answers itself."""
-    import multiprocessing
-    import os
     import signal
 
     from nerfleet.tasks import aggregation, scoring
