@@ -45,6 +45,17 @@ def notes(corpus: Path, docs: int) -> list[str]:
     return [p.read_text() for p in sorted(corpus.glob("*/txt/*.txt"))[:docs]]
 
 
+def notes_tokenizer(texts: list[str], vocab_size: int = 32000):
+    """A byte-level BPE tokenizer trained on the notes, for a random-weight model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", eos_token="</s>", pad_token="</s>")
+
+
 def requests_of(texts: list[str], new: int, vary: tuple[int, int] | None) -> list[GenerationRequest]:
     rng = random.Random(0)
     out = []
@@ -84,21 +95,27 @@ def step_ms(engine) -> float:
     return sorted(times)[25]
 
 
+def prefill_once(engine, reqs: list[GenerationRequest], ids: list[list[int]]) -> None:
+    """One prefill of these prompts' token ids into the first slots, as the engine's loop makes it
+    (from this thread: the loop must be idle), each with a budget of one token, so that every slot
+    is freed at once."""
+    from nerfleet.workers.engine import round_up
+    from nerfleet.workers.slots import Call, SlotRequest
+
+    call = Call([None] * len(reqs), len(reqs))
+    items = [SlotRequest(r, row, False, call, i, 1, 0.0) for i, (r, row) in enumerate(zip(reqs, ids))]
+    width = round_up(max(map(len, ids)), engine.config.bucket)
+    engine._prefill(items, list(range(len(items))), width)
+
+
 def prefill_ms(engine, reqs: list[GenerationRequest], rows: int) -> dict:
     """One prefill of ``rows`` prompts as the loop makes them (this thread, the loop idle): its
     wall milliseconds (median of 5), the GPU's kernel milliseconds in it, and the profiler's
     tables: whether a prefill waits on its kernels or on the host."""
     from torch.profiler import ProfilerActivity, profile
 
-    from nerfleet.workers.engine import round_up
-    from nerfleet.workers.slots import Call, SlotRequest
-
     def prefill() -> None:
-        call = Call([None] * rows, rows)
-        encoded = engine.encode_all(reqs[:rows])
-        items = [SlotRequest(r, ids, cut, call, i, 1, 0.0) for i, (r, (ids, cut)) in enumerate(zip(reqs, encoded))]
-        width = round_up(max(len(x.ids) for x in items), engine.config.bucket)
-        engine._prefill(items, list(range(rows)), width)  # a budget of 1: each slot is freed at once
+        prefill_once(engine, reqs[:rows], [ids for ids, _ in engine.encode_all(reqs[:rows])])
         torch.cuda.synchronize()
 
     times = []
@@ -138,16 +155,8 @@ def main() -> None:
 
         model, tok = load(resolve(args.model), device="cuda")
     else:
-        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-        from transformers import PreTrainedTokenizerFast
-
         model = random_model(args.arch)
-        raw = Tokenizer(models.BPE(unk_token="<unk>"))
-        raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        raw.train_from_iterator(
-            notes(args.corpus, 10**6), trainers.BpeTrainer(vocab_size=32000, special_tokens=["<unk>", "<s>", "</s>"])
-        )
-        tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", eos_token="</s>", pad_token="</s>")
+        tok = notes_tokenizer(notes(args.corpus, 10**6))
     reqs = requests_of(notes(args.corpus, args.docs), args.new, tuple(args.vary) if args.vary else None)
     config = SlotConfig(
         slots=args.slots, slot_len=args.slot_len, check_every=args.check_every, prefill_rows=args.prefill_rows
@@ -179,14 +188,6 @@ def main() -> None:
     if args.profile:
         row["step_ms"] = step_ms(engine)
         row["prefill"] = [prefill_ms(engine, reqs, n) for n in (8, 96)]
-        print(json.dumps(row["prefill"]), flush=True)
-        from torch.profiler import ProfilerActivity, profile
-
-        short = [GenerationRequest(r.key, r.template, r.text, 2) for r in reqs[:64]]
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            engine.generate(short)
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20), flush=True)
-        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=20), flush=True)
         print(json.dumps(row), flush=True)
     if args.same:
         subset = [r for r in reqs if r.key.endswith("-v2")][: args.same]

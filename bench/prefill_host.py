@@ -23,12 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from archs import ARCHS  # noqa: E402
+from continuous import notes, notes_tokenizer, prefill_once  # noqa: E402
 
 from nerfleet.workers.continuous import ContinuousEngine, SlotConfig  # noqa: E402
 from nerfleet.workers.engine import GenerationRequest  # noqa: E402
 from nerfleet.workers.fusion import fuse  # noqa: E402
 from nerfleet.workers.rotary import materialize_rotary  # noqa: E402
-from nerfleet.workers.slots import Call, SlotRequest  # noqa: E402
 
 
 def main() -> None:
@@ -37,19 +37,14 @@ def main() -> None:
     ap.add_argument("--compiled", action="store_true")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM
 
     cls, kwargs, _ = ARCHS["smollm2-135m"]
     narrow = {**kwargs, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2}
     torch.manual_seed(0)
     model = fuse(AutoModelForCausalLM.from_config(cls(**narrow)).eval(), column_major=True)
     materialize_rotary(model)
-    raw = Tokenizer(models.BPE(unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    texts = [p.read_text() for p in sorted(args.corpus.glob("*/txt/*.txt"))[:50]]
-    raw.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=2000, special_tokens=["<unk>", "</s>"]))
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", eos_token="</s>", pad_token="</s>")
+    tok = notes_tokenizer(notes(args.corpus, 50), vocab_size=2000)
     engine = ContinuousEngine(model, tok, config=SlotConfig(slots=8, slot_len=2048))
     from torch._dynamo.utils import counters
 
@@ -62,11 +57,9 @@ def main() -> None:
         frames = counters["frames"]["total"]
 
         def prefill(rows: int, width: int) -> float:
-            call = Call([None] * rows, rows)
             req = GenerationRequest("k", "{clinical_text}", "x", 1)
-            items = [SlotRequest(req, list(range(5, 5 + width)), False, call, i, 1, 0.0) for i in range(rows)]
             start = time.perf_counter()
-            engine._prefill(items, list(range(rows)), width)  # a budget of 1: each slot is freed at once
+            prefill_once(engine, [req] * rows, [list(range(5, 5 + width))] * rows)
             return 1000 * (time.perf_counter() - start)
 
         for rows, width in [(2, 32), (4, 64), (8, 128)]:

@@ -31,13 +31,14 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+#: The execution option that marks a read-only transaction (read_scope).
+_READ = "nerfleet_read_only"
+
+
 def _begin(conn) -> None:
     # a transaction that only reads (read_scope) takes no write lock: in WAL mode readers and the
     # one writer never wait for each other
     conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ) else "BEGIN IMMEDIATE")
-
-
-_READ = "nerfleet_read_only"
 
 
 def get_engine(url: str | None = None) -> Engine:

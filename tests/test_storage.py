@@ -201,14 +201,15 @@ def test_answers_scored_by_scoring_processes_aggregate_as_if_computed(home, brok
     try:
         scoring.submit(hashes[:5])  # as the generation task does after storing a message's answers
         scoring.settle()
-        ours = os.getpriority(os.PRIO_PROCESS, 0)  # each scoring process yields the CPU to the engine
-        deadline = time.monotonic() + 60  # (as it starts: one may still be starting)
+        # each scoring process yields the CPU to the engine (as it starts: one may still be starting)
+        lowered = [min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)] * 2
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             nice = [os.getpriority(os.PRIO_PROCESS, c.pid) for c in multiprocessing.active_children()]
-            if nice == [min(19, ours + 10)] * 2:
+            if nice == lowered:
                 break
             time.sleep(0.1)
-        assert nice == [min(19, ours + 10)] * 2
+        assert nice == lowered
         with session_scope() as s:
             assert len(s.exec(select(ScoredCount)).all()) == 4 * 2 * 3 + 5  # calibration rows (producer) + 5
 
