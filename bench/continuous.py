@@ -27,7 +27,7 @@ from archs import ARCHS  # noqa: E402
 from nerfleet.evaluation.prompts import load_prompt  # noqa: E402
 from nerfleet.workers.batched import BatchedEngine
 from nerfleet.workers.continuous import ContinuousEngine, SlotConfig  # noqa: E402
-from nerfleet.workers.engine import GenerationRequest  # noqa: E402
+from nerfleet.workers.engine import GenerationRequest, allocator_counters  # noqa: E402
 
 
 def random_model(arch: str):
@@ -181,7 +181,7 @@ def main() -> None:
         continuous_s=seconds,
         generated_tokens=tokens,
         continuous_tokens_per_s=tokens / seconds,
-        stats=dict(engine.stats),
+        stats={**engine.stats, **allocator_counters()},
         peak_gib=torch.cuda.max_memory_allocated() / 2**30,
     )
     print(json.dumps(row), flush=True)

@@ -81,6 +81,23 @@ def on_cuda(model) -> bool:
     return str(model.device).startswith("cuda")
 
 
+def allocator_counters() -> dict[str, int]:
+    """The CUDA caching allocator's counts over this process's life (none without CUDA): its
+    retries (it ran short, freed every cached block and allocated again, the device synchronised)
+    and its calls to the device's own allocator. A prefill of a new shape beside slot caches that
+    hold most of the memory is where they would come from."""
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    stats = torch.cuda.memory_stats()
+    return {
+        "alloc_retries": stats.get("num_alloc_retries", 0),
+        "device_allocs": stats.get("num_device_alloc", 0),
+        "device_frees": stats.get("num_device_free", 0),
+    }
+
+
 def has_sliding_window(config) -> bool:
     """Whether any layer attends through a sliding window (Mistral v0.1, Gemma, Qwen2 with it on)."""
     layer_types = getattr(config, "layer_types", None) or ()
