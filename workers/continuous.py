@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nerfleet.workers.attention import use
 from nerfleet.workers.decoding import attend
@@ -63,6 +64,12 @@ from nerfleet.workers.slots import (
 __all__ = ["ContinuousEngine", "SlotConfig", "slots_that_fit"]
 
 log = logging.getLogger(__name__)
+
+#: The prefill's attention backends, cuDNN's left out: a prefill's (rows, width) is new more often
+#: than not, and cuDNN builds its attention graph anew for each new shape (hundreds of milliseconds
+#: reported; bench/sdpa_shapes.py measures it), where the flash kernels are compiled in. Math for
+#: what neither fused kernel takes (a sliding-window mask with grouped heads).
+PREFILL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class ContinuousEngine(CompiledStep, SimpleEngine):
@@ -255,7 +262,8 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         self._prefilling = True
         config._attn_implementation = self._attention_names[1]
         try:
-            hidden = self.decoder(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
+            with sdpa_kernel(PREFILL_ATTENTION):
+                hidden = self.decoder(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
         finally:
             self._prefilling = False
             config._attn_implementation = self._attention_names[0]
