@@ -59,6 +59,28 @@ def test_refilled_slots_give_the_reference_tokens_in_request_order(reference, co
     assert continuous.stats["steps"] - steps < static - 20
 
 
+def test_the_prefill_attention_never_runs_on_cudnn(continuous, monkeypatch):
+    """cuDNN builds an attention graph per new (rows, width), tens of milliseconds each on an H100
+    (bench/sdpa_shapes.py), and a fleet's prefills mostly bring new ones: every prefill attention
+    call runs with cuDNN switched off and flash on, and the switches are as they were afterwards."""
+    import nerfleet.workers.continuous as module
+
+    seen = []
+    real = module.F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        backends = torch.backends.cuda
+        seen.append((continuous._prefilling, backends.cudnn_sdp_enabled(), backends.flash_sdp_enabled()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module.F, "scaled_dot_product_attention", spy)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    continuous.generate(requests(2, 1))
+    prefill = [(cudnn, flash) for prefilling, cudnn, flash in seen if prefilling]
+    assert prefill and set(prefill) == {(False, True)}, seen
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+
+
 def test_a_prefill_pads_its_rows_by_at_most_a_tenth(tiny_models, reference):
     """Prompts of very different lengths are not padded to the longest of the line: a prefill group
     stops growing before its padding passes a tenth of its tokens (plus the bucket's rounding), and
