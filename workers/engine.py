@@ -86,7 +86,7 @@ def allocator_counters() -> dict[str, int]:
     retries (it ran short, freed every cached block and allocated again, the device synchronised)
     and its calls to the device's own allocator. A prefill of a new shape beside slot caches that
     hold most of the memory is where they would come from."""
-    import torch
+    import torch  # deferred: the task modules import this one and must load without torch
 
     if not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return {}
