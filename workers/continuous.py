@@ -66,9 +66,10 @@ __all__ = ["ContinuousEngine", "SlotConfig", "slots_that_fit"]
 log = logging.getLogger(__name__)
 
 #: The prefill's attention backends, cuDNN's left out: a prefill's (rows, width) is new more often
-#: than not, and cuDNN builds its attention graph anew for each new shape (hundreds of milliseconds
-#: reported; bench/sdpa_shapes.py measures it), where the flash kernels are compiled in. Math for
-#: what neither fused kernel takes (a sliding-window mask with grouped heads).
+#: than not, and cuDNN builds its attention graph anew for each new shape (on an H100 39-41 ms a
+#: shape, up to 578, against flash's 0.3-0.7 ms: bench/sdpa_shapes.py, bench/NOTES.md session 19),
+#: where the flash kernels are compiled in. Math for what neither fused kernel takes (a
+#: sliding-window mask with grouped heads).
 PREFILL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
