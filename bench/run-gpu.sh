@@ -7,7 +7,7 @@
 #   OUT=/tmp/bench CORPUS=... MODEL=SmolLM2-135M-Instruct.Q4_1.gguf bash bench/run-gpu.sh fleet-smollm2 same-answers
 #
 # Steps: fleet-7b (Mistral-7B architecture through the whole fleet, then the engine alone and the
-# workload's floor), fleet-smollm2-arch (the SmolLM2-135M architecture, random weights, through the
+# workload's floor), slots-7b (the same with SLOTS slots, default 192), fleet-smollm2-arch (the SmolLM2-135M architecture, random weights, through the
 # fleet), fleet-smollm2 (the real SmolLM2 through the fleet), vary-smollm2 (its answers at their own
 # lengths, up to 512 tokens, then the same jobs through a static `batched` worker of 512 rows),
 # vary-fleet (budgets drawn from 16-512 per note through the fleet, against a static batch of 512),
@@ -46,6 +46,9 @@ for step in "$@"; do
     fleet-7b)
       need CORPUS "$step" && run "$step" "$PY" bench/fleet.py --arch mistral-7b --corpus "$CORPUS" --jobs 1002 \
         --new 256 --slot-len 2048 --alone --home "$OUT/home-7b" --out "$OUT/$step.json" ;;
+    slots-7b)  # fewer slots than memory holds (SLOTS, default 192): past ~200 rows a 7B step is compute-bound
+      need CORPUS "$step" && run "$step" "$PY" bench/fleet.py --arch mistral-7b --corpus "$CORPUS" --jobs 1002 \
+        --new 256 --slot-len 2048 --slots "${SLOTS:-192}" --alone --home "$OUT/home-7b" --out "$OUT/$step.json" ;;
     guided-7b)  # v2 and v3 through the fleet, then the same notes guided, same worker settings
       need CORPUS "$step" && run "$step" "$PY" bench/fleet.py --arch mistral-7b --corpus "$CORPUS" --jobs 512 \
         --new 256 --slot-len 2048 --prompts v2 v3 --compare-prompts v2+guided v3+guided --home "$OUT/home-7b" \
@@ -79,10 +82,10 @@ for step in "$@"; do
       need CORPUS "$step" && run "$step" "$PY" bench/guided.py --engine continuous --model qwen2.5-coder-0.5b-instruct \
         --corpus "$CORPUS" --docs 512 --batch 256 --max-new-tokens 256 --json "$OUT/$step.json" ;;
     prefixes-7b | prefixes-smollm2-arch)  # through the fleet without, then with kept prompt prefixes
-      arch=mistral-7b; [ "$step" = prefixes-7b ] || arch=smollm2-135m
+      arch=mistral-7b home=home-7b; [ "$step" = prefixes-7b ] || arch=smollm2-135m home=home-smollm2
       need CORPUS "$step" && for k in 0 8; do
         run "$step-$k" env NERFLEET_KEPT_PREFIXES=$k "$PY" bench/fleet.py --arch $arch --corpus "$CORPUS" \
-          --jobs 1002 --new 256 --slot-len 2048 --home "$OUT/home-$arch" --out "$OUT/$step-$k.json"
+          --jobs 1002 --new 256 --slot-len 2048 --home "$OUT/$home" --out "$OUT/$step-$k.json"
       done ;;
     scoring-smollm2-arch)  # through the fleet without, then with the worker's scoring processes
       need CORPUS "$step" && for k in 0 4; do
