@@ -27,7 +27,8 @@ from archs import ARCHS  # noqa: E402
 from nerfleet.evaluation.prompts import load_prompt  # noqa: E402
 from nerfleet.workers.batched import BatchedEngine
 from nerfleet.workers.continuous import ContinuousEngine, SlotConfig  # noqa: E402
-from nerfleet.workers.engine import GenerationRequest, allocator_counters  # noqa: E402
+from nerfleet.workers.engine import GenerationRequest, engine_counters, round_up  # noqa: E402
+from nerfleet.workers.slots import Call, SlotRequest  # noqa: E402
 
 
 def random_model(arch: str):
@@ -99,9 +100,6 @@ def prefill_once(engine, reqs: list[GenerationRequest], ids: list[list[int]]) ->
     """One prefill of these prompts' token ids into the first slots, as the engine's loop makes it
     (from this thread: the loop must be idle), each with a budget of one token, so that every slot
     is freed at once."""
-    from nerfleet.workers.engine import round_up
-    from nerfleet.workers.slots import Call, SlotRequest
-
     call = Call([None] * len(reqs), len(reqs))
     items = [SlotRequest(r, row, False, call, i, 1, 0.0) for i, (r, row) in enumerate(zip(reqs, ids))]
     width = round_up(max(map(len, ids)), engine.config.bucket)
@@ -181,7 +179,7 @@ def main() -> None:
         continuous_s=seconds,
         generated_tokens=tokens,
         continuous_tokens_per_s=tokens / seconds,
-        stats={**engine.stats, **allocator_counters()},
+        stats=engine_counters(engine),
         peak_gib=torch.cuda.max_memory_allocated() / 2**30,
     )
     print(json.dumps(row), flush=True)

@@ -7,9 +7,10 @@
 #   OUT=/tmp/bench CORPUS=... MODEL=SmolLM2-135M-Instruct.Q4_1.gguf bash bench/run-gpu.sh fleet-smollm2 same-answers
 #
 # Steps: fleet-7b (Mistral-7B architecture through the whole fleet, then the engine alone and the
-# workload's floor), slots-7b (the same with SLOTS slots, default 192), fleet-smollm2-arch (the SmolLM2-135M architecture, random weights, through the
-# fleet), fleet-smollm2 (the real SmolLM2 through the fleet), vary-smollm2 (its answers at their own
-# lengths, up to 512 tokens, then the same jobs through a static `batched` worker of 512 rows),
+# workload's floor), slots-7b (the same with SLOTS slots, default 192), fleet-smollm2-arch (the
+# SmolLM2-135M architecture, random weights, through the fleet), fleet-smollm2 (the real SmolLM2
+# through the fleet), vary-smollm2 (its answers at their own lengths, up to 512 tokens, then the same
+# jobs through a static `batched` worker of 512 rows),
 # vary-fleet (budgets drawn from 16-512 per note through the fleet, against a static batch of 512),
 # guided-7b (v2 and v3 through the fleet, then the same notes guided), engine-smollm2 (the engine
 # alone against the static batched engine, 256 new tokens), engine-vary (budgets drawn from 16-512),

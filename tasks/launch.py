@@ -101,7 +101,7 @@ def start_worker(model: str, gpu: str | None, engine: str, loglevel: str = "INFO
     from nerfleet.tasks.queues import aggregate_queue, generation_queue
     from nerfleet.tasks.sweeper import start_sweeper
     from nerfleet.workers import runtime
-    from nerfleet.workers.engine import allocator_counters
+    from nerfleet.workers.engine import engine_counters
     from nerfleet.workers.models import resolve
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -127,9 +127,8 @@ def start_worker(model: str, gpu: str | None, engine: str, loglevel: str = "INFO
     finally:
         # what the engine did in this process's life (steps, prefill and decoding seconds, tokens):
         # an operator's view of where a worker's time went, and the fleet benchmark's per-step costs
-        counters = getattr(rt.engine, "stats", None)
+        counters = engine_counters(rt.engine)
         if counters:
-            counters = {**counters, **allocator_counters()}
             print(f"nerfleet worker {rt.worker}: engine counters {json.dumps(counters)}", flush=True)
         scoring.stop()
 

@@ -81,20 +81,24 @@ def on_cuda(model) -> bool:
     return str(model.device).startswith("cuda")
 
 
-def allocator_counters() -> dict[str, int]:
-    """The CUDA caching allocator's counts over this process's life (none without CUDA): its
+def engine_counters(engine) -> dict:
+    """What an engine did in this process's life (its ``stats``: steps, prefills, tokens; empty for
+    an engine that keeps none), with the CUDA caching allocator's counts when CUDA is in use: its
     retries (it ran short, freed every cached block and allocated again, the device synchronised)
-    and its calls to the device's own allocator. A prefill of a new shape beside slot caches that
-    hold most of the memory is where they would come from."""
+    and its calls to the device's own allocator."""
+    stats = getattr(engine, "stats", None)
+    if not stats:
+        return {}
     import torch  # deferred: the task modules import this one and must load without torch
 
     if not torch.cuda.is_available() or not torch.cuda.is_initialized():
-        return {}
-    stats = torch.cuda.memory_stats()
+        return dict(stats)
+    memory = torch.cuda.memory_stats()
     return {
-        "alloc_retries": stats.get("num_alloc_retries", 0),
-        "device_allocs": stats.get("num_device_alloc", 0),
-        "device_frees": stats.get("num_device_free", 0),
+        **stats,
+        "alloc_retries": memory.get("num_alloc_retries", 0),
+        "device_allocs": memory.get("num_device_alloc", 0),
+        "device_frees": memory.get("num_device_free", 0),
     }
 
 
