@@ -27,7 +27,7 @@ from archs import ARCHS  # noqa: E402
 from nerfleet.evaluation.prompts import load_prompt  # noqa: E402
 from nerfleet.workers.batched import BatchedEngine
 from nerfleet.workers.continuous import ContinuousEngine, SlotConfig  # noqa: E402
-from nerfleet.workers.engine import GenerationRequest, engine_counters, round_up  # noqa: E402
+from nerfleet.workers.engine import GenerationRequest, engine_counters  # noqa: E402
 from nerfleet.workers.slots import Call, SlotRequest  # noqa: E402
 
 
@@ -102,8 +102,7 @@ def prefill_once(engine, reqs: list[GenerationRequest], ids: list[list[int]]) ->
     is freed at once."""
     call = Call([None] * len(reqs), len(reqs))
     items = [SlotRequest(r, row, False, call, i, 1, 0.0) for i, (r, row) in enumerate(zip(reqs, ids))]
-    width = round_up(max(map(len, ids)), engine.config.bucket)
-    engine._prefill(items, list(range(len(items))), width)
+    engine._prefill(items, list(range(len(items))))
 
 
 def prefill_ms(engine, reqs: list[GenerationRequest], rows: int) -> dict:

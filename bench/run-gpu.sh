@@ -15,7 +15,8 @@
 # guided-7b (v2 and v3 through the fleet, then the same notes guided), engine-smollm2 (the engine
 # alone against the static batched engine, 256 new tokens), engine-vary (budgets drawn from 16-512),
 # same-answers, invariance, sdpa-shapes (a prefill attention's first call of a new shape, cuDNN
-# against flash), guided-continuous (guided decoding's cost in the continuous engine, real
+# against flash), packed-attention (the packed prefill's flash variable-length attention against
+# the masked attention, with prefixes and windows), guided-continuous (guided decoding's cost in the continuous engine, real
 # Qwen2.5-Coder-0.5B), prefixes-7b / prefixes-smollm2-arch (the fleet without, then with kept prompt
 # prefixes), scoring-smollm2-arch (without, then with the worker's scoring processes), restart-7b
 # (a worker's first token from a cold compile cache, then warm),
@@ -79,6 +80,7 @@ for step in "$@"; do
           --no-invariant --out "$OUT/$step.json" ;;
     invariance) run "$step" "$PY" bench/invariance.py --out "$OUT/invariance.json" ;;
     sdpa-shapes) run "$step" "$PY" bench/sdpa_shapes.py --out "$OUT/$step.json" ;;
+    packed-attention) run "$step" "$PY" bench/packed_attention.py --out "$OUT/$step.json" ;;
     guided-continuous)
       need CORPUS "$step" && run "$step" "$PY" bench/guided.py --engine continuous --model qwen2.5-coder-0.5b-instruct \
         --corpus "$CORPUS" --docs 512 --batch 256 --max-new-tokens 256 --json "$OUT/$step.json" ;;

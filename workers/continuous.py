@@ -9,8 +9,9 @@ no slot waits for the longest answer of a batch, as in :class:`~nerfleet.workers
 
 The design follows vLLM's scheduler at its simplest: requests wait in arrival order; between
 windows of decoding steps, free slots are filled by prefills of up to ``prefill_tokens`` prompt
-tokens (right-padded rows, eager: a prefill's cost is its matrix products); the step looks at
-its tokens every ``check_every`` steps (one host synchronisation a window).
+tokens, packed end to end without padding (:mod:`nerfleet.workers.packing`: a prefill's cost is its
+matrix products); the step looks at its tokens every ``check_every`` steps (one host
+synchronisation a window). A free slot reads one key a step, not what its last request left.
 
 Same answers: the step's shapes never change (all slots, all cache columns), and its attention
 reads each row's own live range (:mod:`nerfleet.workers.decoding`), so a request's decoding
@@ -42,12 +43,11 @@ from nerfleet.workers.engine import (
     GenerationResult,
     kv_bytes_per_token,
     kv_heads_and_dim,
-    left_padded,
     on_cuda,
-    round_up,
 )
 from nerfleet.workers.fusion import fuse, fusion_refusal
 from nerfleet.workers.guided import Masks
+from nerfleet.workers.packing import Packing, pack, packed_attention
 from nerfleet.workers.prefixes import PrefixStore
 from nerfleet.workers.rotary import materialize_rotary
 from nerfleet.workers.simple import SimpleEngine
@@ -65,11 +65,11 @@ __all__ = ["ContinuousEngine", "SlotConfig", "slots_that_fit"]
 
 log = logging.getLogger(__name__)
 
-#: The prefill's attention backends, cuDNN's left out: a prefill's (rows, width) is new more often
-#: than not, and cuDNN builds its attention graph anew for each new shape (on an H100 39-41 ms a
-#: shape, up to 578, against flash's 0.3-0.7 ms: bench/sdpa_shapes.py, bench/NOTES.md session 19),
-#: where the flash kernels are compiled in. Math for what neither fused kernel takes (a
-#: sliding-window mask with grouped heads).
+#: The backends of a prefill attention that does not run on flash's variable-length kernel (float32
+#: on a GPU; the CPU), cuDNN's left out: a prefill's shapes are new more often than not, and cuDNN
+#: builds its attention graph anew for each new shape (on an H100 39-41 ms a shape, up to 578,
+#: against flash's 0.3-0.7 ms: bench/sdpa_shapes.py, bench/NOTES.md session 19), where the flash
+#: kernels are compiled in. Math for what neither fused kernel takes (a mask with grouped heads).
 PREFILL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -138,10 +138,10 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         per_slot = self.slot_len * kv
         kept = min(cfg.prefix_len, self.slot_len)
         prefixes = cfg.prefix_entries * kept * kv
-        if cfg.prefix_entries:  # a prefill after prefixes: its queries padded over them, its keys gathered
+        if cfg.prefix_entries:  # a prefill after prefixes: its prompts' keys and values gathered with theirs
             heads, head_dim = kv_heads_and_dim(text)
             positions = cfg.prefill_tokens + cfg.prefill_rows * kept
-            prefill += positions * 2 * (text.num_attention_heads + heads) * head_dim * width
+            prefill += positions * 2 * heads * head_dim * width
         held = torch.cuda.memory_allocated(self.model.device)
         reserve = prefill + prefixes + 2**30
         return slots_that_fit(free, total, held, cfg.memory_fraction, reserve, per_slot, cfg.max_slots)
@@ -156,6 +156,7 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         self.rows = torch.arange(n, device=dev)
         self.tokens = torch.zeros(n, dtype=torch.long, device=dev)  # each slot's next input token
         self.positions = torch.zeros(n, dtype=torch.long, device=dev)  # … and its position
+        self.active = torch.zeros(n, dtype=torch.long, device=dev)  # 1 while a slot holds a request
         self.bounds = torch.zeros(n, 2, dtype=torch.int32, device=dev)  # live keys: [0, position]
         self.window_bounds = torch.zeros(n, 2, dtype=torch.int32, device=dev)  # … within a sliding window
         self.live = torch.ones(n, length, dtype=torch.int8, device=dev)  # the bounds say which are read
@@ -163,7 +164,6 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         self.window = getattr(text, "sliding_window", None)
         self.history = torch.zeros(self.config.check_every, n, dtype=torch.long, device=dev)
         self._staged = StagedTokens(n, dev)  # a guided window's tokens, step by step
-        self._prefill_slots = self.rows[:1]
         cfg = self.config
         self.prefixes = (
             PrefixStore(
@@ -173,9 +173,8 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
             if cfg.prefix_entries
             else None
         )  # fmt: skip
-        #: The prefill's rows start at this position, after a prefix copied from these entries.
-        self._prefill_at = 0
-        self._prefill_entries = self.rows[:1]
+        #: The prompts the prefill in progress computes (read by its attention, layer by layer).
+        self._packing: Packing | None = None
 
     # -- attention ----------------------------------------------------------------------------
 
@@ -209,34 +208,25 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
 
     @torch.compiler.disable
     def _prefill_attention(self, module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-        """Right-padded prompts written into the rows of ``self._prefill_slots`` from position
-        ``self._prefill_at``, after their kept prefixes (copied in here, layer by layer), attended
-        causally over prefix and prompt. Outside compiled code (a graph break in the prefill's
+        """The packed prompts of ``self._packing``: their keys and values written into their slots
+        at their positions (kept prefixes copied in beside them, layer by layer), each prompt
+        attending causally to its own keys. Outside compiled code (a graph break in the prefill's
         compiled layers, under an attention name of its own that the prefill switches to): the
         layer index it reads would make the compiler specialise each layer."""
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         window = kwargs.get("sliding_window") or None
-        layer, rows, at = module.layer_idx, self._prefill_slots, self._prefill_at
+        layer, packing = module.layer_idx, self._packing
         keys, values = self.keys[layer], self.values[layer]
-        width = query.shape[2]
-        keys[rows, :, at : at + width] = key
-        values[rows, :, at : at + width] = value
-        if at:
-            keys[rows, :, :at] = self.prefixes.keys[layer][self._prefill_entries, :, :at]
-            values[rows, :, :at] = self.prefixes.values[layer][self._prefill_entries, :, :at]
-            key, value = keys[rows, :, : at + width], values[rows, :, : at + width]
-            # queries for the prefix's positions too (zeros, their outputs dropped): a square causal
-            # attention, which the fused kernels run with grouped heads and no mask
-            query = F.pad(query, (0, 0, at, 0))
-        total = at + width
-        mask = None
-        if window and total > window:
-            i = torch.arange(total, device=query.device)
-            mask = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
-        out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
-        )
-        return out[:, :, at:].transpose(1, 2).contiguous(), None
+        query, key, value = (t[0].transpose(0, 1) for t in (query, key, value))  # (tokens, heads, d)
+        keys[packing.slot_of, :, packing.positions[0]] = key
+        values[packing.slot_of, :, packing.positions[0]] = value
+        if packing.copy is not None:
+            slot, position, entry = packing.copy
+            keys[slot, :, position] = self.prefixes.keys[layer][entry, :, position]
+            values[slot, :, position] = self.prefixes.values[layer][entry, :, position]
+            slot, position = packing.gather
+            key, value = keys[slot, :, position], values[slot, :, position]
+        return packed_attention(query, key, value, packing, scale, window)[None], None
 
     # -- the decoding step --------------------------------------------------------------------
 
@@ -252,23 +242,21 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         logits = self.head(hidden.last_hidden_state[:, -1])
         self.logits.copy_(logits)
         self.tokens.copy_(logits.argmax(-1))
-        self.positions.copy_((pos + 1).clamp(max=self.slot_len - 1))
+        # a free slot stays at position 0: its attention reads one key, not its last request's
+        self.positions.copy_(((pos + 1) * self.active).clamp(max=self.slot_len - 1))
 
-    def _prefill_forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Right-padded prompts through the model into the rows of ``self._prefill_slots``, from
-        position ``self._prefill_at``: the logits at each prompt's last position."""
-        rows, width = ids.shape
-        positions = torch.arange(self._prefill_at, self._prefill_at + width, device=ids.device).expand(rows, width)
+    def _prefill_forward(self, packing: Packing) -> torch.Tensor:
+        """The packed prompts through the model into their slots: the logits at each one's last token."""
         config = self.model.config
-        self._prefilling = True
+        self._packing, self._prefilling = packing, True
         config._attn_implementation = self._attention_names[1]
         try:
             with sdpa_kernel(PREFILL_ATTENTION):
-                hidden = self.decoder(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
+                out = self.decoder(input_ids=packing.ids, position_ids=packing.positions, use_cache=False)
         finally:
-            self._prefilling = False
+            self._packing, self._prefilling = None, False
             config._attn_implementation = self._attention_names[0]
-        return self.head(hidden[torch.arange(rows, device=ids.device), lengths - 1])
+        return self.head(out.last_hidden_state[0, packing.last])
 
     # -- serving --------------------------------------------------------------------------------
 
@@ -368,28 +356,17 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
                 return
             ahead = list(itertools.islice(self._waiting, 4 * cfg.prefill_rows))
             self._find_prefixes(ahead, free[0])
-            # of the next requests in line, those of similar length together: little padding. A
-            # group starts after the shortest kept prefix of its rows (each row copies that much of
-            # its own and computes the rest), so kept prefixes never split a group
-            ahead.sort(key=lambda x: len(x.ids))
+            # the next requests in line, packed without padding, within the call's rows and tokens
             group: list[SlotRequest] = []
-            width = at = longest = total = 0
+            tokens = 0
             for item in ahead:
-                if len(group) == min(len(free), cfg.prefill_rows):
-                    break
-                rows = len(group) + 1
-                start = min(at, self._kept(item)) if group else self._kept(item)
-                end = max(longest, len(item.ids))
-                nxt = min(self.slot_len - start, round_up(end - start, cfg.bucket))
-                real = total + len(item.ids) - rows * start
-                # within the call's tokens, and padding (beyond the bucket's) at most a tenth
-                if group and (nxt * rows > cfg.prefill_tokens or nxt * rows > 1.1 * real + cfg.bucket * rows):
+                tokens += len(item.ids) - self._kept(item)
+                if group and (len(group) == min(len(free), cfg.prefill_rows) or tokens > cfg.prefill_tokens):
                     break
                 group.append(item)
-                width, at, longest, total = nxt, start, end, total + len(item.ids)
-            taken = {id(x) for x in group}
-            self._waiting = collections.deque(x for x in self._waiting if id(x) not in taken)
-            self._prefill(group, free[: len(group)], width, at)
+            for _ in group:
+                self._waiting.popleft()
+            self._prefill(group, free[: len(group)])
 
     @staticmethod
     def _kept(item: SlotRequest) -> int:
@@ -403,37 +380,31 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
 
     def _keep_prefix(self, entry: int, prefix: list[int], slot: int) -> None:
         """A prefix's keys and values: prefilled alone into a free slot, copied into its entry."""
-        dev, n = self.model.device, len(prefix)
-        self._prefill_slots = self.rows[slot : slot + 1]
-        self._prefill_forward(torch.tensor([prefix], device=dev), torch.tensor([n], device=dev))
+        n = len(prefix)
+        self._prefill_forward(pack([prefix], [0], [slot], None, self.model.device))
         for layer in range(len(self.keys)):
             self.prefixes.keys[layer][entry, :, :n] = self.keys[layer][slot, :, :n]
             self.prefixes.values[layer][entry, :, :n] = self.values[layer][slot, :, :n]
         self.stats["prefixes_kept"] += 1
 
-    def _prefill(self, group: list[SlotRequest], slots: list[int], width: int, at: int = 0) -> None:
-        """These requests prefilled into these slots, from position ``at`` after their kept prefix."""
+    def _prefill(self, group: list[SlotRequest], slots: list[int]) -> None:
+        """These requests prefilled into these slots, each after its kept prefix (if any)."""
         start = time.perf_counter()
         dev = self.model.device
-        pad = self.tokenizer.pad_token_id or 0
-        ids = left_padded([x.ids[at:][::-1] for x in group], width, pad).flip(-1).to(dev)  # padded on the right
-        lengths = torch.tensor([len(x.ids) - at for x in group], device=dev)
-        self._prefill_slots = torch.tensor(slots, device=dev)
-        if at:  # each row's own prefix, its first ``at`` tokens
-            self._prefill_entries = torch.tensor([x.prefix[0] for x in group], device=dev)
-        self._prefill_at = at
-        try:
-            logits = self._prefill_forward(ids, lengths).float()
-        finally:
-            self._prefill_at = 0
+        kept = [self._kept(x) for x in group]
+        entries = [x.prefix[0] if x.prefix else 0 for x in group]
+        packing = pack([x.ids for x in group], kept, slots, entries, dev)
+        logits = self._prefill_forward(packing).float()
         self._guide_prefill(group, logits)
         self.stats["prompt_tokens"] += sum(len(x.ids) for x in group)  # the whole prompts: the workload's
-        self.stats["prefix_tokens"] += at * len(group)
-        self.stats["prefill_positions"] += len(group) * width
+        self.stats["prefix_tokens"] += sum(kept)
+        self.stats["prefill_positions"] += sum(packing.q_lens)
         self.stats["prefills"] += 1
         first = logits.argmax(-1)
-        self.tokens[self._prefill_slots] = first
-        self.positions[self._prefill_slots] = lengths + at
+        index = torch.tensor(slots, device=dev)
+        self.tokens[index] = first
+        self.positions[index] = torch.tensor([len(x.ids) for x in group], device=dev)
+        self.active[index] = 1
         first = first.tolist()
         self.stats["prefill_s"] += time.perf_counter() - start
         for slot, item, token in zip(slots, group, first):
@@ -487,6 +458,8 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
     def _finish(self, slot: int) -> None:
         item = self._held[slot]
         self._held[slot] = None
+        self.active[slot] = 0
+        self.positions[slot] = 0
         latency = time.perf_counter() - item.arrived
         item.call.deliver(item.index, self._result(item.req, item.ids, item.out, item.truncated, latency))
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nerfleet.workers.engine import GenerationRequest, GenerationResult, round_up
+from nerfleet.workers.engine import GenerationRequest, GenerationResult
+from nerfleet.workers.packing import pack
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,9 @@ class SlotConfig:
     #: Share of the GPU's memory this worker may hold, its weights included: several workers on
     #: one GPU each take their share (NERFLEET_GPU_MEMORY_FRACTION), whatever order they start in.
     memory_fraction: float = 0.9
-    #: Prompt tokens (rows × padded width) and rows per prefill call.
+    #: Prompt tokens (packed end to end) and prompts per prefill call.
     prefill_tokens: int = 65536
     prefill_rows: int = 128
-    #: Prefill widths are rounded up to a multiple of this.
-    bucket: int = 32
     #: Decoding steps between looks at the tokens (one host synchronisation each look).
     check_every: int = 8
     #: Prompt prefixes kept (a prompt template's tokens before its note, each computed once), and
@@ -107,9 +106,10 @@ class CompiledStep:
     and the decoding step (compiled, then captured as one CUDA graph)."""
 
     def _compile_prefill(self) -> None:
-        """The prefill's decoder layers compiled once for all of them and for any rows and width
-        (regional compilation: the layers share their code; the attention stays outside), each
-        shape class compiled now, on dummy prompts written into slots that hold nothing yet."""
+        """The prefill's decoder layers compiled once for all of them and for any number of packed
+        tokens (regional compilation: the layers share their code; the attention stays outside),
+        now, on dummy prompts written into a slot that holds nothing yet: one token (the compiler
+        specialises a size of 1) and two longer ones (the second finds the first's code)."""
         engine = self
 
         def forward(layer, *args, **kwargs):
@@ -121,16 +121,9 @@ class CompiledStep:
         compiled = torch.compile(type(layers[0]).forward, dynamic=True)
         for layer in layers:
             layer.forward = types.MethodType(forward, layer)
-        dev = self.model.device
-        widths = [self.config.bucket, 2 * self.config.bucket]
-        if self.window:
-            widths.append(round_up(self.window + 1, self.config.bucket))
-        for rows in (1, 2):
-            for width in widths:
-                if rows <= self.slots and width <= self.slot_len:
-                    self._prefill_slots = self.rows[:rows]
-                    ids = torch.zeros(rows, width, dtype=torch.long, device=dev)
-                    self._prefill_forward(ids, torch.full((rows,), width, device=dev))
+        for tokens in (1, 32, 64):
+            if tokens <= self.slot_len:
+                self._prefill_forward(pack([[0] * tokens], [0], [0], None, self.model.device))
 
     def _capture(self) -> Callable[[], None]:
         """The step compiled and captured as one CUDA graph (warmed up on a side stream first)."""
