@@ -133,6 +133,36 @@ def test_a_free_slot_reads_one_key_a_step(tiny_models, reference):
     assert engine.positions.tolist() == [0, 0]  # both freed
 
 
+def test_answers_are_handed_back_once_the_next_steps_are_queued(tiny_models, monkeypatch):
+    """A request's answer wakes its caller's thread, which stores it and takes the interpreter's lock
+    meanwhile: the loop hands answers back after it has queued the next window's steps (or a
+    prefill), so that the GPU has work while the callers run, not as each request ends."""
+    from nerfleet.workers import slots as slots_module
+
+    model, tok = _load(tiny_models["tiny-a"])
+    engine = ContinuousEngine(model, tok, config=SlotConfig(slots=2, check_every=2, slot_len=1024))
+    short, long = (GenerationRequest(r.key, r.template, r.text, n) for r, n in zip(requests(2, 1), (2, 12)))
+    events: list[str] = []
+    step, deliver = engine._step, slots_module.Call.deliver
+
+    def recorded_step():
+        step()
+        events.append("step")
+
+    def recorded_deliver(call, index, result):
+        events.append(f"answer {index}")
+        deliver(call, index, result)
+
+    engine._step = recorded_step
+    monkeypatch.setattr(slots_module.Call, "deliver", recorded_deliver)
+    got = engine.generate([short, long])
+    assert [r.output_tokens for r in got] == [2, 12]
+    # the short answer's second token came from the first step; the next window's two steps ran
+    # before it was handed back
+    assert events.index("answer 0") == 3, events
+    assert events[-1] == "answer 1"
+
+
 def test_each_request_stops_at_its_own_stop_token(tiny_models, reference):
     reqs = requests(4, 16)
     # a token that the second answer generates in its middle (and not before) becomes the stop token

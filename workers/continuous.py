@@ -3,9 +3,10 @@
 Each slot holds one request in its own row of a static key/value cache, at the request's own
 positions (cache column = token position). One decoding step runs every slot at once; on CUDA it
 is compiled and captured as one CUDA graph at start, so a run never compiles. When a request
-ends (a stop token, its own ``max_new_tokens``, the slot's length) its result is handed back at
-once, and a waiting request is prefilled into the freed row while the others keep their state:
-no slot waits for the longest answer of a batch, as in :class:`~nerfleet.workers.batched.BatchedEngine`.
+ends (a stop token, its own ``max_new_tokens``, the slot's length) its result is handed back
+within that window (once the GPU has the next steps or a prefill queued), and a waiting request is
+prefilled into the freed row while the others keep their state: no slot waits for the longest
+answer of a batch, as in :class:`~nerfleet.workers.batched.BatchedEngine`.
 
 The design follows vLLM's scheduler at its simplest: requests wait in arrival order; between
 windows of decoding steps, free slots are filled by prefills of up to ``prefill_tokens`` prompt
@@ -110,6 +111,8 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         self._inbox: queue.SimpleQueue[SlotRequest] = queue.SimpleQueue()
         self._waiting: collections.deque[SlotRequest] = collections.deque()
         self._held: list[SlotRequest | None] = [None] * self.slots
+        #: Requests that have ended, with their latency, until :meth:`_hand_back` answers them.
+        self._ended: list[tuple[SlotRequest, float]] = []
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._replay: Callable[[], None] | None = None
@@ -308,6 +311,8 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         with torch.inference_mode():
             while True:
                 try:
+                    if not any(self._held):
+                        self._hand_back()  # no window to overlap with: before waiting for more
                     if not self._admit():
                         return
                     self._prefill_free_slots()
@@ -338,6 +343,7 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
             block = False
 
     def _fail_all(self, exc: BaseException) -> None:
+        self._hand_back()  # those that ended are answered
         for item in [*self._held, *self._waiting]:
             if item is not None:
                 item.call.fail(exc)
@@ -395,6 +401,7 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         entries = [x.prefix[0] if x.prefix else 0 for x in group]
         packing = pack([x.ids for x in group], kept, slots, entries, dev)
         logits = self._prefill_forward(packing).float()
+        self._hand_back()  # while the GPU prefills
         self._guide_prefill(group, logits)
         self.stats["prompt_tokens"] += sum(len(x.ids) for x in group)  # the whole prompts: the workload's
         self.stats["prefix_tokens"] += sum(kept)
@@ -428,6 +435,7 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
             for i in range(steps):
                 self._replay()
                 self.history[i].copy_(self.tokens)
+        self._hand_back()  # while the GPU runs the window's steps
         self.stats["steps"] += steps
         live = sum(len(item.ids) + len(item.out) + 1 for item in held)
         self.stats["keys_read"] += steps * live + len(held) * steps * (steps - 1) // 2
@@ -440,7 +448,8 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         self.stats["host_s"] += time.perf_counter() - start
 
     def _take(self, slot: int, tokens: list[int]) -> None:
-        """Append a slot's new tokens; a request that has ended is answered and its slot freed."""
+        """Append a slot's new tokens; a request that has ended frees its slot, its answer set aside
+        for :meth:`_hand_back`."""
         item = self._held[slot]
         stops = self.stops
         for token in tokens:
@@ -460,8 +469,16 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         self._held[slot] = None
         self.active[slot] = 0
         self.positions[slot] = 0
-        latency = time.perf_counter() - item.arrived
-        item.call.deliver(item.index, self._result(item.req, item.ids, item.out, item.truncated, latency))
+        self._ended.append((item, time.perf_counter() - item.arrived))
+
+    def _hand_back(self) -> None:
+        """Answer the requests that have ended. Their callers' threads wake to store the answers
+        and take the interpreter's lock as they do; handed back while the GPU has work queued (a
+        window's steps, a prefill), that costs the GPU nothing, where handed back as each request
+        ended it held this loop, and the GPU with it, between windows."""
+        ended, self._ended = self._ended, []
+        for item, latency in ended:
+            item.call.deliver(item.index, self._result(item.req, item.ids, item.out, item.truncated, latency))
 
     # -- guided decoding: the slots' masks filled on the host, applied to the step's logits ------
 
