@@ -52,9 +52,9 @@ class Settings(BaseSettings):
     #: sharing one GPU: e.g. 0.2 each for four).
     gpu_memory_fraction: float = 0.9
     #: Prompt templates whose tokens before the note the continuous engine prefills once and copies
-    #: (workers/prefixes.py); 0: none, every prompt prefilled whole: the default until a fleet run
-    #: shows it a win (bench/NOTES.md, session 17).
-    kept_prefixes: int = 0
+    #: (workers/prefixes.py); 0: none, every prompt prefilled whole. The random 7B's fleet run on an
+    #: H100 prefilled 28% fewer positions with them, in 27% less time (bench/NOTES.md, session 20).
+    kept_prefixes: int = 8
     #: Processes a worker scores its stored answers in, while it generates (nerfleet.tasks.scoring);
     #: None: the CPUs less two, at most 4; 0: none (the aggregation scores them all at the end).
     scoring_processes: int | None = None
