@@ -1,7 +1,8 @@
 """What a prefill's attention costs the first time a shape is seen, by SDPA backend.
 
-The continuous engine prefills groups of every size and bucketed width, so most prefills bring a
-(rows, width) the process has not run before. cuDNN's attention builds (and may compile) a graph
+The continuous engine prefilled padded groups of every size and bucketed width (session 19; its
+prefills are packed now, bench/NOTES.md session 20), so most prefills brought a (rows, width) the
+process had not run before. cuDNN's attention builds (and may compile) a graph
 per shape; the flash backend's kernels are compiled in. For each backend and each of the study's
 attention shapes (Mistral-7B: 32 query heads, 8 key/value heads of 128; SmolLM2-135M: 9, 3, 64),
 this times a causal grouped-query SDPA over shapes of a fleet run's kind, each for the first time
