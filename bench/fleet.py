@@ -162,7 +162,7 @@ def fleet_pass(args, env: dict, work: Path, model_dir, engine: str, db_name: str
     log_path = work / f"worker-{Path(db_name).stem}.log"
     log = log_path.open("w")
     worker = subprocess.Popen(
-        [*cli, "worker", "--model", str(model_dir), *gpu, "--engine", engine, "--loglevel", "WARNING"],
+        [*cli, "worker", "--model", str(model_dir), *gpu, "--engine", engine, "--loglevel", "INFO"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -213,6 +213,9 @@ def fleet_pass(args, env: dict, work: Path, model_dir, engine: str, db_name: str
         for key, pattern in (
             ("worker_loaded_s", r"loaded .* in ([0-9.]+) s"),
             ("first_token_s", r"first token ([0-9.]+) s"),
+            # the aggregation's own seconds: waiting for the scoring processes, then the whole
+            ("aggregation_waited_for_scoring_s", r"waited ([0-9.]+) s for the scoring processes"),
+            ("aggregation_s", r"aggregated: \d+ documents in ([0-9.]+) s"),
         )
         if (m := re.search(pattern, text))
     }

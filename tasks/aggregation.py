@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from sqlalchemy import update
 from sqlmodel import select
@@ -50,7 +51,9 @@ def score_run(run_id: str, errors: bool = False) -> Scores:
             raise LookupError(f"no run {run_id!r}")
         responses, formats = collect_responses(session, run_id)
     # outside any transaction: on SQLite it holds the write lock that the workers' claims need
+    start = time.perf_counter()
     scoring.settle()
+    settled = time.perf_counter()
 
     def prepare(ids: set[str]) -> dict:
         return scoring.prepared_notes(run.corpus_id, ids)
@@ -59,6 +62,10 @@ def score_run(run_id: str, errors: bool = False) -> Scores:
     doc_ids = sorted({r.doc_id for r in responses})
     known = stored_calibration(run.corpus_id, doc_ids, set(formats.values()), prepare)
     docs = prepare(set(doc_ids)) if errors else {}
+    log.info(
+        "run %s: waited %.2f s for the scoring processes, then %.2f s for the counts they had not stored",
+        run_id, settled - start, time.perf_counter() - settled,
+    )  # fmt: skip
     return score_grid(responses, docs, formats, known=known, counted=counted)
 
 
@@ -74,6 +81,7 @@ def aggregate_run(run_id: str, force: bool = False) -> dict | None:
             raise LookupError(f"no run {run_id!r}")
         if run.aggregated_at is not None and not force:
             return None
+    start = time.perf_counter()
     scores = score_run(run_id).to_json()
     with session_scope() as session:
         cond = [Run.id == run_id] + ([] if force else [Run.aggregated_at.is_(None)])
@@ -85,7 +93,7 @@ def aggregate_run(run_id: str, force: bool = False) -> dict | None:
         if not res.rowcount:
             return None
         replace_metrics(session, run_id, scores_to_rows(run_id, scores))
-    log.info("run %s aggregated: %d documents", run_id, scores["documents"])
+    log.info("run %s aggregated: %d documents in %.2f s", run_id, scores["documents"], time.perf_counter() - start)
     return scores
 
 
