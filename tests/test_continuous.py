@@ -163,6 +163,38 @@ def test_answers_are_handed_back_once_the_next_steps_are_queued(tiny_models, mon
     assert events[-1] == "answer 1"
 
 
+def test_an_answer_that_cannot_be_made_fails_its_caller_alone(tiny_models, reference):
+    """An error while making one answer (decoding its tokens) reaches that request's caller; the
+    callers beside it get their answers, and nobody waits forever."""
+    model, tok = _load(tiny_models["tiny-a"])
+    engine = ContinuousEngine(model, tok, config=SlotConfig(slots=2, check_every=2, slot_len=1024))
+    bad, *good = requests(3, 4)
+    make = engine._result
+
+    def result(req, *args):
+        if req.key == bad.key:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "not text")
+        return make(req, *args)
+
+    engine._result = result
+    outcome: dict = {}
+
+    def call(name, reqs):
+        try:
+            outcome[name] = engine.generate(reqs)
+        except UnicodeDecodeError as exc:
+            outcome[name] = exc
+
+    # daemon threads: were a caller left waiting, the test fails instead of hanging the suite
+    threads = [threading.Thread(target=call, args=a, daemon=True) for a in (("bad", [bad]), ("good", good))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert isinstance(outcome["bad"], UnicodeDecodeError)
+    assert [r.output for r in outcome["good"]] == [r.output for r in reference.generate(good)]
+
+
 def test_each_request_stops_at_its_own_stop_token(tiny_models, reference):
     reqs = requests(4, 16)
     # a token that the second answer generates in its middle (and not before) becomes the stop token

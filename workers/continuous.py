@@ -478,7 +478,12 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         ended it held this loop, and the GPU with it, between windows."""
         ended, self._ended = self._ended, []
         for item, latency in ended:
-            item.call.deliver(item.index, self._result(item.req, item.ids, item.out, item.truncated, latency))
+            try:
+                result = self._result(item.req, item.ids, item.out, item.truncated, latency)
+            except Exception as exc:  # noqa: BLE001 - its caller gets the error, the others their answers
+                item.call.fail(exc)
+                continue
+            item.call.deliver(item.index, result)
 
     # -- guided decoding: the slots' masks filled on the host, applied to the step's logits ------
 
