@@ -111,6 +111,7 @@ def packed_attention(
     """Causal attention of each packed prompt's queries (T, heads, d) over its own keys (K, kv heads,
     d), aligned at the end, within a sliding ``window`` if given: (T, heads, d)."""
     if _flash_runs(query):
+        query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
         left, right = (window - 1, 0) if window else (None, None)
         return torch.ops.aten._flash_attention_forward(
             query, key, value, packing.cu_q, packing.cu_k, max(packing.q_lens), max(packing.k_lens),
