@@ -5,7 +5,8 @@ The continuous engine packs a prefill's prompts end to end (``nerfleet.workers.p
 in bf16 their attention is ``aten._flash_attention_forward`` with cumulated lengths, which the CPU
 tests cannot run. This checks it against the per-prompt masked SDPA in float32 on the same device:
 prompts of a fleet's lengths, without and with kept prefixes (more keys than queries, the causal
-mask aligned at the end), and with a sliding window shorter than the prompts. It prints the largest
+mask aligned at the end), and with a sliding window shorter than the prompts, each prompt's keys read
+in place from its slot of a cache (slots spread, free ones between). It prints the largest
 difference per case and its time against the same prompts right-padded through SDPA's flash
 backend; it exits non-zero when a difference passes bf16's tolerance.
 
@@ -44,19 +45,29 @@ def timed_ms(fn, repeats: int = 5) -> float:
 def case(name: str, heads: tuple[int, int, int], lengths: list[int], kept: list[int], window: int | None) -> dict:
     h, kvh, d = heads
     dev = torch.device("cuda")
-    packing = pack([[0] * n for n in lengths], kept, list(range(len(lengths))), [0] * len(lengths), dev)
+    n = len(lengths)
+    # the prompts' slots spread over a cache with free slots between them, as a fleet's refills are
+    slots = sorted(random.Random(n).sample(range(2 * n + 1), n))
+    packing = pack([[0] * m for m in lengths], kept, slots, [0] * n, dev)
     q = torch.randn(sum(packing.q_lens), h, d, device=dev, dtype=torch.bfloat16)
-    k, v = (torch.randn(sum(packing.k_lens), kvh, d, device=dev, dtype=torch.bfloat16) for _ in range(2))
+    keys, values = (
+        torch.randn(2 * n + 1, kvh, max(lengths) + 64, d, device=dev, dtype=torch.bfloat16) for _ in range(2)
+    )
     scale = d**-0.5
-    got = packed_attention(q, k, v, packing, scale, window)
-    want = packed_attention(q.float(), k.float(), v.float(), packing, scale, window)  # the masked path
-    row = {"case": name, "prompts": len(lengths), "tokens": sum(packing.q_lens), "keys": sum(packing.k_lens)}
+    got = packed_attention(q, keys, values, packing, scale, window)
+    want = packed_attention(q.float(), keys.float(), values.float(), packing, scale, window)  # the masked path
+    row = {"case": name, "prompts": n, "tokens": sum(packing.q_lens), "keys": sum(packing.k_lens)}
     row["max_abs_diff"] = (got.float() - want).abs().max().item()
-    row["packed_ms"] = timed_ms(lambda: packed_attention(q, k, v, packing, scale, window))
+    row["packed_ms"] = timed_ms(lambda: packed_attention(q, keys, values, packing, scale, window))
+    # what reading the keys in place saves: one layer's copy of every prompt's keys and values out
+    # of the cache into one packed tensor (what the packed prefill did before, with kept prefixes)
+    slot_of = torch.repeat_interleave(torch.tensor(slots, device=dev), torch.tensor(packing.k_lens, device=dev))
+    position = torch.cat([torch.arange(m, device=dev) for m in packing.k_lens])
+    row["gather_ms"] = timed_ms(lambda: (keys[slot_of, :, position], values[slot_of, :, position]))
     if not any(kept) and window is None:  # the same prompts right-padded to the longest, SDPA's flash
         width = max(lengths)
-        qp = torch.randn(len(lengths), h, width, d, device=dev, dtype=torch.bfloat16)
-        kp, vp = (torch.randn(len(lengths), kvh, width, d, device=dev, dtype=torch.bfloat16) for _ in range(2))
+        qp = torch.randn(n, h, width, d, device=dev, dtype=torch.bfloat16)
+        kp, vp = (torch.randn(n, kvh, width, d, device=dev, dtype=torch.bfloat16) for _ in range(2))
 
         def padded():
             with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):

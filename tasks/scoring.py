@@ -73,17 +73,22 @@ def stop() -> None:
 
 
 def submit(jobs: Sequence[str]) -> None:
-    """Score these stored answers in the pool, in the background (nothing without a pool)."""
+    """Score these stored answers in the pool, in the background (nothing without a pool), split
+    over its processes: a run's last message is scored after its last answer, while the
+    aggregation waits, so its answers are scored in parallel."""
     if _pool is None or not jobs:
         return
+    jobs = list(jobs)
+    parts = max(1, min(len(jobs) // 8, _processes))
     try:
-        future = _pool.submit(score_jobs, list(jobs))
+        futures = [_pool.submit(score_jobs, jobs[i::parts]) for i in range(parts)]
     except BrokenProcessPool as exc:  # a scoring process died (killed, out of memory)
         _give_up(exc)
         return
     with _lock:
-        _pending.add(future)
-    future.add_done_callback(_done)
+        _pending.update(futures)
+    for future in futures:
+        future.add_done_callback(_done)
 
 
 def settle() -> None:

@@ -97,6 +97,22 @@ def test_prompts_of_any_lengths_are_packed_into_one_prefill_without_padding(tiny
     assert stats["prefill_positions"] == stats["prompt_tokens"] == sum(r.prompt_tokens for r in got)
 
 
+def test_the_slot_cache_read_by_rows_is_each_slots_keys_in_place():
+    """Flash's kernel reads each packed prompt's keys from its slot through this view: row
+    s * heads * length + p must be slot s's keys at position p, for every head, with no copy."""
+    from nerfleet.workers.packing import by_row
+
+    slots, heads, length, d = 5, 3, 7, 4
+    cache = torch.randn(slots, heads, length, d)
+    rows = by_row(cache)
+    assert rows.data_ptr() == cache.data_ptr() and rows.stride(-1) == 1
+    for s in range(slots):
+        for p in range(length):
+            assert torch.equal(rows[s * heads * length + p], cache[s, :, p])
+    with pytest.raises(ValueError, match="contiguous"):
+        by_row(cache.transpose(1, 2))
+
+
 def test_a_prefill_holds_at_most_its_tokens(tiny_models, reference):
     """A prefill takes the next prompts in line while their tokens fit ``prefill_tokens`` (one
     prompt longer than that still goes alone); the answers are the reference's."""
@@ -161,6 +177,36 @@ def test_answers_are_handed_back_once_the_next_steps_are_queued(tiny_models, mon
     # before it was handed back
     assert events.index("answer 0") == 3, events
     assert events[-1] == "answer 1"
+
+
+def test_a_windows_tokens_are_read_once_the_next_window_is_queued(tiny_models, reference, monkeypatch):
+    """The host reads a window's tokens while the GPU runs the next window, so the GPU does not wait
+    for the host between windows; the answers stay the reference's, a slot refilled after a stop
+    token (its request ended inside a window) included."""
+    from nerfleet.workers import slots as slots_module
+
+    model, tok = _load(tiny_models["tiny-a"])
+    engine = ContinuousEngine(model, tok, config=SlotConfig(slots=2, check_every=2, slot_len=1024))
+    events: list[str] = []
+    step, read = engine._step, slots_module.StagedTokens.read
+
+    def recorded_step():
+        step()
+        events.append("step")
+
+    def recorded_read(staged):
+        events.append("read")
+        return read(staged)
+
+    engine._step = recorded_step
+    monkeypatch.setattr(slots_module.StagedTokens, "read", recorded_read)
+    (one,) = requests(1, 9)
+    got = engine.generate([one])
+    assert [r.output for r in got] == [r.output for r in reference.generate([one])]
+    # the first window's tokens are read after the second window's steps are queued, and so on
+    assert events[:7] == ["step", "step", "step", "step", "read", "step", "step"], events
+    # the prefill made the first of its 9 tokens; 8 steps made the rest, in 4 windows: none wasted
+    assert events.count("step") == 8 and events.count("read") == 4
 
 
 def test_an_answer_that_cannot_be_made_fails_its_caller_alone(tiny_models, reference):

@@ -4,15 +4,17 @@ Each slot holds one request in its own row of a static key/value cache, at the r
 positions (cache column = token position). One decoding step runs every slot at once; on CUDA it
 is compiled and captured as one CUDA graph at start, so a run never compiles. When a request
 ends (a stop token, its own ``max_new_tokens``, the slot's length) its result is handed back
-within that window (once the GPU has the next steps or a prefill queued), and a waiting request is
-prefilled into the freed row while the others keep their state: no slot waits for the longest
-answer of a batch, as in :class:`~nerfleet.workers.batched.BatchedEngine`.
+while the GPU runs the next window (or a prefill), and a waiting request is prefilled into the
+freed row while the others keep their state: no slot waits for the longest answer of a batch, as
+in :class:`~nerfleet.workers.batched.BatchedEngine`.
 
 The design follows vLLM's scheduler at its simplest: requests wait in arrival order; between
 windows of decoding steps, free slots are filled by prefills of up to ``prefill_tokens`` prompt
 tokens, packed end to end without padding (:mod:`nerfleet.workers.packing`: a prefill's cost is its
-matrix products); the step looks at its tokens every ``check_every`` steps (one host
-synchronisation a window). A free slot reads one key a step, not what its last request left.
+matrix products); the host reads the tokens of a window of ``check_every`` steps once the next
+window is queued, so that the GPU never waits for the host between windows (a slot whose request
+ends by its budget is refilled before the next window instead). A free slot reads one key a step,
+not what its last request left.
 
 Same answers: the step's shapes never change (all slots, all cache columns), and its attention
 reads each row's own live range (:mod:`nerfleet.workers.decoding`), so a request's decoding
@@ -58,6 +60,7 @@ from nerfleet.workers.slots import (
     SlotConfig,
     SlotRequest,
     StagedTokens,
+    Window,
     no_mask,
     slots_that_fit,
 )
@@ -167,6 +170,10 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         self.window = getattr(text, "sliding_window", None)
         self.history = torch.zeros(self.config.check_every, n, dtype=torch.long, device=dev)
         self._staged = StagedTokens(n, dev)  # a guided window's tokens, step by step
+        # a window's tokens on their way to the host: two, as one window is read while the next runs
+        self._buffers = [StagedTokens(self.config.check_every * n, dev) for _ in range(2)]
+        #: The window queued on the GPU whose tokens the host reads once the next one is queued.
+        self._pending: Window | None = None
         cfg = self.config
         self.prefixes = (
             PrefixStore(
@@ -227,9 +234,7 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
             slot, position, entry = packing.copy
             keys[slot, :, position] = self.prefixes.keys[layer][entry, :, position]
             values[slot, :, position] = self.prefixes.values[layer][entry, :, position]
-            slot, position = packing.gather
-            key, value = keys[slot, :, position], values[slot, :, position]
-        return packed_attention(query, key, value, packing, scale, window)[None], None
+        return packed_attention(query, keys, values, packing, scale, window)[None], None
 
     # -- the decoding step --------------------------------------------------------------------
 
@@ -349,6 +354,7 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
                 item.call.fail(exc)
         self._held = [None] * self.slots
         self._waiting.clear()
+        self._pending = None
         if on_cuda(self.model):
             torch.cuda.empty_cache()
 
@@ -356,6 +362,11 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
 
     def _prefill_free_slots(self) -> None:
         cfg = self.config
+        if self._pending is not None and self._waiting and not all(self._held):
+            # the window in flight read first: a prefill waits for it anyway, and the slots it frees
+            # are filled by the same prefill
+            pending, self._pending = self._pending, None
+            self._settle(pending, time.perf_counter())
         while self._waiting:
             free = [s for s, item in enumerate(self._held) if item is None]
             if not free:
@@ -424,34 +435,99 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
     # -- decoding -------------------------------------------------------------------------------
 
     def _decode_window(self) -> None:
+        """Queue the next window of decoding steps, then read the window queued before it (which
+        the GPU ran meanwhile): the host takes a window's tokens, and hands its answers back, while
+        the GPU runs the next one, so the GPU does not wait on the host between windows. A request
+        that ends by its stop token inside a window has its slot run one window more, its tokens
+        ignored; one that ends by its budget is known to, and its slot reads one key from then on.
+        Guided slots take their tokens step by step: nothing else is queued while they run."""
         start = time.perf_counter()
+        pending, self._pending = self._pending, None
+        if any(item is not None and item.matcher is not None for item in self._held):
+            if pending is not None:
+                self._settle(pending, start)
+            if any(item is not None and item.matcher is not None for item in self._held):
+                self._decode_guided(time.perf_counter())
+            return
+        steps, live, ending = self._steps_after(pending)
+        if pending is not None and ending and self._waiting:
+            # a slot frees at the pending window's end and a request waits for it: read the window
+            # now, so that the slot is refilled before the next one (the loop prefills, then comes back)
+            self._settle(pending, start)
+            return
+        if steps:
+            self._pending = self._launch(steps)
+            self.stats["keys_read"] += steps * sum(live) + len(live) * steps * (steps - 1) // 2
+        if pending is not None:
+            self._settle(pending, start)
+        if steps:
+            self._hand_back()  # while the GPU runs the window just queued
+
+    def _steps_after(self, pending: Window | None) -> tuple[int, list[int], bool]:
+        """How many steps the next window takes: up to ``check_every``, and no more than any
+        request has left once the ``pending`` window's steps are counted (0: every request in hand
+        ends within the pending window); the keys each request taking part reads at its first step
+        (for the floor's count); whether a request ends in the pending window by its budget. Such
+        a request has its slot marked free now: from the next step on its attention reads one key."""
+        left, live, ending = [], [], False
+        for slot, item in enumerate(self._held):
+            if item is None:
+                continue
+            queued = pending.steps if pending is not None and pending.held[slot] is item else 0
+            rest = item.budget - len(item.out) - queued
+            if rest > 0:
+                left.append(rest)
+                live.append(len(item.ids) + len(item.out) + queued + 1)
+            else:
+                self.active[slot] = 0
+                ending = True
+        return (min(self.config.check_every, *left) if left else 0), live, ending
+
+    def _launch(self, steps: int) -> Window:
+        """Queue ``steps`` decoding steps and the copy of their tokens to the host (into the buffer
+        the pending window does not use)."""
+        for i in range(steps):
+            self._replay()
+            self.history[i].copy_(self.tokens)
+        self._buffers.reverse()
+        self._buffers[0].stage(self.history[:steps])
+        return Window(steps, list(self._held), self._buffers[0])
+
+    def _settle(self, window: Window, start: float) -> None:
+        """Read a window's tokens (waiting for its steps, not for what was queued after them) and
+        give each request still in its slot its own: a slot refilled since holds another request."""
+        tokens = window.tokens.read()
+        self.stats["decode_s"] += time.perf_counter() - start
+        self.stats["steps"] += window.steps
+        columns = list(zip(*tokens))
+        for slot, item in enumerate(window.held):
+            if item is not None and self._held[slot] is item:
+                # a guided window took its guided slots' tokens step by step, all but the last
+                self._take(slot, columns[slot][window.steps - 1 :] if item.matcher is not None else columns[slot])
+        self.stats["host_s"] += time.perf_counter() - start
+
+    def _decode_guided(self, start: float) -> None:
+        """A window with guided slots, read at once (its steps pipelined within it)."""
         held = [item for item in self._held if item is not None]
         guided = [s for s, item in enumerate(self._held) if item is not None and item.matcher is not None]
         left = min(item.budget - len(item.out) for item in held)
         steps = max(1, min(self.config.check_every, left))
-        if guided:
-            self._guided_window(guided, steps)
-        else:
-            for i in range(steps):
-                self._replay()
-                self.history[i].copy_(self.tokens)
-        self._hand_back()  # while the GPU runs the window's steps
-        self.stats["steps"] += steps
         live = sum(len(item.ids) + len(item.out) + 1 for item in held)
+        self._guided_window(guided, steps)
         self.stats["keys_read"] += steps * live + len(held) * steps * (steps - 1) // 2
-        tokens = self.history[:steps].T.tolist()  # one synchronisation a window
-        self.stats["decode_s"] += time.perf_counter() - start
-        for slot, item in enumerate(self._held):
-            if item is not None:
-                # a guided window took its guided slots' tokens step by step, all but the last
-                self._take(slot, tokens[slot][steps - 1 :] if item.matcher is not None else tokens[slot])
-        self.stats["host_s"] += time.perf_counter() - start
+        self._buffers[0].stage(self.history[:steps])
+        self._hand_back()  # while the GPU runs the window's last steps
+        self._settle(Window(steps, list(self._held), self._buffers[0]), start)
 
-    def _take(self, slot: int, tokens: list[int]) -> None:
+    def _take(self, slot: int, tokens: Sequence[int]) -> None:
         """Append a slot's new tokens; a request that has ended frees its slot, its answer set aside
         for :meth:`_hand_back`."""
         item = self._held[slot]
         stops = self.stops
+        if item.matcher is None and len(tokens) < item.budget - len(item.out) and stops.isdisjoint(tokens):
+            item.out.extend(tokens)  # the common case, without a look at each token
+            self.stats["generated"] += len(tokens)
+            return
         for token in tokens:
             if token in stops:
                 self._finish(slot)

@@ -11,6 +11,13 @@ elsewhere, one masked attention per prompt.
 A prompt may start after a kept prefix (:mod:`nerfleet.workers.prefixes`): its own tokens are
 computed at the positions after it, and attend to the prefix's keys, copied into its slot, and to
 their own (causal, aligned at the end: query i of n over m keys sees keys up to m - n + i).
+
+The attention reads each prompt's keys where they are, in its slot of the engine's cache, with no
+copy: flash's kernel takes a key tensor (rows, heads, d) with any row and head strides, and a start
+row and a length per prompt (``seqused_k``); the cache (slots, heads, length, d) seen with rows of
+stride d and heads of stride length * d is such a tensor, in which slot s's position p is row
+s * heads * length + p. (Gathering the keys of a prefill with kept prefixes into one packed tensor
+cost every layer a copy of all of them.)
 """
 
 from __future__ import annotations
@@ -35,16 +42,18 @@ class Packing:
     slot_of: torch.Tensor
     #: Each prompt's last token in the packed sequence: where its first answer token's logits are.
     last: torch.Tensor
-    #: Queries (computed tokens) and keys (prefix and computed tokens) per prompt, cumulated from 0
-    #: (int32, as the flash kernel takes them), with their lengths on the host.
+    #: Queries (computed tokens) per prompt, cumulated from 0 (int32, as the flash kernel takes
+    #: them), with their lengths on the host.
     cu_q: torch.Tensor
-    cu_k: torch.Tensor
     q_lens: list[int]
+    #: Each prompt's slot, and the keys it reads there (its kept prefix and its own tokens: the
+    #: slot's first ``k_lens`` positions), on the device (int32) and on the host.
+    slots: torch.Tensor
+    k_used: torch.Tensor
     k_lens: list[int]
-    #: Kept prefixes: (slot, position, entry) of every prefix token to copy in, and (slot, position)
-    #: of every key the attention reads, prompt by prompt; None when no prompt has a prefix.
+    #: Kept prefixes: (slot, position, entry) of every prefix token to copy in; None when no prompt
+    #: has a prefix.
     copy: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    gather: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def _ragged(lengths: Sequence[int], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -82,17 +91,15 @@ def pack(
         slot_of=slot_index[prompt],
         last=starts[1:] - 1,
         cu_q=starts.to(torch.int32),
-        cu_k=starts.to(torch.int32),
         q_lens=q_lens,
-        k_lens=q_lens,
+        slots=slot_index.to(torch.int32),
+        k_used=torch.tensor(k_lens, dtype=torch.int32, device=device),
+        k_lens=k_lens,
     )
     if any(kept):
         entry_index = torch.tensor(entries, device=device)
         pre, pre_pos, _ = _ragged(kept, device)
         packing.copy = (slot_index[pre], pre_pos, entry_index[pre])
-        key, key_pos, key_starts = _ragged(k_lens, device)
-        packing.gather = (slot_index[key], key_pos)
-        packing.cu_k, packing.k_lens = key_starts.to(torch.int32), k_lens
     return packing
 
 
@@ -100,33 +107,48 @@ def _flash_runs(query: torch.Tensor) -> bool:
     return query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] % 8 == 0
 
 
+def by_row(cache: torch.Tensor) -> torch.Tensor:
+    """A slot cache (slots, heads, length, d) seen as rows of keys (rows, heads, d), no copy: slot
+    s's position p is row s * heads * length + p (rows of stride d, heads of stride length * d)."""
+    if not cache.is_contiguous():
+        raise ValueError("the slot cache must be contiguous to be read by rows")
+    slots, heads, length, d = cache.shape
+    rows = (slots - 1) * heads * length + length  # past the last slot's last position: other heads' rows
+    return cache.as_strided((rows, heads, d), (d, length * d, 1), cache.storage_offset())
+
+
 def packed_attention(
     query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
     packing: Packing,
     scale: float,
     window: int | None = None,
 ) -> torch.Tensor:
-    """Causal attention of each packed prompt's queries (T, heads, d) over its own keys (K, kv heads,
-    d), aligned at the end, within a sliding ``window`` if given: (T, heads, d)."""
+    """Causal attention of each packed prompt's queries (T, heads, d) over its keys in its slot of
+    the cache ``keys``/``values`` (slots, kv heads, length, d), aligned at the end, within a
+    sliding ``window`` if given: (T, heads, d)."""
     if _flash_runs(query):
-        query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
+        if query.stride(-1) != 1:
+            query = query.contiguous()
+        _, heads, length, _ = keys.shape
+        first = packing.slots * (heads * length)  # each prompt's first row
+        cu_k = torch.cat([first, first[-1:] + packing.k_used[-1:]])
         left, right = (window - 1, 0) if window else (None, None)
         return torch.ops.aten._flash_attention_forward(
-            query, key, value, packing.cu_q, packing.cu_k, max(packing.q_lens), max(packing.k_lens),
-            0.0, True, False, scale=scale, window_size_left=left, window_size_right=right,
+            query, by_row(keys), by_row(values), packing.cu_q, cu_k, max(packing.q_lens), max(packing.k_lens),
+            0.0, True, False, scale=scale, window_size_left=left, window_size_right=right, seqused_k=packing.k_used,
         )[0]  # fmt: skip
-    outs, q0, k0 = [], 0, 0
-    for n, m in zip(packing.q_lens, packing.k_lens):
+    outs, q0 = [], 0
+    for slot, n, m in zip(packing.slots.tolist(), packing.q_lens, packing.k_lens):
         rows = torch.arange(n, device=query.device)[:, None] + (m - n)
         cols = torch.arange(m, device=query.device)[None, :]
         mask = cols <= rows
         if window:
             mask &= rows - cols < window
         q = query[q0 : q0 + n].transpose(0, 1)[None]
-        k, v = (t[k0 : k0 + m].transpose(0, 1)[None] for t in (key, value))
+        k, v = (t[slot, :, :m][None] for t in (keys, values))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
         outs.append(out[0].transpose(0, 1))
-        q0, k0 = q0 + n, k0 + m
+        q0 += n
     return torch.cat(outs)

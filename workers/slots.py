@@ -78,26 +78,36 @@ class SlotRequest:
     prefix: tuple[int, int] | None = None
 
 
-class StagedTokens:
-    """A step's tokens copied to the host behind an event of their own: the host reads them
-    without waiting for the work queued after them (the next step's forward). On the CPU, a copy."""
+@dataclass
+class Window:
+    """Decoding steps queued on the GPU whose tokens the host has not read yet: how many steps,
+    which request each slot held when they were queued, and the host buffer their tokens land in."""
 
-    def __init__(self, rows: int, device: torch.device):
+    steps: int
+    held: list[SlotRequest | None]
+    tokens: StagedTokens
+
+
+class StagedTokens:
+    """Tokens copied to the host behind an event of their own: the host reads them without waiting
+    for the work queued after them (the next step's forward, the next window). On the CPU, a copy."""
+
+    def __init__(self, size: int, device: torch.device):
         self.cuda = device.type == "cuda"
-        self.host = torch.empty(rows, dtype=torch.long, pin_memory=self.cuda)
+        self.host = torch.empty(size, dtype=torch.long, pin_memory=self.cuda)
         self.event = torch.cuda.Event() if self.cuda else None
-        self.count = 0
+        self.shape: tuple[int, ...] = (0,)
 
     def stage(self, tokens: torch.Tensor) -> None:
-        self.count = tokens.shape[0]
-        self.host[: self.count].copy_(tokens, non_blocking=self.cuda)
+        self.shape = tuple(tokens.shape)
+        self.host[: tokens.numel()].copy_(tokens.reshape(-1), non_blocking=self.cuda)
         if self.event is not None:
             self.event.record()
 
-    def read(self) -> list[int]:
+    def read(self) -> list:
         if self.event is not None:
             self.event.synchronize()
-        return self.host[: self.count].tolist()
+        return self.host[: torch.Size(self.shape).numel()].view(self.shape).tolist()
 
 
 class CompiledStep:
