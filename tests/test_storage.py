@@ -228,6 +228,41 @@ def test_answers_scored_by_scoring_processes_aggregate_as_if_computed(home, brok
     assert 0 < fresh["strategy2"]["smollm2"]["v2"]["micro"]["recall"] < 1  # the answers are real, not empty
 
 
+def test_a_messages_answers_are_scored_across_the_scoring_processes(home, broker, demo_corpus):
+    """The answers of one stored message go to every scoring process in parts (a run's last message
+    is scored while its aggregation waits), each answer once, and all their counts are stored."""
+    from nerfleet.storage.tables import ScoredCount
+    from nerfleet.tasks import scoring
+    from nerfleet.tasks.app import make_app
+    from nerfleet.tasks.producer import create_run
+
+    create_run(["smollm2"], ["v1", "v2"], "all", 8, 4, None, str(demo_corpus), app=make_app())
+    with session_scope() as s:
+        hashes = [j.hash for j in s.exec(select(Job))]
+        finish(s, [dict(job_hash=h, output="fiebre", prompt_tokens=1, output_tokens=1, latency_s=0.0,
+                        engine="stored", host="here") for h in hashes])  # fmt: skip
+        before = len(s.exec(select(ScoredCount)).all())
+    assert len(hashes) == 16
+    assert scoring.start(2) == 2
+    parts: list[list[str]] = []
+    pool_submit = scoring._pool.submit
+
+    def recorded(fn, *args):
+        if fn is scoring.score_jobs:
+            parts.append(list(args[0]))
+        return pool_submit(fn, *args)
+
+    scoring._pool.submit = recorded
+    try:
+        scoring.submit(hashes)
+        scoring.settle()
+    finally:
+        scoring.stop()
+    assert [len(p) for p in parts] == [8, 8] and sorted(sum(parts, [])) == sorted(hashes)
+    with session_scope() as s:
+        assert len(s.exec(select(ScoredCount)).all()) == before + len(hashes)
+
+
 def test_a_scoring_process_killed_loses_nothing(home, broker, demo_corpus):
     """A scoring process that dies (SIGKILL, out of memory) breaks the pool: the worker drops it,
     the generation task is not failed by it, and the aggregation counts the answers itself."""

@@ -362,11 +362,10 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
 
     def _prefill_free_slots(self) -> None:
         cfg = self.config
-        if self._pending is not None and self._waiting and not all(self._held):
+        if self._waiting and not all(self._held):
             # the window in flight read first: a prefill waits for it anyway, and the slots it frees
             # are filled by the same prefill
-            pending, self._pending = self._pending, None
-            self._settle(pending, time.perf_counter())
+            self._settle_pending(time.perf_counter())
         while self._waiting:
             free = [s for s, item in enumerate(self._held) if item is None]
             if not free:
@@ -442,26 +441,38 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         ignored; one that ends by its budget is known to, and its slot reads one key from then on.
         Guided slots take their tokens step by step: nothing else is queued while they run."""
         start = time.perf_counter()
-        pending, self._pending = self._pending, None
-        if any(item is not None and item.matcher is not None for item in self._held):
-            if pending is not None:
-                self._settle(pending, start)
-            if any(item is not None and item.matcher is not None for item in self._held):
+        if self._guided_in_hand():
+            self._settle_pending(start)
+            if self._guided_in_hand():
                 self._decode_guided(time.perf_counter())
             return
+        pending = self._pending
         steps, live, ending = self._steps_after(pending)
-        if pending is not None and ending and self._waiting:
-            # a slot frees at the pending window's end and a request waits for it: read the window
-            # now, so that the slot is refilled before the next one (the loop prefills, then comes back)
-            self._settle(pending, start)
+        if pending is not None and (not steps or (ending and self._waiting)):
+            # every request ends within the pending window, or a slot frees at its end and a request
+            # waits for it: read it now, so that the slot is refilled before the next window (the
+            # loop prefills, then comes back); with nothing pending, every request has steps left
+            self._settle_pending(start)
             return
-        if steps:
-            self._pending = self._launch(steps)
-            self.stats["keys_read"] += steps * sum(live) + len(live) * steps * (steps - 1) // 2
+        self._pending = self._launch(steps)
+        self._count_keys(steps, live)
         if pending is not None:
             self._settle(pending, start)
-        if steps:
-            self._hand_back()  # while the GPU runs the window just queued
+        self._hand_back()  # while the GPU runs the window just queued
+
+    def _guided_in_hand(self) -> bool:
+        return any(item is not None and item.matcher is not None for item in self._held)
+
+    def _settle_pending(self, start: float) -> None:
+        """Read the window in flight, if any (nothing is queued after it)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._settle(pending, start)
+
+    def _count_keys(self, steps: int, live: list[int]) -> None:
+        """The keys a window's steps read for the requests taking part (each ``live`` at the first
+        step, one more a step): the floor's count."""
+        self.stats["keys_read"] += steps * sum(live) + len(live) * steps * (steps - 1) // 2
 
     def _steps_after(self, pending: Window | None) -> tuple[int, list[int], bool]:
         """How many steps the next window takes: up to ``check_every``, and no more than any
@@ -512,9 +523,8 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         guided = [s for s, item in enumerate(self._held) if item is not None and item.matcher is not None]
         left = min(item.budget - len(item.out) for item in held)
         steps = max(1, min(self.config.check_every, left))
-        live = sum(len(item.ids) + len(item.out) + 1 for item in held)
+        self._count_keys(steps, [len(item.ids) + len(item.out) + 1 for item in held])
         self._guided_window(guided, steps)
-        self.stats["keys_read"] += steps * live + len(held) * steps * (steps - 1) // 2
         self._buffers[0].stage(self.history[:steps])
         self._hand_back()  # while the GPU runs the window's last steps
         self._settle(Window(steps, list(self._held), self._buffers[0]), start)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import array
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,16 @@ class Packing:
     #: Kept prefixes: (slot, position, entry) of every prefix token to copy in; None when no prompt
     #: has a prefix.
     copy: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    _key_starts: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    def key_starts(self, slot_rows: int) -> torch.Tensor:
+        """Each prompt's first row in a cache read :func:`by_row` (``slot_rows`` rows a slot), and
+        one past the last prompt's keys (int32, as flash's ``cu_seqlens_k``): made once a prefill,
+        not once a layer."""
+        if self._key_starts is None:
+            first = self.slots * slot_rows
+            self._key_starts = torch.cat([first, first[-1:] + self.k_used[-1:]])
+        return self._key_starts
 
 
 def _ragged(lengths: Sequence[int], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -132,8 +142,7 @@ def packed_attention(
         if query.stride(-1) != 1:
             query = query.contiguous()
         _, heads, length, _ = keys.shape
-        first = packing.slots * (heads * length)  # each prompt's first row
-        cu_k = torch.cat([first, first[-1:] + packing.k_used[-1:]])
+        cu_k = packing.key_starts(heads * length)
         left, right = (window - 1, 0) if window else (None, None)
         return torch.ops.aten._flash_attention_forward(
             query, by_row(keys), by_row(values), packing.cu_q, cu_k, max(packing.q_lens), max(packing.k_lens),

@@ -96,10 +96,10 @@ class StagedTokens:
         self.cuda = device.type == "cuda"
         self.host = torch.empty(size, dtype=torch.long, pin_memory=self.cuda)
         self.event = torch.cuda.Event() if self.cuda else None
-        self.shape: tuple[int, ...] = (0,)
+        self.shape = torch.Size([0])
 
     def stage(self, tokens: torch.Tensor) -> None:
-        self.shape = tuple(tokens.shape)
+        self.shape = tokens.shape
         self.host[: tokens.numel()].copy_(tokens.reshape(-1), non_blocking=self.cuda)
         if self.event is not None:
             self.event.record()
@@ -107,7 +107,7 @@ class StagedTokens:
     def read(self) -> list:
         if self.event is not None:
             self.event.synchronize()
-        return self.host[: torch.Size(self.shape).numel()].view(self.shape).tolist()
+        return self.host[: self.shape.numel()].view(self.shape).tolist()
 
 
 class CompiledStep:
