@@ -133,3 +133,20 @@ def test_revision_applies_to_hugging_face_ids_given_without_one(tmp_path):
     folder.mkdir(parents=True)
     assert with_revision(str(folder), "v2") == str(folder)
     assert with_revision("acme/clinical-7b", None) == "acme/clinical-7b"
+
+
+def test_a_gguf_converted_once_is_found_again_at_another_path(home, tmp_path):
+    """The conversion cache is keyed by the file and its folder's contents, not its path: the same
+    GGUF under another home (a catalog model fetched there, a copy on each host's own disk) reuses
+    the conversion; other weights under the same name get their own."""
+    from nerfleet.workers.models import _gguf_cache
+
+    first, second = tmp_path / "host-a" / "weights", tmp_path / "host-b" / "weights"
+    for folder in (first, second):
+        folder.mkdir(parents=True)
+        (folder / "m.gguf").write_bytes(b"".join(PIECES))
+    here = _gguf_cache(resolve(str(first / "m.gguf")))
+    assert _gguf_cache(resolve(str(second / "m.gguf"))) == here
+    assert here.parent == home / "models"
+    (second / "m.gguf").write_bytes(b"".join(reversed(PIECES)))  # other weights, same name and size
+    assert _gguf_cache(resolve(str(second / "m.gguf"))) != here

@@ -137,7 +137,10 @@ def resolve(ref: str) -> ModelSpec:
 
 
 def _gguf_cache(spec: ModelSpec) -> Path:
-    key = hashlib.sha256(f"{spec.source}/{spec.gguf_file}:{spec.fingerprint()}".encode()).hexdigest()[:12]
+    """Where a GGUF's conversion is kept: keyed by the file's name and the folder's fingerprint, not by
+    its path, so a home reached through another path (a symlink, a shared disk mounted elsewhere on
+    another host) finds the conversion instead of converting again."""
+    key = hashlib.sha256(f"{spec.gguf_file}:{spec.fingerprint()}".encode()).hexdigest()[:12]
     return get_settings().home / "models" / f"{spec.name}-{key}"
 
 
