@@ -48,11 +48,10 @@ def case(name: str, heads: tuple[int, int, int], lengths: list[int], kept: list[
     n = len(lengths)
     # the prompts' slots spread over a cache with free slots between them, as a fleet's refills are
     slots = sorted(random.Random(n).sample(range(2 * n + 1), n))
-    packing = pack([[0] * m for m in lengths], kept, slots, [0] * n, dev)
+    length = max(lengths) + 64
+    packing = pack([[0] * m for m in lengths], kept, slots, [0] * n, dev, kvh * length)
     q = torch.randn(sum(packing.q_lens), h, d, device=dev, dtype=torch.bfloat16)
-    keys, values = (
-        torch.randn(2 * n + 1, kvh, max(lengths) + 64, d, device=dev, dtype=torch.bfloat16) for _ in range(2)
-    )
+    keys, values = (torch.randn(2 * n + 1, kvh, length, d, device=dev, dtype=torch.bfloat16) for _ in range(2))
     scale = d**-0.5
     got = packed_attention(q, keys, values, packing, scale, window)
     want = packed_attention(q.float(), keys.float(), values.float(), packing, scale, window)  # the masked path

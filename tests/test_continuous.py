@@ -100,7 +100,7 @@ def test_prompts_of_any_lengths_are_packed_into_one_prefill_without_padding(tiny
 def test_the_slot_cache_read_by_rows_is_each_slots_keys_in_place():
     """Flash's kernel reads each packed prompt's keys from its slot through this view: row
     s * heads * length + p must be slot s's keys at position p, for every head, with no copy."""
-    from nerfleet.workers.packing import by_row
+    from nerfleet.workers.packing import by_row, pack
 
     slots, heads, length, d = 5, 3, 7, 4
     cache = torch.randn(slots, heads, length, d)
@@ -111,6 +111,13 @@ def test_the_slot_cache_read_by_rows_is_each_slots_keys_in_place():
             assert torch.equal(rows[s * heads * length + p], cache[s, :, p])
     with pytest.raises(ValueError, match="contiguous"):
         by_row(cache.transpose(1, 2))
+    # a packing's key starts and lengths (flash's cu_seqlens_k, seqused_k) pick each prompt's keys
+    # from its own slot: its kept prefix and its own tokens, nothing of the slots between
+    packing = pack([[1] * 4, [2] * 6, [3] * 2], [0, 3, 0], [4, 1, 2], [0, 0, 0], "cpu", heads * length)
+    starts = packing.key_starts.tolist()
+    for i, (slot, m) in enumerate(zip(packing.slots, packing.k_used.tolist())):
+        assert torch.equal(rows[starts[i] : starts[i] + m], cache[slot, :, :m].transpose(0, 1))
+    assert starts[-1] == starts[-2] + packing.k_lens[-1]
 
 
 def test_a_prefill_holds_at_most_its_tokens(tiny_models, reference):

@@ -50,7 +50,7 @@ from nerfleet.workers.engine import (
 )
 from nerfleet.workers.fusion import fuse, fusion_refusal
 from nerfleet.workers.guided import Masks
-from nerfleet.workers.packing import Packing, pack, packed_attention
+from nerfleet.workers.packing import Packing, packed_attention
 from nerfleet.workers.prefixes import PrefixStore
 from nerfleet.workers.rotary import materialize_rotary
 from nerfleet.workers.simple import SimpleEngine
@@ -397,7 +397,7 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
     def _keep_prefix(self, entry: int, prefix: list[int], slot: int) -> None:
         """A prefix's keys and values: prefilled alone into a free slot, copied into its entry."""
         n = len(prefix)
-        self._prefill_forward(pack([prefix], [0], [slot], None, self.model.device))
+        self._prefill_forward(self._pack([prefix], [0], [slot]))
         for layer in range(len(self.keys)):
             self.prefixes.keys[layer][entry, :, :n] = self.keys[layer][slot, :, :n]
             self.prefixes.values[layer][entry, :, :n] = self.values[layer][slot, :, :n]
@@ -409,7 +409,7 @@ class ContinuousEngine(CompiledStep, SimpleEngine):
         dev = self.model.device
         kept = [self._kept(x) for x in group]
         entries = [x.prefix[0] if x.prefix else 0 for x in group]
-        packing = pack([x.ids for x in group], kept, slots, entries, dev)
+        packing = self._pack([x.ids for x in group], kept, slots, entries)
         logits = self._prefill_forward(packing).float()
         self._hand_back()  # while the GPU prefills
         self._guide_prefill(group, logits)

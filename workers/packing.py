@@ -25,7 +25,7 @@ from __future__ import annotations
 import array
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -47,23 +47,16 @@ class Packing:
     cu_q: torch.Tensor
     q_lens: list[int]
     #: Each prompt's slot, and the keys it reads there (its kept prefix and its own tokens: the
-    #: slot's first ``k_lens`` positions), on the device (int32) and on the host.
-    slots: torch.Tensor
+    #: slot's first ``k_lens`` positions), on the device (int32, flash's ``seqused_k``) and on the host.
+    slots: list[int]
     k_used: torch.Tensor
     k_lens: list[int]
+    #: Each prompt's first row in the cache read :func:`by_row`, and one past the last prompt's
+    #: keys (int32, as flash's ``cu_seqlens_k``).
+    key_starts: torch.Tensor
     #: Kept prefixes: (slot, position, entry) of every prefix token to copy in; None when no prompt
     #: has a prefix.
     copy: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    _key_starts: torch.Tensor | None = field(default=None, init=False, repr=False)
-
-    def key_starts(self, slot_rows: int) -> torch.Tensor:
-        """Each prompt's first row in a cache read :func:`by_row` (``slot_rows`` rows a slot), and
-        one past the last prompt's keys (int32, as flash's ``cu_seqlens_k``): made once a prefill,
-        not once a layer."""
-        if self._key_starts is None:
-            first = self.slots * slot_rows
-            self._key_starts = torch.cat([first, first[-1:] + self.k_used[-1:]])
-        return self._key_starts
 
 
 def _ragged(lengths: Sequence[int], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -83,8 +76,10 @@ def pack(
     slots: Sequence[int],
     entries: Sequence[int] | None,
     device,
+    slot_rows: int,
 ) -> Packing:
-    """The packing of these prompts (token ids) into these slots, each computed after its ``kept``
+    """The packing of these prompts (token ids) into these slots of a cache with ``slot_rows`` rows
+    a slot when read :func:`by_row` (kv heads × slot length), each computed after its ``kept``
     first tokens (0: none), which are copied from prefix entry ``entries[i]``."""
     q_lens = [len(p) - k for p, k in zip(prompts, kept)]
     if min(q_lens) < 1:
@@ -102,9 +97,12 @@ def pack(
         last=starts[1:] - 1,
         cu_q=starts.to(torch.int32),
         q_lens=q_lens,
-        slots=slot_index.to(torch.int32),
+        slots=list(slots),
         k_used=torch.tensor(k_lens, dtype=torch.int32, device=device),
         k_lens=k_lens,
+        key_starts=torch.tensor(
+            [s * slot_rows for s in slots] + [slots[-1] * slot_rows + k_lens[-1]], dtype=torch.int32, device=device
+        ),
     )
     if any(kept):
         entry_index = torch.tensor(entries, device=device)
@@ -141,15 +139,14 @@ def packed_attention(
     if _flash_runs(query):
         if query.stride(-1) != 1:
             query = query.contiguous()
-        _, heads, length, _ = keys.shape
-        cu_k = packing.key_starts(heads * length)
         left, right = (window - 1, 0) if window else (None, None)
         return torch.ops.aten._flash_attention_forward(
-            query, by_row(keys), by_row(values), packing.cu_q, cu_k, max(packing.q_lens), max(packing.k_lens),
-            0.0, True, False, scale=scale, window_size_left=left, window_size_right=right, seqused_k=packing.k_used,
+            query, by_row(keys), by_row(values), packing.cu_q, packing.key_starts,
+            max(packing.q_lens), max(packing.k_lens), 0.0, True, False,
+            scale=scale, window_size_left=left, window_size_right=right, seqused_k=packing.k_used,
         )[0]  # fmt: skip
     outs, q0 = [], 0
-    for slot, n, m in zip(packing.slots.tolist(), packing.q_lens, packing.k_lens):
+    for slot, n, m in zip(packing.slots, packing.q_lens, packing.k_lens):
         rows = torch.arange(n, device=query.device)[:, None] + (m - n)
         cols = torch.arange(m, device=query.device)[None, :]
         mask = cols <= rows

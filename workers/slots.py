@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from nerfleet.workers.engine import GenerationRequest, GenerationResult
-from nerfleet.workers.packing import pack
+from nerfleet.workers.packing import Packing, pack
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,11 @@ class CompiledStep:
     during a run: the prefill's decoder layers (one compiled forward for all of them and any shape)
     and the decoding step (compiled, then captured as one CUDA graph)."""
 
+    def _pack(self, prompts, kept, slots, entries=None) -> Packing:
+        """These prompts packed into these slots of this engine's cache (:func:`pack`)."""
+        _, heads, length, _ = self.keys[0].shape
+        return pack(prompts, kept, slots, entries, self.model.device, heads * length)
+
     def _compile_prefill(self) -> None:
         """The prefill's decoder layers compiled once for all of them and for any number of packed
         tokens (regional compilation: the layers share their code; the attention stays outside),
@@ -133,7 +138,7 @@ class CompiledStep:
             layer.forward = types.MethodType(forward, layer)
         for tokens in (1, 32, 64):
             if tokens <= self.slot_len:
-                self._prefill_forward(pack([[0] * tokens], [0], [0], None, self.model.device))
+                self._prefill_forward(self._pack([[0] * tokens], [0], [0]))
 
     def _capture(self) -> Callable[[], None]:
         """The step compiled and captured as one CUDA graph (warmed up on a side stream first)."""
